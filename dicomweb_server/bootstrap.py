@@ -1,0 +1,63 @@
+"""Wire concrete storage into services, from Settings; open and close resources."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from dicomweb_server.config import Settings
+from dicomweb_server.dicom.ingest import configure_pydicom
+from dicomweb_server.services.delete import DeleteService
+from dicomweb_server.services.query import QueryService
+from dicomweb_server.services.retrieve import RetrieveService
+from dicomweb_server.services.store import StoreService
+from dicomweb_server.storage.blob_fs import FileBlobStore
+from dicomweb_server.storage.sql.index import SqlIndex
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Services:
+    settings: Settings
+    store: StoreService
+    query: QueryService
+    retrieve: RetrieveService
+    delete: DeleteService
+    index: SqlIndex
+    blobs: FileBlobStore
+
+    def close(self) -> None:
+        self.index.close()
+
+
+def prepare(settings: Settings) -> None:
+    """Once per deployment start, before any worker: create folders, migrate, clean spool."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    blobs = FileBlobStore(settings.data_dir)
+    removed = blobs.clean_spool()
+    if removed:
+        log.info("removed %d incomplete upload(s) left by an earlier stop", removed)
+    index = SqlIndex(settings.effective_database_url)
+    try:
+        applied = index.migrate()
+        if applied:
+            log.info("index schema migrated to version %d", applied[-1])
+    finally:
+        index.close()
+
+
+def build_services(settings: Settings) -> Services:
+    configure_pydicom()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    blobs = FileBlobStore(settings.data_dir)
+    index = SqlIndex(settings.effective_database_url)
+    return Services(
+        settings=settings,
+        store=StoreService(index, blobs, settings),
+        query=QueryService(index),
+        retrieve=RetrieveService(index, blobs),
+        delete=DeleteService(index, blobs),
+        index=index,
+        blobs=blobs,
+    )

@@ -1,0 +1,1 @@
+"""Pure DICOM logic: no I/O, no database, no HTTP."""

@@ -1,0 +1,317 @@
+"""Analyse one DICOM object once, at store time.
+
+Everything later requests need is computed here and kept: the index attributes,
+the DICOM JSON metadata (PS3.18 F.2) with bulk data replaced by BulkDataURIs, and
+the byte position of each top-level bulk value, so that no hot path re-parses a file.
+"""
+
+from __future__ import annotations
+
+import os
+import unicodedata
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
+
+import orjson
+import pydicom
+import pydicom.config
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID
+
+from dicomweb_server.dicom import status
+from dicomweb_server.dicom.attributes import Level, level_of, tag_hex, vr_of
+from dicomweb_server.dicom.uids import IMPLICIT_VR_LITTLE_ENDIAN, is_valid_uid
+from dicomweb_server.errors import InvalidRequest
+
+# Value representations whose values are opaque bytes (PS3.18 F.2.7: may be BulkDataURI).
+BULK_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN", "OB or OW", "US or OW"})
+PIXEL_DATA = 0x7FE00010
+UNDEFINED_LENGTH = 0xFFFFFFFF
+
+
+class DicomRejected(InvalidRequest):
+    """The object cannot be stored; ``reason`` is the STOW-RS FailureReason code."""
+
+    def __init__(self, message: str, reason: int = status.CANNOT_UNDERSTAND) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass
+class InstanceRecord:
+    """What the index and the metadata service keep about one stored instance."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_uid: str
+    series_uid: str
+    transfer_syntax: str
+    has_file_meta: bool
+    patient: dict[str, Any]
+    study: dict[str, Any]
+    series: dict[str, Any]
+    instance: dict[str, Any]
+    # DICOM JSON of the whole dataset; BulkDataURIs are relative to the DICOMweb root.
+    metadata: bytes
+    study_attrs: bytes
+    series_attrs: bytes
+    # Top-level bulk values: tag hex -> [file offset of the value, length or -1 if undefined].
+    bulk: dict[str, list[int]] = field(default_factory=dict)
+
+
+def configure_pydicom() -> None:
+    """Be lenient when reading: real modalities write values that break strict rules."""
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+    pydicom.config.settings.writing_validation_mode = pydicom.config.IGNORE
+
+
+def normalize_name(value: str) -> str:
+    """Case- and accent-insensitive form of a person name for fuzzy matching.
+
+    Components (^) and groups (=) become word separators; the result is framed by
+    spaces so that 'word starts with' is a plain substring test: LIKE '% JOH%'.
+    """
+    decomposed = unicodedata.normalize("NFKD", value)
+    stripped = "".join(c for c in decomposed if not unicodedata.combining(c))
+    words = stripped.upper().replace("^", " ").replace("=", " ").split()
+    return " " + " ".join(words) + " " if words else ""
+
+
+def normalize_time(value: str | None) -> str | None:
+    """HHMMSS.FFFFFF padded, so that string order is time order (PS3.5 6.2 TM)."""
+    if not value:
+        return None
+    value = value.strip().replace(":", "")
+    main, _, frac = value.partition(".")
+    if not main.isdigit() or len(main) > 6:
+        return value
+    return main.ljust(6, "0") + "." + frac.ljust(6, "0")[:6]
+
+
+def _text(ds: Dataset, keyword: str) -> str | None:
+    try:
+        value = ds.get(keyword)
+    except Exception:  # an unparseable value must not stop ingest
+        return None
+    if value is None or value == "":
+        return None
+    if isinstance(value, (list, tuple, pydicom.multival.MultiValue)):
+        return "\\".join(str(v) for v in value)
+    return str(value).strip()
+
+
+def _int(ds: Dataset, keyword: str) -> int | None:
+    try:
+        value = ds.get(keyword)
+        return None if value is None or value == "" else int(value)
+    except Exception:
+        return None
+
+
+class _JsonBuilder:
+    """DICOM JSON via pydicom's per-element encoder, with bulk values never loaded."""
+
+    def __init__(self, uri_base: str, threshold: int) -> None:
+        self.uri_base = uri_base
+        self.threshold = threshold
+        self.bulk: dict[str, list[int]] = {}
+
+    def dataset(self, ds: Dataset, path: str, top: bool) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for base_tag in sorted(ds.keys()):
+            tag = int(base_tag)
+            if tag >> 16 == 0x0002 or (tag & 0xFFFF == 0 and top):
+                continue  # file meta and group lengths are not part of the JSON model
+            key = tag_hex(tag)
+            elem_path = f"{path}.{key}" if path else key
+            raw = ds.get_item(tag, keep_deferred=True)
+            vr = raw.VR if raw.VR else vr_of(tag)
+            if isinstance(raw, RawDataElement) and vr in BULK_VRS and raw.length != 0:
+                large = raw.value is None or len(raw.value) > self.threshold
+                if large or tag == PIXEL_DATA:
+                    json_vr = "OB" if vr not in ("OD", "OF", "OL", "OV", "OW", "UN") else vr
+                    if tag == PIXEL_DATA and raw.length != UNDEFINED_LENGTH and vr != "OB":
+                        json_vr = "OW"
+                    out[key] = {"vr": json_vr, "BulkDataURI": f"{self.uri_base}/{elem_path}"}
+                    if top:
+                        length = -1 if raw.length == UNDEFINED_LENGTH else raw.length
+                        self.bulk[key] = [raw.value_tell, length]
+                    continue
+            try:
+                elem = ds[tag]
+            except Exception:
+                continue  # undecodable value: left out of the metadata, kept in the file
+            if elem.VR == "SQ":
+                items = [
+                    self.dataset(item, f"{elem_path}.{i}", False)
+                    for i, item in enumerate(elem.value)
+                ]
+                out[key] = {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
+                continue
+            try:
+                out[key] = elem.to_json_dict(None, 0)
+            except Exception:
+                continue
+        return out
+
+
+def _split_levels(metadata: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    study: dict[str, Any] = {}
+    series: dict[str, Any] = {}
+    for key, value in metadata.items():
+        level = level_of(int(key, 16))
+        if level <= Level.STUDY:
+            study[key] = value
+        elif level == Level.SERIES:
+            series[key] = value
+    return study, series
+
+
+def _check_complete(ds: Dataset, size: int) -> None:
+    """Reject truncated objects: every defined-length top-level value must fit the file."""
+    # keys(), not iteration: iterating a Dataset would load every deferred value.
+    for tag in ds.keys():  # noqa: SIM118
+        raw = ds.get_item(tag, keep_deferred=True)
+        if not isinstance(raw, RawDataElement) or raw.length == UNDEFINED_LENGTH:
+            continue
+        if raw.value_tell + raw.length > size:
+            raise DicomRejected(
+                f"object is truncated: attribute {tag_hex(int(tag))} needs "
+                f"{raw.length} bytes at offset {raw.value_tell}, file has {size}"
+            )
+    if PIXEL_DATA in ds and "Rows" in ds and "Columns" in ds and "BitsAllocated" in ds:
+        raw = ds.get_item(PIXEL_DATA, keep_deferred=True)
+        if isinstance(raw, RawDataElement) and raw.length != UNDEFINED_LENGTH:
+            frames = _int(ds, "NumberOfFrames") or 1
+            samples = _int(ds, "SamplesPerPixel") or 1
+            bits = _int(ds, "BitsAllocated") or 0
+            rows, cols = _int(ds, "Rows") or 0, _int(ds, "Columns") or 0
+            expected = (rows * cols * samples * frames * bits + 7) // 8
+            if raw.length < expected:
+                raise DicomRejected(
+                    f"Pixel Data has {raw.length} bytes, {expected} expected for "
+                    f"{frames} frame(s) of {rows}x{cols}x{samples} at {bits} bits",
+                    status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                )
+
+
+def read_dataset(fp: BinaryIO, defer_size: int) -> Dataset:
+    """Parse a Part 10 file or a bare dataset, without loading large values."""
+    try:
+        return pydicom.dcmread(fp, defer_size=defer_size, force=True)
+    except (InvalidDicomError, EOFError, ValueError, KeyError, OSError, TypeError) as exc:
+        raise DicomRejected(f"not a readable DICOM object: {exc}") from exc
+    except Exception as exc:  # pydicom raises a wide variety on garbage input
+        raise DicomRejected(f"not a readable DICOM object: {type(exc).__name__}: {exc}") from exc
+
+
+def analyse(
+    fp: BinaryIO,
+    *,
+    bulk_threshold: int = 1024,
+    uri_for: Callable[[str, str, str], str] | None = None,
+) -> InstanceRecord:
+    """Validate and describe one object read from ``fp`` (a real file, seekable).
+
+    ``uri_for(study, series, sop)`` gives the instance path under the DICOMweb root;
+    the default is the WADO-RS instance resource (PS3.18 10.4.1).
+    """
+    fp.seek(0, os.SEEK_END)
+    size = fp.tell()
+    fp.seek(0)
+    if size == 0:
+        raise DicomRejected("empty part: no DICOM object")
+    ds = read_dataset(fp, defer_size=max(bulk_threshold, 1024))
+    meta = getattr(ds, "file_meta", None)
+    has_meta = meta is not None and "TransferSyntaxUID" in meta
+    if not len(ds):
+        raise DicomRejected("no DICOM data elements found")
+    sop_class = _text(ds, "SOPClassUID")
+    sop_uid = _text(ds, "SOPInstanceUID")
+    study_uid = _text(ds, "StudyInstanceUID")
+    series_uid = _text(ds, "SeriesInstanceUID")
+    for name, value in (
+        ("SOP Class UID", sop_class),
+        ("SOP Instance UID", sop_uid),
+        ("Study Instance UID", study_uid),
+        ("Series Instance UID", series_uid),
+    ):
+        if not value:
+            raise DicomRejected(
+                f"required attribute {name} is missing", status.DATASET_DOES_NOT_MATCH_SOP_CLASS
+            )
+        if not is_valid_uid(value):
+            raise DicomRejected(
+                f"{name} {value[:80]!r} is not a valid UID", status.DATASET_DOES_NOT_MATCH_SOP_CLASS
+            )
+    assert sop_class and sop_uid and study_uid and series_uid
+    if meta is not None and has_meta:
+        ts = str(meta.TransferSyntaxUID)
+        if not is_valid_uid(ts):
+            raise DicomRejected(f"invalid Transfer Syntax UID {ts[:80]!r}")
+        if not UID(ts).is_transfer_syntax:
+            raise DicomRejected(
+                f"unknown transfer syntax {ts}", status.TRANSFER_SYNTAX_NOT_SUPPORTED
+            )
+    else:
+        ts = IMPLICIT_VR_LITTLE_ENDIAN if ds.is_implicit_VR else "1.2.840.10008.1.2.1"
+    _check_complete(ds, size)
+
+    if uri_for is None:
+        base = f"/studies/{study_uid}/series/{series_uid}/instances/{sop_uid}/bulkdata"
+    else:
+        base = uri_for(study_uid, series_uid, sop_uid) + "/bulkdata"
+    builder = _JsonBuilder(base, bulk_threshold)
+    metadata = builder.dataset(ds, "", True)
+    study_json, series_json = _split_levels(metadata)
+
+    patient_name = _text(ds, "PatientName")
+    referring = _text(ds, "ReferringPhysicianName")
+    return InstanceRecord(
+        sop_class_uid=sop_class,
+        sop_instance_uid=sop_uid,
+        study_uid=study_uid,
+        series_uid=series_uid,
+        transfer_syntax=ts,
+        has_file_meta=has_meta,
+        patient={
+            "patient_id": _text(ds, "PatientID") or "",
+            "issuer": _text(ds, "IssuerOfPatientID") or "",
+            "name": patient_name,
+            "name_norm": normalize_name(patient_name) if patient_name else None,
+            "birth_date": _text(ds, "PatientBirthDate"),
+            "sex": _text(ds, "PatientSex"),
+        },
+        study={
+            "study_date": _text(ds, "StudyDate"),
+            "study_time": normalize_time(_text(ds, "StudyTime")),
+            "accession_number": _text(ds, "AccessionNumber"),
+            "study_id": _text(ds, "StudyID"),
+            "description": _text(ds, "StudyDescription"),
+            "referring_physician": referring,
+            "referring_norm": normalize_name(referring) if referring else None,
+        },
+        series={
+            "modality": _text(ds, "Modality"),
+            "series_number": _int(ds, "SeriesNumber"),
+            "description": _text(ds, "SeriesDescription"),
+            "body_part": _text(ds, "BodyPartExamined"),
+            "series_date": _text(ds, "SeriesDate"),
+            "pps_start_date": _text(ds, "PerformedProcedureStepStartDate"),
+            "pps_start_time": normalize_time(_text(ds, "PerformedProcedureStepStartTime")),
+        },
+        instance={
+            "instance_number": _int(ds, "InstanceNumber"),
+            "rows": _int(ds, "Rows"),
+            "columns": _int(ds, "Columns"),
+            "bits_allocated": _int(ds, "BitsAllocated"),
+            "number_of_frames": _int(ds, "NumberOfFrames"),
+        },
+        metadata=orjson.dumps(metadata),
+        study_attrs=orjson.dumps(study_json),
+        series_attrs=orjson.dumps(series_json),
+        bulk=builder.bulk,
+    )

@@ -1,0 +1,45 @@
+"""The domain error tree.
+
+Lower layers raise these; each adapter (web, dimse, cli) maps them to its own
+protocol in exactly one place. Third-party errors are chained with ``raise ... from``.
+"""
+
+
+class DicomWebError(Exception):
+    """Base of every error the archive raises on purpose."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidRequest(DicomWebError):
+    """The request itself is malformed (bad UID, bad query parameter, broken multipart)."""
+
+
+class NotFound(DicomWebError):
+    """The addressed study, series, instance or resource does not exist."""
+
+
+class NotAcceptable(DicomWebError):
+    """No representation matches what the client accepts."""
+
+
+class UnsupportedMediaType(DicomWebError):
+    """The request body has a media type this service does not take."""
+
+
+class PayloadTooLarge(DicomWebError):
+    """The request body exceeds the configured maximum."""
+
+
+class Conflict(DicomWebError):
+    """The request conflicts with the stored state."""
+
+
+class OutOfResources(DicomWebError):
+    """Storage is exhausted (disk full, quota reached)."""
+
+
+class StorageUnavailable(DicomWebError):
+    """A stored blob is missing or unreadable."""

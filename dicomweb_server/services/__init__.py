@@ -1,0 +1,1 @@
+"""Services: the one place that coordinates work."""

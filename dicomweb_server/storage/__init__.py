@@ -1,0 +1,1 @@
+"""Index and blob storage behind small interfaces."""

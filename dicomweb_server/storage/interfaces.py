@@ -1,0 +1,118 @@
+"""The two narrow storage interfaces the services depend on.
+
+Services import only this module; bootstrap picks the concrete stores. Like
+httpx's transport, each interface is small enough to have an in-memory double.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+from dicomweb_server.dicom.ingest import InstanceRecord
+from dicomweb_server.dicom.matching import QueryRequest
+
+
+class BlobStore(Protocol):
+    """Where the Part 10 bytes live. Keys are produced by the services, never by users."""
+
+    def spool_dir(self) -> Path:
+        """A directory for incoming temporary files, on the same filesystem as the blobs."""
+        ...
+
+    def put_file(self, key: str, source: Path) -> None:
+        """Move ``source`` into the store under ``key``, durably (fsync before returning)."""
+        ...
+
+    def open(self, key: str) -> BinaryIO:
+        """Open a blob for reading; raises StorageUnavailable when it is missing or unreadable."""
+        ...
+
+    def delete(self, key: str) -> None:
+        """Remove a blob; a missing one is not an error."""
+        ...
+
+
+@dataclass(frozen=True)
+class StoredInstance:
+    study_uid: str
+    series_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax: str
+    blob_key: str
+    blob_size: int
+    content_hash: str
+    number_of_frames: int | None = None
+
+
+@dataclass(frozen=True)
+class Version:
+    """A study's content at a moment: changes whenever an instance is added or removed."""
+
+    updated_at: float
+    count: int
+
+
+@dataclass
+class SearchResult:
+    rows: list[dict[str, object]]
+    more: bool
+
+
+class IndexStore(Protocol):
+    def find_instance(self, sop_instance_uid: str) -> StoredInstance | None: ...
+
+    def add_instance(
+        self, record: InstanceRecord, blob_key: str, blob_size: int, content_hash: str
+    ) -> None:
+        """Insert the instance (and its patient/study/series if new) in one transaction.
+
+        Raises Conflict if the SOP Instance UID is already indexed.
+        """
+        ...
+
+    def replace_instance(
+        self, record: InstanceRecord, blob_key: str, blob_size: int, content_hash: str
+    ) -> str:
+        """Point an existing instance at new content; returns the blob key it had."""
+        ...
+
+    def instances(
+        self, study_uid: str, series_uid: str | None = None, sop_instance_uid: str | None = None
+    ) -> list[StoredInstance]:
+        """Instances under a study/series/instance, in series and instance-number order."""
+        ...
+
+    def metadata(
+        self, study_uid: str, series_uid: str | None = None, sop_instance_uid: str | None = None
+    ) -> list[bytes]:
+        """The stored DICOM JSON of each instance, in the same order as ``instances``."""
+        ...
+
+    def bulk_location(
+        self, sop_instance_uid: str
+    ) -> tuple[StoredInstance, dict[str, list[int]]] | None: ...
+
+    def version(
+        self, study_uid: str, series_uid: str | None = None, sop_instance_uid: str | None = None
+    ) -> Version | None:
+        """None when nothing is stored under the given UIDs."""
+        ...
+
+    def search(self, query: QueryRequest) -> SearchResult: ...
+
+    def count(self, query: QueryRequest) -> int:
+        """How many entities match, ignoring limit and offset."""
+        ...
+
+    def delete(
+        self, study_uid: str, series_uid: str | None = None, sop_instance_uid: str | None = None
+    ) -> list[str]:
+        """Remove index rows; returns the blob keys that are no longer referenced."""
+        ...
+
+    def count_instances(self) -> int: ...
+
+    def close(self) -> None: ...

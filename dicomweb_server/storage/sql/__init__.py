@@ -1,0 +1,1 @@
+"""SQL index for SQLite and PostgreSQL."""

@@ -1,0 +1,100 @@
+"""Engines for SQLite (WAL, one writer at a time) and PostgreSQL, and versioned migrations."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, inspect, select, text
+from sqlalchemy.engine import Connection
+from sqlmodel import SQLModel
+
+from dicomweb_server.storage.sql import models
+
+SCHEMA_VERSION = 1
+
+
+def is_sqlite(url: str) -> bool:
+    return url.startswith("sqlite")
+
+
+def _sqlite_engine(url: str, begin: str) -> Engine:
+    engine = create_engine(
+        url,
+        connect_args={"check_same_thread": False, "timeout": 60},
+        pool_size=16,
+        max_overflow=32,
+    )
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Take transaction control from the sqlite3 module so BEGIN is ours.
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        # FULL: a commit is on disk before STOW acknowledges it.
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=60000")
+        cursor.execute("PRAGMA case_sensitive_like=ON")
+        cursor.execute("PRAGMA cache_size=-65536")
+        cursor.execute("PRAGMA temp_store=MEMORY")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        # Writers take the write lock up front (IMMEDIATE) so that two writers never
+        # deadlock upgrading read locks; readers use a plain deferred snapshot.
+        conn.exec_driver_sql(begin)
+
+    return engine
+
+
+def make_engines(url: str) -> tuple[Engine, Engine]:
+    """Return (read engine, write engine); the same engine for PostgreSQL."""
+    if is_sqlite(url):
+        return _sqlite_engine(url, "BEGIN"), _sqlite_engine(url, "BEGIN IMMEDIATE")
+    engine = create_engine(url, pool_size=16, max_overflow=32, pool_pre_ping=True)
+    return engine, engine
+
+
+def _v1(conn: Connection) -> None:
+    SQLModel.metadata.create_all(
+        conn,
+        tables=[
+            models.Patient.__table__,  # type: ignore[attr-defined]
+            models.Study.__table__,  # type: ignore[attr-defined]
+            models.Series.__table__,  # type: ignore[attr-defined]
+            models.Instance.__table__,  # type: ignore[attr-defined]
+        ],
+    )
+
+
+# Each entry upgrades the schema from version n-1 to n; never edit a released one.
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1}
+
+
+def current_version(engine: Engine) -> int:
+    with engine.connect() as conn:
+        if not inspect(conn).has_table("schema_version"):
+            return 0
+        version = conn.execute(text("SELECT max(version) FROM schema_version")).scalar()
+        return int(version or 0)
+
+
+def migrate(engine: Engine) -> list[int]:
+    """Apply pending migrations in order, each in its own transaction; returns those applied."""
+    applied: list[int] = []
+    with engine.begin() as conn:
+        models.SchemaVersion.__table__.create(conn, checkfirst=True)  # type: ignore[attr-defined]
+    table = models.SchemaVersion.__table__  # type: ignore[attr-defined]
+    for version in sorted(MIGRATIONS):
+        with engine.begin() as conn:
+            done = conn.execute(select(table.c.version).where(table.c.version == version)).first()
+            if done:
+                continue
+            MIGRATIONS[version](conn)
+            conn.execute(table.insert().values(version=version, applied_at=time.time()))
+            applied.append(version)
+    return applied

@@ -1,0 +1,87 @@
+"""Index tables: patient, study, series, instance (PS3.4 C.6.1 information model).
+
+Columns are the attributes QIDO and C-FIND match on, each indexed; everything
+else a response needs is kept as pre-rendered DICOM JSON (``attrs``, ``metadata``).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Column, Index, LargeBinary, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+class Patient(SQLModel, table=True):
+    __tablename__ = "patient"
+    __table_args__ = (UniqueConstraint("patient_id", "issuer", name="uq_patient_identity"),)
+
+    pk: int | None = Field(default=None, primary_key=True)
+    patient_id: str = Field(default="", index=True, max_length=64)
+    issuer: str = Field(default="", max_length=64)
+    name: str | None = Field(default=None, index=True, max_length=324)
+    name_norm: str | None = Field(default=None, index=True, max_length=400)
+    birth_date: str | None = Field(default=None, index=True, max_length=16)
+    sex: str | None = Field(default=None, max_length=16)
+
+
+class Study(SQLModel, table=True):
+    __tablename__ = "study"
+
+    pk: int | None = Field(default=None, primary_key=True)
+    patient_fk: int = Field(foreign_key="patient.pk", index=True)
+    study_uid: str = Field(unique=True, max_length=64)
+    study_date: str | None = Field(default=None, index=True, max_length=16)
+    study_time: str | None = Field(default=None, index=True, max_length=16)
+    accession_number: str | None = Field(default=None, index=True, max_length=64)
+    study_id: str | None = Field(default=None, index=True, max_length=64)
+    description: str | None = Field(default=None, index=True, max_length=256)
+    referring_physician: str | None = Field(default=None, max_length=324)
+    referring_norm: str | None = Field(default=None, index=True, max_length=400)
+    attrs: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    created_at: float = Field(default=0.0)
+    updated_at: float = Field(default=0.0)
+
+
+class Series(SQLModel, table=True):
+    __tablename__ = "series"
+
+    pk: int | None = Field(default=None, primary_key=True)
+    study_fk: int = Field(foreign_key="study.pk", index=True)
+    series_uid: str = Field(unique=True, max_length=64)
+    modality: str | None = Field(default=None, index=True, max_length=16)
+    series_number: int | None = Field(default=None, index=True)
+    description: str | None = Field(default=None, index=True, max_length=256)
+    body_part: str | None = Field(default=None, index=True, max_length=64)
+    series_date: str | None = Field(default=None, index=True, max_length=16)
+    pps_start_date: str | None = Field(default=None, index=True, max_length=16)
+    pps_start_time: str | None = Field(default=None, index=True, max_length=16)
+    attrs: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    updated_at: float = Field(default=0.0)
+
+
+class Instance(SQLModel, table=True):
+    __tablename__ = "instance"
+    __table_args__ = (Index("ix_instance_series_number", "series_fk", "instance_number"),)
+
+    pk: int | None = Field(default=None, primary_key=True)
+    series_fk: int = Field(foreign_key="series.pk", index=True)
+    sop_uid: str = Field(unique=True, max_length=64)
+    sop_class_uid: str = Field(index=True, max_length=64)
+    instance_number: int | None = Field(default=None)
+    rows: int | None = Field(default=None)
+    columns: int | None = Field(default=None)
+    bits_allocated: int | None = Field(default=None)
+    number_of_frames: int | None = Field(default=None)
+    transfer_syntax: str = Field(max_length=64)
+    blob_key: str = Field(max_length=400)
+    blob_size: int = Field(default=0)
+    content_hash: str = Field(max_length=64)
+    metadata_json: bytes = Field(sa_column=Column("metadata", LargeBinary, nullable=False))
+    bulk: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    stored_at: float = Field(default=0.0)
+
+
+class SchemaVersion(SQLModel, table=True):
+    __tablename__ = "schema_version"
+
+    version: int = Field(primary_key=True)
+    applied_at: float = Field(default=0.0)

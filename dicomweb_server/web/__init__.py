@@ -1,0 +1,1 @@
+"""The DICOMweb HTTP adapter (Starlette)."""

@@ -1,0 +1,81 @@
+"""The Starlette application: routes under the DICOMweb root, services in app state."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import anyio.to_thread
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Mount, Route
+
+from dicomweb_server import __version__
+from dicomweb_server.bootstrap import Services, build_services
+from dicomweb_server.config import Settings
+from dicomweb_server.errors import DicomWebError
+from dicomweb_server.web import qido, stow, wado
+from dicomweb_server.web.errors import handle_domain_error
+
+log = logging.getLogger(__name__)
+
+_STUDY = "/studies/{study}"
+_SERIES = _STUDY + "/series/{series}"
+_INSTANCE = _SERIES + "/instances/{instance}"
+
+
+def dicomweb_routes() -> list[Route]:
+    return [
+        Route("/studies", qido.search, methods=["GET"]),
+        Route("/studies", stow.stow, methods=["POST"]),
+        Route("/series", qido.search, methods=["GET"]),
+        Route("/instances", qido.search, methods=["GET"]),
+        Route(_STUDY, wado.retrieve_instances, methods=["GET"]),
+        Route(_STUDY, stow.stow, methods=["POST"]),
+        Route(_STUDY, wado.delete, methods=["DELETE"]),
+        Route(_STUDY + "/metadata", wado.retrieve_metadata, methods=["GET"]),
+        Route(_STUDY + "/series", qido.search, methods=["GET"]),
+        Route(_STUDY + "/instances", qido.search, methods=["GET"]),
+        Route(_SERIES, wado.retrieve_instances, methods=["GET"]),
+        Route(_SERIES, wado.delete, methods=["DELETE"]),
+        Route(_SERIES + "/metadata", wado.retrieve_metadata, methods=["GET"]),
+        Route(_SERIES + "/instances", qido.search, methods=["GET"]),
+        Route(_INSTANCE, wado.retrieve_instances, methods=["GET"]),
+        Route(_INSTANCE, wado.delete, methods=["DELETE"]),
+        Route(_INSTANCE + "/metadata", wado.retrieve_metadata, methods=["GET"]),
+        Route(_INSTANCE + "/bulkdata/{path}", wado.retrieve_bulkdata, methods=["GET"]),
+    ]
+
+
+async def health(request: Request) -> Response:
+    services: Services = request.app.state.services
+    count = await anyio.to_thread.run_sync(services.index.count_instances)
+    return JSONResponse({"status": "ok", "version": __version__, "instances": count})
+
+
+def create_app(settings: Settings, services: Services | None = None) -> Starlette:
+    """Build the app; services are created in the lifespan unless given (tests)."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # Sync endpoints and streaming iterators run in anyio's thread pool.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.thread_limit
+        owned = services is None
+        app.state.services = services or build_services(settings)
+        try:
+            yield
+        finally:
+            if owned:
+                app.state.services.close()
+
+    routes = [
+        Route("/health", health, methods=["GET"]),
+        Mount(settings.dicomweb_root, routes=dicomweb_routes()),
+    ]
+    return Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={DicomWebError: handle_domain_error},
+    )

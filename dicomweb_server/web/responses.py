@@ -1,0 +1,49 @@
+"""Response bodies shared by the DICOMweb resources: DICOM JSON or XML datasets."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import orjson
+from starlette.responses import Response
+
+from dicomweb_server.dicom.multipart import closing_delimiter, new_boundary, part_header
+from dicomweb_server.dicom.negotiation import Choice, Form
+from dicomweb_server.dicom.xmlmodel import to_xml
+
+DICOM_JSON = "application/dicom+json"
+
+
+def xml_multipart(datasets: Iterable[dict[str, Any]]) -> tuple[bytes, str]:
+    """One Native DICOM Model document per part (PS3.18 F.3 / 8.6.1.2)."""
+    boundary = new_boundary()
+    out = bytearray()
+    for index, dataset in enumerate(datasets):
+        out += part_header(boundary, {"Content-Type": "application/dicom+xml"}, first=index == 0)
+        out += to_xml(dataset)
+    out += closing_delimiter(boundary)
+    media = f'multipart/related; type="application/dicom+xml"; boundary={boundary}'
+    return bytes(out), media
+
+
+def datasets_response(
+    choice: Choice,
+    datasets: list[dict[str, Any]],
+    status: int = 200,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    if choice.form is Form.XML:
+        body, media = xml_multipart(datasets)
+        return Response(body, status_code=status, media_type=media, headers=headers)
+    return Response(
+        orjson.dumps(datasets), status_code=status, media_type=DICOM_JSON, headers=headers
+    )
+
+
+def dataset_response(choice: Choice, dataset: dict[str, Any], status: int = 200) -> Response:
+    """A single dataset (a STOW response): a JSON object, or one XML part."""
+    if choice.form is Form.XML:
+        body, media = xml_multipart([dataset])
+        return Response(body, status_code=status, media_type=media)
+    return Response(orjson.dumps(dataset), status_code=status, media_type=DICOM_JSON)

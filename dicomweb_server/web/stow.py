@@ -1,0 +1,241 @@
+"""STOW-RS (PS3.18 10.5): the request body is streamed part by part into spool files.
+
+Nothing is stored until the whole multipart body has been read and found well formed,
+so a malformed or truncated request changes nothing. Each instance then goes through
+the store service and gets its own outcome (PS3.18 Annex I).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import anyio.to_thread
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+
+from dicomweb_server.bootstrap import Services
+from dicomweb_server.dicom import status
+from dicomweb_server.dicom.multipart import MultipartError, MultipartParser, parse_content_type
+from dicomweb_server.dicom.negotiation import choose_dataset_form
+from dicomweb_server.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
+from dicomweb_server.services.store import StoreOutcome, StoreService
+from dicomweb_server.web.responses import dataset_response
+from dicomweb_server.web.urls import base_url, path_uids
+
+log = logging.getLogger(__name__)
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+_ACCEPTED_PART_TYPES = ("application/dicom", "application/octet-stream", "")
+
+
+@dataclass
+class _Part:
+    path: Path
+    fh: BinaryIO | None
+    content_type: str
+    failure: int | None = None
+    message: str = ""
+
+
+@dataclass
+class SpoolSink:
+    """Writes each part to its own spool file; remembers parts that could not be written."""
+
+    store: StoreService
+    parts: list[_Part] = field(default_factory=list)
+
+    def start_part(self, headers: dict[str, str]) -> None:
+        media = headers.get("content-type", "").split(";")[0].strip().lower()
+        path, fh = self.store.new_spool_file()
+        self.parts.append(_Part(path, fh, media))
+
+    def write(self, data: bytes) -> None:
+        part = self.parts[-1]
+        if part.fh is None:
+            return
+        try:
+            part.fh.write(data)
+        except OSError as exc:
+            self._fail(part, exc)
+
+    def end_part(self) -> None:
+        part = self.parts[-1]
+        if part.fh is not None:
+            try:
+                part.fh.close()
+            except OSError as exc:
+                self._fail(part, exc)
+            part.fh = None
+
+    @staticmethod
+    def _fail(part: _Part, exc: OSError) -> None:
+        if exc.errno not in _NO_SPACE:
+            raise exc
+        part.failure = status.OUT_OF_RESOURCES
+        part.message = "no space left on the archive"
+        if part.fh is not None:
+            with contextlib.suppress(OSError):
+                part.fh.close()
+            part.fh = None
+
+    def discard(self) -> None:
+        for part in self.parts:
+            if part.fh is not None:
+                with contextlib.suppress(OSError):
+                    part.fh.close()
+            part.path.unlink(missing_ok=True)
+
+
+async def _read_body(request: Request, sink: SpoolSink, services: Services) -> None:
+    settings = services.settings
+    media, params = parse_content_type(request.headers.get("content-type", ""))
+    if media != "multipart/related":
+        raise UnsupportedMediaType(
+            f'STOW-RS takes multipart/related; type="application/dicom", not {media or "nothing"}'
+        )
+    inner = params.get("type", "application/dicom").lower()
+    if inner != "application/dicom":
+        raise UnsupportedMediaType(
+            f"multipart/related of {inner} is not supported; send application/dicom parts"
+        )
+    boundary = params.get("boundary")
+    if not boundary:
+        raise InvalidRequest("multipart/related Content-Type has no boundary parameter")
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > settings.max_request_bytes:
+        raise PayloadTooLarge(f"request body exceeds {settings.max_request_bytes} bytes")
+    parser = MultipartParser(boundary, sink, max_parts=settings.max_parts)
+    received = 0
+    async for chunk in request.stream():
+        received += len(chunk)
+        if received > settings.max_request_bytes:
+            raise PayloadTooLarge(f"request body exceeds {settings.max_request_bytes} bytes")
+        parser.feed(chunk)
+    parser.close()
+    if not sink.parts:
+        raise InvalidRequest("multipart body has no parts")
+
+
+def _store_part(store: StoreService, part: _Part, study: str | None) -> StoreOutcome:
+    if part.failure is not None:
+        part.path.unlink(missing_ok=True)
+        return StoreOutcome(failure_reason=part.failure, message=part.message)
+    if part.content_type not in _ACCEPTED_PART_TYPES:
+        part.path.unlink(missing_ok=True)
+        return StoreOutcome(
+            failure_reason=status.CANNOT_UNDERSTAND,
+            message=f"part of type {part.content_type} is not a DICOM object",
+        )
+    return store.store_spooled(part.path, study)
+
+
+def _uid(value: str) -> dict[str, Any]:
+    return {"vr": "UI", "Value": [value]}
+
+
+def _us(value: int) -> dict[str, Any]:
+    return {"vr": "US", "Value": [value]}
+
+
+def stow_response_dataset(
+    outcomes: list[StoreOutcome], base: str, study: str | None
+) -> tuple[dict[str, Any], int]:
+    """The Store Instances Response Module (PS3.18 I.1) and the HTTP status (Table 10.5.3-1)."""
+    referenced, failed, other = [], [], []
+    warned = False
+    for o in outcomes:
+        if o.stored:
+            assert o.sop_class_uid and o.sop_instance_uid
+            item = {
+                "00081150": _uid(o.sop_class_uid),
+                "00081155": _uid(o.sop_instance_uid),
+                "00081190": {
+                    "vr": "UR",
+                    "Value": [
+                        f"{base}/studies/{o.study_uid}/series/{o.series_uid}"
+                        f"/instances/{o.sop_instance_uid}"
+                    ],
+                },
+            }
+            if o.warning_reason is not None:
+                item["00081196"] = _us(o.warning_reason)
+                warned = True
+            referenced.append(dict(sorted(item.items())))
+        elif o.sop_instance_uid and o.sop_class_uid:
+            failed.append(
+                {
+                    "00081150": _uid(o.sop_class_uid),
+                    "00081155": _uid(o.sop_instance_uid),
+                    "00081197": _us(o.failure_reason or status.PROCESSING_FAILURE),
+                }
+            )
+        else:
+            other.append({"00081197": _us(o.failure_reason or status.CANNOT_UNDERSTAND)})
+    studies = {o.study_uid for o in outcomes if o.stored}
+    target = study or (next(iter(studies)) if len(studies) == 1 else None)
+    dataset: dict[str, Any] = {
+        "00081190": {"vr": "UR", "Value": [f"{base}/studies/{target}"]}
+        if target and referenced
+        else {"vr": "UR"}
+    }
+    if failed:
+        dataset["00081198"] = {"vr": "SQ", "Value": failed}
+    if referenced:
+        dataset["00081199"] = {"vr": "SQ", "Value": referenced}
+    if other:
+        dataset["0008119A"] = {"vr": "SQ", "Value": other}
+    if not referenced:
+        code = 409
+    elif failed or other or warned:
+        code = 202
+    else:
+        code = 200
+    return dataset, code
+
+
+async def stow(request: Request) -> Response:
+    services: Services = request.app.state.services
+    study = path_uids(request)[0] if "study" in request.path_params else None
+    choice = choose_dataset_form(request.headers.get("accept"))
+    sink = SpoolSink(services.store)
+    try:
+        await _read_body(request, sink, services)
+    except (MultipartError, ClientDisconnect) as exc:
+        sink.discard()
+        if isinstance(exc, ClientDisconnect):
+            raise InvalidRequest(
+                "client disconnected before the request body was complete"
+            ) from exc
+        raise
+    except BaseException:
+        sink.discard()
+        raise
+    limiter = anyio.CapacityLimiter(4)
+    try:
+        outcomes = await asyncio.gather(
+            *(
+                anyio.to_thread.run_sync(_store_part, services.store, part, study, limiter=limiter)
+                for part in sink.parts
+            )
+        )
+    finally:
+        sink.discard()  # whatever the store did not consume
+    base = base_url(request, services.settings)
+    dataset, code = stow_response_dataset(list(outcomes), base, study)
+    response = dataset_response(choice, dataset, code)
+    # The reasons as text, for people reading logs and clients showing errors.
+    explained = [o for o in outcomes if o.message][:20]
+    for o in explained:
+        code_hex = o.failure_reason if o.failure_reason is not None else o.warning_reason
+        who = o.sop_instance_uid or "unidentified part"
+        text = f"{who}: 0x{code_hex or 0:04X} {o.message}"
+        text = " ".join(text.encode("ascii", "replace").decode().split())
+        response.headers.append("Warning", f"299 {base}: {text}")
+        if not o.stored:
+            log.info("STOW part rejected: %s", text)
+    return response

@@ -1,0 +1,268 @@
+"""WADO-RS (PS3.18 10.4): instances, metadata and bulk data; plus DELETE.
+
+Instance bytes are streamed from the blob store in chunks; metadata is the JSON
+computed at store time, concatenated, with BulkDataURIs made absolute on the way out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import zipfile
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from email.utils import format_datetime, parsedate_to_datetime
+
+import anyio.to_thread
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from dicomweb_server.bootstrap import Services
+from dicomweb_server.dicom.multipart import closing_delimiter, new_boundary, part_header
+from dicomweb_server.dicom.negotiation import (
+    Form,
+    choose_bulkdata,
+    choose_dataset_form,
+    choose_instances,
+)
+from dicomweb_server.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN
+from dicomweb_server.errors import InvalidRequest, NotAcceptable, StorageUnavailable
+from dicomweb_server.services.retrieve import Planned, RetrieveService
+from dicomweb_server.web.responses import xml_multipart
+from dicomweb_server.web.urls import base_url, path_uids
+
+log = logging.getLogger(__name__)
+_BULK_PATH_RE = re.compile(r"^[0-9A-Fa-f]{8}(\.\d{1,6}\.[0-9A-Fa-f]{8})*$")
+_RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_PRIVATE = "private, no-cache"
+
+
+def _instance_url(base: str, item: Planned) -> str:
+    i = item.instance
+    return f"{base}/studies/{i.study_uid}/series/{i.series_uid}/instances/{i.sop_instance_uid}"
+
+
+def _multipart(
+    retrieve: RetrieveService, items: list[Planned], base: str, boundary: str
+) -> Iterator[bytes]:
+    for index, item in enumerate(items):
+        headers = {
+            "Content-Type": f"application/dicom; transfer-syntax={item.transfer_syntax}",
+            "Content-Location": _instance_url(base, item),
+        }
+        if item.as_stored:
+            headers["Content-Length"] = str(item.instance.blob_size)
+            yield part_header(boundary, headers, first=index == 0)
+            yield from retrieve.chunks(item)
+        else:
+            data = b"".join(retrieve.chunks(item))
+            headers["Content-Length"] = str(len(data))
+            yield part_header(boundary, headers, first=index == 0) + data
+    yield closing_delimiter(boundary)
+
+
+class _ZipSink:
+    """A write-only file object that hands what zipfile wrote to a generator."""
+
+    def __init__(self) -> None:
+        self.buffer = bytearray()
+
+    def write(self, data: bytes, /) -> int:
+        self.buffer += data
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def drain(self) -> bytes:
+        data = bytes(self.buffer)
+        self.buffer.clear()
+        return data
+
+
+def _zip(retrieve: RetrieveService, items: list[Planned]) -> Iterator[bytes]:
+    sink = _ZipSink()
+    with zipfile.ZipFile(sink, mode="w", compression=zipfile.ZIP_STORED) as archive:
+        for item in items:
+            i = item.instance
+            name = f"{i.study_uid}/{i.series_uid}/{i.sop_instance_uid}.dcm"
+            with archive.open(name, mode="w", force_zip64=True) as member:
+                for chunk in retrieve.chunks(item):
+                    member.write(chunk)
+                    if len(sink.buffer) >= 1 << 20:
+                        yield sink.drain()
+            yield sink.drain()
+    yield sink.drain()
+
+
+async def retrieve_instances(request: Request) -> Response:
+    services: Services = request.app.state.services
+    study, series, sop = path_uids(request)
+    choice = choose_instances(request.headers.get("accept"), single_allowed=sop is not None)
+    retrieve = services.retrieve
+    found = await anyio.to_thread.run_sync(retrieve.instances, study, series, sop)
+    requested = choice.transfer_syntax or EXPLICIT_VR_LITTLE_ENDIAN
+    if choice.form is Form.ZIP:
+        planned = [Planned(i, i.transfer_syntax) for i in found]
+    else:
+        planned = retrieve.plan(found, requested)
+    items, unreadable = await anyio.to_thread.run_sync(retrieve.readable, planned)
+    if not items:
+        raise StorageUnavailable(
+            f"{len(unreadable)} stored instance(s) could not be read; see the server log"
+        )
+    base = base_url(request, services.settings)
+    headers = {"Cache-Control": _PRIVATE}
+    if unreadable:
+        left_out = ", ".join(p.instance.sop_instance_uid for p in unreadable[:10])
+        headers["Warning"] = (
+            f"299 {base}: {len(unreadable)} instance(s) could not be read and were left out: "
+            f"{left_out}"
+        )
+    if choice.form is Form.ZIP:
+        headers["Content-Disposition"] = f'attachment; filename="{sop or series or study}.zip"'
+        return StreamingResponse(
+            _zip(retrieve, items), media_type="application/zip", headers=headers
+        )
+    if choice.form is Form.SINGLE:
+        item = items[0]
+        media = f"application/dicom; transfer-syntax={item.transfer_syntax}"
+        if item.as_stored:
+            headers["Content-Length"] = str(item.instance.blob_size)
+        return StreamingResponse(retrieve.chunks(item), media_type=media, headers=headers)
+    boundary = new_boundary()
+    media = f'multipart/related; type="application/dicom"; boundary={boundary}'
+    return StreamingResponse(
+        _multipart(retrieve, items, base, boundary), media_type=media, headers=headers
+    )
+
+
+def _http_date(timestamp: float) -> str:
+    return format_datetime(datetime.fromtimestamp(int(timestamp), tz=UTC), usegmt=True)
+
+
+def _not_modified(request: Request, etag: str, modified: float) -> bool:
+    """Conditional GET (RFC 9110 13.1.2, 13.1.3): If-None-Match wins over If-Modified-Since."""
+    match = request.headers.get("if-none-match")
+    if match is not None:
+        tags = {t.strip().removeprefix("W/") for t in match.split(",")}
+        return etag in tags or "*" in tags
+    since = request.headers.get("if-modified-since")
+    if since:
+        try:
+            return int(modified) <= int(parsedate_to_datetime(since).timestamp())
+        except (TypeError, ValueError):
+            return False
+    return False
+
+
+async def retrieve_metadata(request: Request) -> Response:
+    services: Services = request.app.state.services
+    study, series, sop = path_uids(request)
+    choice = choose_dataset_form(request.headers.get("accept"))
+    base = base_url(request, services.settings)
+    version = await anyio.to_thread.run_sync(services.retrieve.version, study, series, sop)
+    fingerprint = (
+        f"{study}|{series}|{sop}|{version.updated_at}|{version.count}|{base}|{choice.form}"
+    )
+    etag = '"' + hashlib.sha256(fingerprint.encode()).hexdigest()[:32] + '"'
+    headers = {
+        "ETag": etag,
+        "Last-Modified": _http_date(version.updated_at),
+        "Cache-Control": _PRIVATE,
+    }
+    if _not_modified(request, etag, version.updated_at):
+        return Response(status_code=304, headers=headers)
+    rows = await anyio.to_thread.run_sync(services.retrieve.metadata, study, series, sop)
+    # Stored JSON holds BulkDataURIs relative to the DICOMweb root; the key text
+    # '"BulkDataURI":"' cannot occur inside a JSON string value (quotes are escaped).
+    prefix = b'"BulkDataURI":"' + orjson.dumps(base)[1:-1]
+    body = (b"[" + b",".join(rows) + b"]").replace(b'"BulkDataURI":"', prefix)
+    if choice.form is Form.XML:
+        xml, media = xml_multipart(orjson.loads(body))
+        return Response(xml, media_type=media, headers=headers)
+    return Response(body, media_type="application/dicom+json", headers=headers)
+
+
+def _single_range(header: str | None, total: int) -> tuple[int, int] | None:
+    """A single byte range (RFC 9110 14.1.2) as (start, length); None for the whole value."""
+    if not header:
+        return None
+    match = _RANGE_RE.match(header.strip())
+    if not match or match.groups() == ("", ""):
+        return None
+    first, last = match.groups()
+    if first == "":
+        length = min(int(last), total)
+        return total - length, length
+    start = int(first)
+    end = min(int(last), total - 1) if last else total - 1
+    if start >= total or end < start:
+        raise NotAcceptable(f"range {header} is outside the {total} bytes of the value")
+    return start, end - start + 1
+
+
+async def retrieve_bulkdata(request: Request) -> Response:
+    services: Services = request.app.state.services
+    study, series, sop = path_uids(request)
+    assert series is not None and sop is not None
+    path = request.path_params["path"]
+    if not _BULK_PATH_RE.match(path):
+        raise InvalidRequest(f"invalid bulk data path {path!r}")
+    choice = choose_bulkdata(request.headers.get("accept"))
+    retrieve = services.retrieve
+    where = await anyio.to_thread.run_sync(retrieve.bulkdata, study, series, sop, path)
+    headers = {"Cache-Control": _PRIVATE, "Accept-Ranges": "bytes"}
+    key, offset, total = ("", 0, len(where)) if isinstance(where, bytes) else where
+    base = base_url(request, services.settings)
+    location = f"{base}/studies/{study}/series/{series}/instances/{sop}/bulkdata/{path}"
+    span = (
+        _single_range(request.headers.get("range"), total) if choice.form is Form.SINGLE else None
+    )
+    start, length = span if span else (0, total)
+
+    def chunks() -> Iterator[bytes]:
+        if isinstance(where, bytes):
+            yield where[start : start + length]
+        else:
+            yield from retrieve.read_range(key, offset + start, length)
+
+    body = chunks()
+    if choice.form is Form.SINGLE:
+        headers["Content-Length"] = str(length)
+        status = 200
+        if span:
+            status = 206
+            headers["Content-Range"] = f"bytes {start}-{start + length - 1}/{total}"
+        return StreamingResponse(
+            body, status_code=status, media_type="application/octet-stream", headers=headers
+        )
+    boundary = new_boundary()
+    part = part_header(
+        boundary,
+        {
+            "Content-Type": "application/octet-stream",
+            "Content-Location": location,
+            "Content-Length": str(length),
+        },
+    )
+
+    def framed() -> Iterator[bytes]:
+        yield part
+        yield from body
+        yield closing_delimiter(boundary)
+
+    media = f'multipart/related; type="application/octet-stream"; boundary={boundary}'
+    return StreamingResponse(framed(), media_type=media, headers=headers)
+
+
+async def delete(request: Request) -> Response:
+    services: Services = request.app.state.services
+    study, series, sop = path_uids(request)
+    await anyio.to_thread.run_sync(services.delete.delete, study, series, sop)
+    return Response(status_code=204)

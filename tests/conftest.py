@@ -1,0 +1,195 @@
+"""Shared fixtures: index databases (SQLite and PostgreSQL) and a real uvicorn server.
+
+PostgreSQL: each test session creates a throwaway database on the cluster reachable at
+DICOMWEB_TEST_PG (default: the local socket /var/run/postgresql) and drops it after.
+Where PostgreSQL is unreachable the PostgreSQL variants are skipped, except under CI
+(CI=true), where that is a failure: CI must test both indexes.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+PG_HOST = os.environ.get("DICOMWEB_TEST_PG", "/var/run/postgresql")
+REPO = Path(__file__).resolve().parent.parent
+BACKENDS = ["sqlite", "postgresql"]
+
+
+def _pg_admin_url() -> str:
+    return f"host={PG_HOST} dbname=postgres"
+
+
+def _pg_available() -> str | None:
+    try:
+        import psycopg
+
+        with psycopg.connect(_pg_admin_url(), connect_timeout=3):
+            return None
+    except Exception as exc:
+        return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+class PgDatabases:
+    """Creates and drops throwaway PostgreSQL databases."""
+
+    def __init__(self) -> None:
+        self.created: list[str] = []
+
+    def create(self) -> str:
+        import psycopg
+
+        name = "dwtest_" + secrets.token_hex(6)
+        with psycopg.connect(_pg_admin_url(), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        self.created.append(name)
+        return f"postgresql+psycopg:///{name}?host={PG_HOST}"
+
+    def drop_all(self) -> None:
+        import psycopg
+
+        with psycopg.connect(_pg_admin_url(), autocommit=True) as conn:
+            for name in self.created:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def pg_databases() -> Iterator[PgDatabases]:
+    problem = _pg_available()
+    if problem is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL is required under CI but unreachable: {problem}")
+        pytest.skip(f"PostgreSQL unreachable at {PG_HOST}: {problem}")
+    dbs = PgDatabases()
+    yield dbs
+    dbs.drop_all()
+
+
+def make_database_url(backend: str, tmp: Path, request: pytest.FixtureRequest) -> str:
+    if backend == "sqlite":
+        return f"sqlite:///{tmp / 'index.sqlite3'}"
+    dbs: PgDatabases = request.getfixturevalue("pg_databases")
+    return dbs.create()
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty index database of each kind."""
+    return make_database_url(request.param, tmp_path, request)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Server:
+    """A real `dicomweb-server serve` process on loopback."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    data_dir: Path
+    database_url: str
+    log_path: Path
+
+    @property
+    def root(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"{self.root}/dicom-web"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=15)
+
+
+def start_server(
+    data_dir: Path, database_url: str, *extra_args: str, env: dict[str, str] | None = None
+) -> Server:
+    port = free_port()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log_path = data_dir.parent / f"server-{port}.log"
+    cmd = [
+        sys.executable,
+        "-m",
+        "dicomweb_server.cli",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--data-dir",
+        str(data_dir),
+        "--database-url",
+        database_url,
+        "--log-level",
+        "info",
+        *extra_args,
+    ]
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("DICOMWEB_")}
+    full_env.update(env or {})
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=REPO
+        )
+    server = Server(process, port, data_dir, database_url, log_path)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{server.log()}")
+        try:
+            if httpx.get(f"{server.root}/health", timeout=1).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    server.stop()
+    raise RuntimeError(f"server did not become ready:\n{server.log()}")
+
+
+@pytest.fixture(params=BACKENDS)
+def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Server]:
+    """A fresh server with an empty archive, once per index backend."""
+    url = make_database_url(request.param, tmp_path, request)
+    srv = start_server(tmp_path / "data", url)
+    yield srv
+    srv.stop()
+    assert "Traceback" not in srv.log(), srv.log()
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def shared_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    """One server per module and backend, for read-mostly tests that set up data once."""
+    tmp = tmp_path_factory.mktemp("shared")
+    url = make_database_url(request.param, tmp, request)
+    srv = start_server(tmp / "data", url)
+    yield srv
+    srv.stop()
