@@ -5,8 +5,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from sqlalchemy.exc import OperationalError
+
 from dicomweb_server.config import Settings
 from dicomweb_server.dicom.ingest import configure_pydicom
+from dicomweb_server.errors import StorageUnavailable
 from dicomweb_server.services.delete import DeleteService
 from dicomweb_server.services.query import QueryService
 from dicomweb_server.services.retrieve import RetrieveService
@@ -29,6 +32,7 @@ class Services:
 
     def close(self) -> None:
         self.index.close()
+        self.blobs.close()
 
 
 def prepare(settings: Settings) -> None:
@@ -43,6 +47,10 @@ def prepare(settings: Settings) -> None:
         applied = index.migrate()
         if applied:
             log.info("index schema migrated to version %d", applied[-1])
+    except OperationalError as exc:
+        where = settings.database_url_for_display
+        reason = str(exc.orig or exc).strip().splitlines()[0]
+        raise StorageUnavailable(f"cannot use the index database {where}: {reason}") from exc
     finally:
         index.close()
 
@@ -50,7 +58,9 @@ def prepare(settings: Settings) -> None:
 def build_services(settings: Settings) -> Services:
     configure_pydicom()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    blobs = FileBlobStore(settings.data_dir)
+    blobs = FileBlobStore(settings.data_dir, settings.min_free_bytes)
+    # Held for the life of the process: a concurrent `prepare` must not clean our spool.
+    blobs.hold_spool()
     index = SqlIndex(settings.effective_database_url)
     return Services(
         settings=settings,

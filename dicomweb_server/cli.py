@@ -10,10 +10,17 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dicomweb_server import __version__
-from dicomweb_server.bootstrap import Services, build_services, prepare
 from dicomweb_server.config import Settings, env_name, load_settings, to_environ
+from dicomweb_server.errors import DicomWebError
+
+if TYPE_CHECKING:
+    from dicomweb_server.bootstrap import Services
+
+# bootstrap (SQLAlchemy, pydicom) is imported by the commands that need it, so that
+# --help, --version and settings errors answer at once.
 
 log = logging.getLogger("dicomweb_server")
 
@@ -46,6 +53,8 @@ def _settings(args: argparse.Namespace, **extra: object) -> Settings:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from dicomweb_server.bootstrap import prepare
+
     settings = _settings(
         args,
         host=args.host,
@@ -77,7 +86,7 @@ def _serve(args: argparse.Namespace) -> int:
         settings.port,
         settings.dicomweb_root,
         settings.data_dir.resolve(),
-        settings.effective_database_url.split("?")[0],
+        settings.database_url_for_display,
         settings.workers,
     )
     uvicorn.run(
@@ -101,7 +110,8 @@ def _files(paths: Sequence[Path]) -> Iterator[Path]:
             yield path
         elif path.is_dir():
             for root, dirs, names in os.walk(path):
-                dirs.sort()
+                # Hidden folders (.git, .Trash, ...) are skipped like hidden files.
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
                 for name in sorted(names):
                     if not name.startswith(".") and name.upper() != "DICOMDIR":
                         yield Path(root) / name
@@ -111,6 +121,8 @@ _worker_services: Services | None = None
 
 
 def _init_worker(settings: Settings) -> None:
+    from dicomweb_server.bootstrap import build_services
+
     global _worker_services
     _worker_services = build_services(settings)
 
@@ -130,6 +142,8 @@ def _import_one(path: Path) -> tuple[str, str, str]:
 
 def _import(args: argparse.Namespace) -> int:
     from tqdm import tqdm
+
+    from dicomweb_server.bootstrap import prepare
 
     settings = _settings(args)
     logging.basicConfig(level=logging.WARNING)
@@ -162,6 +176,8 @@ def _import(args: argparse.Namespace) -> int:
 
 
 def _migrate(args: argparse.Namespace) -> int:
+    from dicomweb_server.bootstrap import prepare
+
     settings = _settings(args)
     prepare(settings)
     print("index schema is up to date")
@@ -221,9 +237,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except ValueError as exc:
+    except ValueError as exc:  # bad settings
         print(f"dicomweb-server: {exc}", file=sys.stderr)
         return 2
+    except DicomWebError as exc:  # the index or the data folder cannot be used
+        print(f"dicomweb-server: {exc.message}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"dicomweb-server:{where} {exc.strerror or exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

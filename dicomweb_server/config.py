@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -17,6 +18,9 @@ from typing import Any
 
 ENV_PREFIX = "DICOMWEB_"
 DUPLICATE_POLICIES = ("keep-first", "replace", "reject")
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off", "")
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,9 @@ class Settings:
     trusted_proxies: tuple[str, ...] = ()
     dicomweb_root: str = "/dicom-web"
     max_request_bytes: int = 4 * 1024**3
+    # New instances are refused (Out of Resources) once the blob filesystem has less
+    # free space than this, so the index can still write, e.g. to delete; 0 disables.
+    min_free_bytes: int = 64 * 1024**2
     max_parts: int = 100_000
     qido_max_limit: int = 1000
     qido_default_limit: int = 1000
@@ -53,6 +60,12 @@ class Settings:
             return self.database_url
         return f"sqlite:///{self.sqlite_path.resolve()}"
 
+    @property
+    def database_url_for_display(self) -> str:
+        """The index URL for logs and messages: no password, no query string."""
+        url = self.effective_database_url.split("?")[0]
+        return re.sub(r"^([^:/]+://[^:/@]*):[^@/]*@", r"\1:***@", url)
+
     def is_loopback_bind(self) -> bool:
         if self.host == "localhost":
             return True
@@ -69,31 +82,66 @@ class Settings:
             )
         if not 1 <= self.port <= 65535:
             raise ValueError(f"port {self.port} is out of range")
+        if not self.host:
+            raise ValueError("host must not be empty")
         if self.workers < 1:
             raise ValueError("workers must be at least 1")
         if not self.dicomweb_root.startswith("/") or self.dicomweb_root.endswith("/"):
             raise ValueError("dicomweb_root must start with '/' and not end with one")
+        for name in ("max_request_bytes", "max_parts", "qido_max_limit", "qido_default_limit"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if self.thread_limit < 1:
+            raise ValueError("thread_limit must be at least 1")
+        if self.min_free_bytes < 0:
+            raise ValueError("min_free_bytes must not be negative")
+        if self.bulk_data_threshold < 0:
+            raise ValueError("bulk_data_threshold must not be negative")
+        if self.log_level.lower() not in LOG_LEVELS:
+            raise ValueError(
+                f"log_level must be one of {', '.join(LOG_LEVELS)}, not {self.log_level!r}"
+            )
         for peer in self.trusted_proxies:
-            ipaddress.ip_network(peer, strict=False)
+            try:
+                ipaddress.ip_network(peer, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"trusted_proxies: {exc}") from None
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
 
 
-def _coerce(name: str, value: Any) -> Any:
+def _coerce(name: str, value: Any, source: str) -> Any:
+    """``value`` as the type of field ``name``; ``source`` names where it came from."""
     kind = _FIELDS[name].type
     if kind == "int":
-        return int(value)
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise ValueError(f"{source}: {name} must be an integer, not {value!r}")
+        try:
+            return int(value)
+        except ValueError:
+            raise ValueError(f"{source}: {name} must be an integer, not {value!r}") from None
     if kind == "bool":
         if isinstance(value, bool):
             return value
-        return str(value).strip().lower() in ("1", "true", "yes", "on")
+        text = str(value).strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+        raise ValueError(f"{source}: {name} must be true or false, not {value!r}")
     if kind == "Path":
+        if not isinstance(value, (str, Path)) or not str(value):
+            raise ValueError(f"{source}: {name} must be a non-empty path, not {value!r}")
         return Path(value)
     if kind == "tuple[str, ...]":
         if isinstance(value, str):
             return tuple(v.strip() for v in value.split(",") if v.strip())
-        return tuple(str(v) for v in value)
+        if isinstance(value, (list, tuple)):
+            return tuple(str(v) for v in value)
+        raise ValueError(f"{source}: {name} must be a list or a comma-separated string")
+    if isinstance(value, (dict, list)):
+        raise ValueError(f"{source}: {name} must be a string, not {value!r}")
     return None if value is None else str(value)
 
 
@@ -109,25 +157,44 @@ def load_settings(
     """Build Settings from a TOML file, the environment and explicit overrides."""
     env = os.environ if environ is None else environ
     values: dict[str, Any] = {}
-    path = config_file or (Path(env[env_name("config")]) if env_name("config") in env else None)
+    path = config_file
+    if path is None and env.get(env_name("config")):
+        path = Path(env[env_name("config")])
     if path is not None:
-        with open(path, "rb") as fh:
-            raw = tomllib.load(fh)
-        section = raw.get("server", raw)
-        for key, value in section.items():
-            key = key.replace("-", "_")
-            if key not in _FIELDS:
-                raise ValueError(f"{path}: unknown setting {key!r}")
-            values[key] = _coerce(key, value)
+        values.update(_read_config(path))
     for name in _FIELDS:
         if env_name(name) in env:
-            values[name] = _coerce(name, env[env_name(name)])
+            values[name] = _coerce(name, env[env_name(name)], env_name(name))
     for name, value in overrides.items():
+        if name not in _FIELDS:
+            raise TypeError(f"unknown setting {name!r}")
         if value is not None:
-            values[name] = _coerce(name, value)
+            values[name] = _coerce(name, value, name.replace("_", "-"))
     settings = Settings(**values)
     settings.validate()
     return settings
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    """Settings from a TOML file: keys at top level and/or under ``[server]`` (which wins)."""
+    try:
+        with open(path, "rb") as fh:
+            raw = tomllib.load(fh)
+    except OSError as exc:
+        raise ValueError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"config file {path} is not valid TOML: {exc}") from None
+    server = raw.pop("server", {})
+    if not isinstance(server, dict):
+        raise ValueError(f"{path}: [server] must be a table")
+    values: dict[str, Any] = {}
+    for section in (raw, server):
+        for key, value in section.items():
+            name = key.replace("-", "_")
+            if name not in _FIELDS:
+                raise ValueError(f"{path}: unknown setting {key!r}")
+            values[name] = _coerce(name, value, str(path))
+    return values
 
 
 def replace(settings: Settings, **changes: Any) -> Settings:

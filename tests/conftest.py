@@ -193,3 +193,125 @@ def shared_server(
     srv = start_server(tmp / "data", url)
     yield srv
     srv.stop()
+
+
+# -- helpers for the durability and CLI tests ----------------------------------------
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """`dicomweb-server ARGS` in a clean environment (no inherited DICOMWEB_ variables)."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("DICOMWEB_")}
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "dicomweb_server.cli", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=cwd or REPO,
+        timeout=timeout,
+        check=False,
+    )
+
+
+_http_client: httpx.Client | None = None
+
+
+def http() -> httpx.Client:
+    """One shared client: each top-level httpx.get() would build a new SSL context (slow)."""
+    global _http_client
+    if _http_client is None:
+        _http_client = httpx.Client(timeout=60)
+    return _http_client
+
+
+def retrieve_raw(server: Server, study: str, series: str, sop: str) -> bytes:
+    """One instance exactly as stored (transfer-syntax=*), or AssertionError."""
+    response = http().get(
+        f"{server.url}/studies/{study}/series/{series}/instances/{sop}",
+        headers={"Accept": "application/dicom; transfer-syntax=*"},
+        timeout=30,
+    )
+    assert response.status_code == 200, (response.status_code, response.text[:300])
+    return response.content
+
+
+def qido_instances(server: Server, **params: str) -> list[tuple[str, str, str]]:
+    """(study, series, sop) of every instance QIDO reports, paging through all of them."""
+    found: list[tuple[str, str, str]] = []
+    for page in range(1000):
+        response = http().get(
+            f"{server.url}/instances",
+            params={**params, "limit": "500", "offset": str(page * 500)},
+            headers={"Accept": "application/dicom+json"},
+            timeout=30,
+        )
+        assert response.status_code in (200, 204), response.text[:300]
+        items = response.json() if response.status_code == 200 and response.content else []
+        for item in items:
+            found.append(
+                (
+                    item["0020000D"]["Value"][0],
+                    item["0020000E"]["Value"][0],
+                    item["00080018"]["Value"][0],
+                )
+            )
+        if len(items) < 500:
+            return found
+    raise AssertionError("QIDO paging did not end")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _close_shared_http_client() -> Iterator[None]:
+    yield
+    global _http_client
+    if _http_client is not None:
+        _http_client.close()
+        _http_client = None
+
+
+def _run(*cmd: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+
+
+@dataclass
+class SmallFs:
+    path: Path
+    kind: str
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[SmallFs]:
+    """A small filesystem (3 MB unless parametrized indirectly with a size in MB): tmpfs,
+    else a loop-mounted ext4 image (needs root); unmounted afterwards. Skips if neither
+    can be mounted."""
+    megabytes = int(getattr(request, "param", 3))
+    mount = tmp_path / "small"
+    mount.mkdir()
+    tmpfs = _run("mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs", str(mount))
+    if tmpfs.returncode == 0:
+        fs = SmallFs(mount, "tmpfs")
+    else:
+        image = tmp_path / "small.img"
+        with open(image, "wb") as fh:
+            fh.truncate((megabytes + 1) * 1024 * 1024)
+        made = _run("mkfs.ext4", "-q", "-F", "-m", "0", str(image))
+        loop = _run("mount", "-o", "loop", str(image), str(mount))
+        if made.returncode or loop.returncode:
+            pytest.skip(
+                "cannot mount a small filesystem here (tmpfs: "
+                f"{tmpfs.stderr.strip()}; loop ext4: {loop.stderr.strip() or made.stderr.strip()})"
+            )
+        fs = SmallFs(mount, "ext4-loop")
+    try:
+        yield fs
+    finally:
+        if _run("umount", str(mount)).returncode:
+            _run("umount", "-l", str(mount))
+
+
+def unexpected_tracebacks(log: str, *expected: str) -> list[str]:
+    """Tracebacks in a server log, except those whose text names one of ``expected``."""
+    blocks = log.split("Traceback (most recent call last):")[1:]
+    return [b[:2000] for b in blocks if not any(e in b for e in expected)]

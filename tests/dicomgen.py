@@ -109,6 +109,9 @@ def to_part10(ds: Dataset, transfer_syntax: str = ExplicitVRLittleEndian) -> byt
 
 def bare_dataset(ds: Dataset) -> bytes:
     """The dataset alone, Implicit VR Little Endian, with no preamble or meta header."""
+    ds = ds.copy()
+    if hasattr(ds, "file_meta"):
+        del ds.file_meta
     out = io.BytesIO()
     pydicom.dcmwrite(out, ds, implicit_vr=True, little_endian=True)
     return out.getvalue()

@@ -7,8 +7,12 @@ the byte position of each top-level bulk value, so that no hot path re-parses a 
 
 from __future__ import annotations
 
+import base64
+import io
+import logging
 import os
 import unicodedata
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
@@ -16,6 +20,7 @@ from typing import Any, BinaryIO
 import orjson
 import pydicom
 import pydicom.config
+import pydicom.filereader
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
@@ -23,21 +28,46 @@ from pydicom.uid import UID
 
 from dicomweb_server.dicom import status
 from dicomweb_server.dicom.attributes import Level, level_of, tag_hex, vr_of
-from dicomweb_server.dicom.uids import IMPLICIT_VR_LITTLE_ENDIAN, is_valid_uid
+from dicomweb_server.dicom.uids import (
+    DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+    EXPLICIT_VR_BIG_ENDIAN,
+    IMPLICIT_VR_LITTLE_ENDIAN,
+    is_valid_uid,
+)
 from dicomweb_server.errors import InvalidRequest
 
 # Value representations whose values are opaque bytes (PS3.18 F.2.7: may be BulkDataURI).
 BULK_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN", "OB or OW", "US or OW"})
 PIXEL_DATA = 0x7FE00010
 UNDEFINED_LENGTH = 0xFFFFFFFF
+_SEQ_DELIMITER_LE = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+_SEQ_DELIMITER_BE = b"\xff\xfe\xe0\xdd\x00\x00\x00\x00"
+# Width of one value of the binary VRs whose byte order follows the encoding (PS3.5 7.3).
+_SWAP_WIDTH = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
+# Any one of these makes a parse plausibly DICOM rather than noise.
+_IDENTIFYING_TAGS = (0x00080016, 0x00080018, 0x0020000D, 0x0020000E)
 
 
 class DicomRejected(InvalidRequest):
-    """The object cannot be stored; ``reason`` is the STOW-RS FailureReason code."""
+    """The object cannot be stored; ``reason`` is the STOW-RS FailureReason code.
 
-    def __init__(self, message: str, reason: int = status.CANNOT_UNDERSTAND) -> None:
+    ``sop_class_uid`` and ``sop_instance_uid`` are set when both were read and valid,
+    so that the failure can be reported per instance in the Failed SOP Sequence
+    (PS3.18 Table I.1-1: both are Type 1 there), else under Other Failures Sequence.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        reason: int = status.CANNOT_UNDERSTAND,
+        *,
+        sop_class_uid: str | None = None,
+        sop_instance_uid: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.reason = reason
+        self.sop_class_uid = sop_class_uid
+        self.sop_instance_uid = sop_instance_uid
 
 
 @dataclass
@@ -63,9 +93,15 @@ class InstanceRecord:
 
 
 def configure_pydicom() -> None:
-    """Be lenient when reading: real modalities write values that break strict rules."""
+    """Be lenient when reading: real modalities write values that break strict rules.
+
+    pydicom's decoder logs a full traceback for every plugin that fails on undecodable
+    pixel data before it raises; the caller reports the raised error (which names each
+    plugin's reason) once, so those per-plugin tracebacks are silenced.
+    """
     pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
     pydicom.config.settings.writing_validation_mode = pydicom.config.IGNORE
+    logging.getLogger("pydicom.pixels.decoders.base").setLevel(logging.CRITICAL)
 
 
 def normalize_name(value: str) -> str:
@@ -114,17 +150,19 @@ def _int(ds: Dataset, keyword: str) -> int | None:
 class _JsonBuilder:
     """DICOM JSON via pydicom's per-element encoder, with bulk values never loaded."""
 
-    def __init__(self, uri_base: str, threshold: int) -> None:
+    def __init__(self, uri_base: str, threshold: int, *, big_endian: bool = False) -> None:
         self.uri_base = uri_base
         self.threshold = threshold
+        self.big_endian = big_endian
         self.bulk: dict[str, list[int]] = {}
 
     def dataset(self, ds: Dataset, path: str, top: bool) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for base_tag in sorted(ds.keys()):
             tag = int(base_tag)
-            if tag >> 16 == 0x0002 or (tag & 0xFFFF == 0 and top):
-                continue  # file meta and group lengths are not part of the JSON model
+            if tag >> 16 == 0x0002 or tag & 0xFFFF == 0:
+                # File meta and Group Length "shall not be included" (PS3.18 F.2.2).
+                continue
             key = tag_hex(tag)
             elem_path = f"{path}.{key}" if path else key
             raw = ds.get_item(tag, keep_deferred=True)
@@ -151,11 +189,27 @@ class _JsonBuilder:
                 ]
                 out[key] = {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
                 continue
+            width = _SWAP_WIDTH.get(str(elem.VR))
+            if self.big_endian and width and isinstance(elem.value, bytes) and elem.value:
+                # InlineBinary is little endian (PS3.18 F.2.7 with the default transfer
+                # syntax of DICOM JSON): swap the words pydicom kept as read.
+                swapped = _to_little_endian(elem.value, width)
+                out[key] = {"vr": elem.VR, "InlineBinary": base64.b64encode(swapped).decode()}
+                continue
             try:
                 out[key] = elem.to_json_dict(None, 0)
             except Exception:
                 continue
         return out
+
+
+def _to_little_endian(value: bytes, width: int) -> bytes:
+    if len(value) % width:
+        return value
+    import numpy as np
+
+    dtype = np.dtype(f">u{width}")
+    return np.frombuffer(value, dtype=dtype).astype(dtype.newbyteorder("<")).tobytes()
 
 
 def _split_levels(metadata: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -170,17 +224,41 @@ def _split_levels(metadata: dict[str, Any]) -> tuple[dict[str, Any], dict[str, A
     return study, series
 
 
-def _check_complete(ds: Dataset, size: int) -> None:
-    """Reject truncated objects: every defined-length top-level value must fit the file."""
+def _check_complete(ds: Dataset, fp: BinaryIO, size: int) -> None:
+    """Reject truncated objects (PS3.10 7.1: a file holds one complete Data Set).
+
+    Must run before any value is decoded: pydicom keeps a short read as a shorter
+    value (a cut UID is still a valid-looking UID), and only the raw elements still
+    know the length their header declared. Checked: every defined-length top-level
+    value fits the file, and no bytes are left over after the last element (pydicom
+    silently stops at an element header cut short).
+    """
     # keys(), not iteration: iterating a Dataset would load every deferred value.
-    for tag in ds.keys():  # noqa: SIM118
-        raw = ds.get_item(tag, keep_deferred=True)
+    elements = [ds.get_item(tag, keep_deferred=True) for tag in ds.keys()]  # noqa: SIM118
+    for raw in elements:
         if not isinstance(raw, RawDataElement) or raw.length == UNDEFINED_LENGTH:
             continue
         if raw.value_tell + raw.length > size:
             raise DicomRejected(
-                f"object is truncated: attribute {tag_hex(int(tag))} needs "
+                f"object is truncated: attribute {tag_hex(int(raw.tag))} needs "
                 f"{raw.length} bytes at offset {raw.value_tell}, file has {size}"
+            )
+    last = max(elements, key=lambda e: getattr(e, "value_tell", 0) or 0)
+    if isinstance(last, RawDataElement) and last.length == UNDEFINED_LENGTH:
+        # An undefined-length value (encapsulated Pixel Data, a sequence) last in the
+        # file must end with its Sequence Delimitation Item (PS3.5 7.5.2, A.4).
+        fp.seek(size - 8)
+        if fp.read(8) not in (_SEQ_DELIMITER_LE, _SEQ_DELIMITER_BE):
+            raise DicomRejected(
+                f"object is truncated: attribute {tag_hex(int(last.tag))} of undefined "
+                "length has no Sequence Delimitation Item"
+            )
+    elif isinstance(last, RawDataElement) and 0 < size - (last.value_tell + last.length) < 12:
+        fp.seek(last.value_tell + last.length)
+        if fp.read(12).strip(b"\0"):
+            raise DicomRejected(
+                f"object is truncated: it ends inside the header of the element after "
+                f"{tag_hex(int(last.tag))}"
             )
     if PIXEL_DATA in ds and "Rows" in ds and "Columns" in ds and "BitsAllocated" in ds:
         raw = ds.get_item(PIXEL_DATA, keep_deferred=True)
@@ -196,6 +274,17 @@ def _check_complete(ds: Dataset, size: int) -> None:
                     f"{frames} frame(s) of {rows}x{cols}x{samples} at {bits} bits",
                     status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
                 )
+
+
+def _inflated(fp: BinaryIO) -> bytes:
+    """The data set of a Deflated Explicit VR Little Endian file, inflated (PS3.5 A.5)."""
+    fp.seek(0)
+    try:
+        pydicom.filereader.read_preamble(fp, True)
+        pydicom.filereader._read_file_meta_info(fp)
+        return zlib.decompressobj(-zlib.MAX_WBITS).decompress(fp.read())
+    except Exception as exc:
+        raise DicomRejected(f"deflated data set cannot be inflated: {exc}") from exc
 
 
 def read_dataset(fp: BinaryIO, defer_size: int) -> Dataset:
@@ -229,10 +318,28 @@ def analyse(
     has_meta = meta is not None and "TransferSyntaxUID" in meta
     if not len(ds):
         raise DicomRejected("no DICOM data elements found")
+    if not has_meta and not any(tag in ds for tag in _IDENTIFYING_TAGS):
+        # Without a meta header and without any of the identifying attributes, what
+        # pydicom "parsed" is noise: Cannot understand (PS3.18 Table I.2-2, C000).
+        raise DicomRejected("not a DICOM object: no File Meta Information and no SOP UIDs")
+    stored_ts = str(meta.TransferSyntaxUID) if meta is not None and has_meta else None
+    deflated = stored_ts == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN
+    if deflated:
+        # Value positions are in the inflated data set (PS3.5 A.5), not in the file:
+        # check against the inflated bytes, and keep no in-place offsets.
+        inflated = _inflated(fp)
+        _check_complete(ds, io.BytesIO(inflated), len(inflated))
+    else:
+        _check_complete(ds, fp, size)
     sop_class = _text(ds, "SOPClassUID")
     sop_uid = _text(ds, "SOPInstanceUID")
     study_uid = _text(ds, "StudyInstanceUID")
     series_uid = _text(ds, "SeriesInstanceUID")
+    # Missing or malformed identifying UIDs (PS3.5 9.1): Data Set does not match SOP
+    # Class (A900, PS3.18 Table I.2-2), reported against the instance when it is known.
+    known: dict[str, str | None] = {"sop_class_uid": None, "sop_instance_uid": None}
+    if sop_class and sop_uid and is_valid_uid(sop_class) and is_valid_uid(sop_uid):
+        known = {"sop_class_uid": sop_class, "sop_instance_uid": sop_uid}
     for name, value in (
         ("SOP Class UID", sop_class),
         ("SOP Instance UID", sop_uid),
@@ -241,11 +348,15 @@ def analyse(
     ):
         if not value:
             raise DicomRejected(
-                f"required attribute {name} is missing", status.DATASET_DOES_NOT_MATCH_SOP_CLASS
+                f"required attribute {name} is missing",
+                status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                **known,
             )
         if not is_valid_uid(value):
             raise DicomRejected(
-                f"{name} {value[:80]!r} is not a valid UID", status.DATASET_DOES_NOT_MATCH_SOP_CLASS
+                f"{name} {value[:80]!r} is not a valid UID",
+                status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                **known,
             )
     assert sop_class and sop_uid and study_uid and series_uid
     if meta is not None and has_meta:
@@ -258,14 +369,15 @@ def analyse(
             )
     else:
         ts = IMPLICIT_VR_LITTLE_ENDIAN if ds.is_implicit_VR else "1.2.840.10008.1.2.1"
-    _check_complete(ds, size)
 
     if uri_for is None:
         base = f"/studies/{study_uid}/series/{series_uid}/instances/{sop_uid}/bulkdata"
     else:
         base = uri_for(study_uid, series_uid, sop_uid) + "/bulkdata"
-    builder = _JsonBuilder(base, bulk_threshold)
+    builder = _JsonBuilder(base, bulk_threshold, big_endian=ts == EXPLICIT_VR_BIG_ENDIAN)
     metadata = builder.dataset(ds, "", True)
+    if deflated:
+        builder.bulk.clear()
     study_json, series_json = _split_levels(metadata)
 
     patient_name = _text(ds, "PatientName")

@@ -1,19 +1,41 @@
 """QIDO-RS / C-FIND query parameters turned into pure condition objects.
 
 Matching types follow PS3.4 C.2.2.2: single value, list of UIDs, universal,
-wildcard (* and ?), range (dates and times), plus fuzzy person-name matching
-(PS3.18 8.3.4.1). The storage layer turns conditions into SQL; nothing here
-knows about a database, so the rules are tested without one.
+wildcard (* and ?), range (dates and times), combined date-time (C.2.2.2.5.4,
+always performed for QIDO-RS per PS3.18 8.3.4.1.1), plus fuzzy person-name
+matching (PS3.18 8.3.4.2). The storage layer turns conditions into SQL; nothing
+here knows about a database, so the rules are tested without one.
+
+Decisions where the standard leaves room (documented for the conformance statement):
+
+- PN literal matching is case- and accent-insensitive (PS3.4 C.2.2.2.1.1 allows it);
+  ``fuzzymatching=true`` adds word-prefix matching: each query word must start a word
+  of the name, in any component or component group.
+- DA and TM values match by meaning (PS3.4 C.2.2.2.1.3 note 1): TM "2230" is 22:30:00
+  exactly, both as a single value and as a range bound.
+- Query parameter names ``limit``, ``offset``, ``fuzzymatching`` and ``includefield``
+  are also recognised in other letter cases; attribute keywords are case-sensitive.
+- A UID list may be separated by ',' (PS3.18 8.3.4.1) or by '\\' (the DICOM VM
+  delimiter, which OHIF sends).
 """
 
 from __future__ import annotations
 
+import datetime
 import enum
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from dicomweb_server.dicom.attributes import Level, keyword_of, parse_attribute, tag_hex, vr_of
+from dicomweb_server.dicom.attributes import (
+    SERIES_TAGS,
+    Level,
+    keyword_of,
+    parse_attribute,
+    parse_attribute_path,
+    tag_hex,
+    vr_of,
+)
 from dicomweb_server.dicom.ingest import normalize_name, normalize_time
 from dicomweb_server.dicom.uids import check_uid
 from dicomweb_server.errors import InvalidRequest
@@ -22,6 +44,12 @@ MODALITIES_IN_STUDY = 0x00080061
 STUDY_INSTANCE_UID = 0x0020000D
 SERIES_INSTANCE_UID = 0x0020000E
 SOP_INSTANCE_UID = 0x00080018
+NUMBER_OF_STUDY_RELATED_SERIES = 0x00201206
+NUMBER_OF_STUDY_RELATED_INSTANCES = 0x00201208
+NUMBER_OF_SERIES_RELATED_INSTANCES = 0x00201209
+INSTANCE_AVAILABILITY = 0x00080056
+RETRIEVE_URL = 0x00081190
+SOP_CLASSES_IN_STUDY = 0x00080062
 
 # Attributes the index can match on, with the level of the entity that holds them.
 MATCHABLE: dict[int, Level] = {
@@ -51,22 +79,35 @@ MATCHABLE: dict[int, Level] = {
     0x00200013: Level.INSTANCE,  # InstanceNumber
 }
 
-# Attributes computed by the server; they may be requested but are never stored values.
-COMPUTED = frozenset(
-    {
-        MODALITIES_IN_STUDY,
-        0x00201206,  # NumberOfStudyRelatedSeries
-        0x00201208,  # NumberOfStudyRelatedInstances
-        0x00201209,  # NumberOfSeriesRelatedInstances
-        0x00080056,  # InstanceAvailability
-        0x00081190,  # RetrieveURL
-        0x00080062,  # SOPClassesInStudy
-    }
+# Attributes computed by the server, with the highest level whose results carry them.
+# They may be requested (includefield) but are never stored values. RetrieveURL and
+# InstanceAvailability describe whichever entity the result is, so every level has them.
+COMPUTED_LEVEL: dict[int, Level] = {
+    MODALITIES_IN_STUDY: Level.STUDY,
+    SOP_CLASSES_IN_STUDY: Level.STUDY,
+    NUMBER_OF_STUDY_RELATED_SERIES: Level.STUDY,
+    NUMBER_OF_STUDY_RELATED_INSTANCES: Level.STUDY,
+    NUMBER_OF_SERIES_RELATED_INSTANCES: Level.SERIES,
+    INSTANCE_AVAILABILITY: Level.STUDY,
+    RETRIEVE_URL: Level.STUDY,
+}
+COMPUTED = frozenset(COMPUTED_LEVEL)
+STUDY_COMPUTED = frozenset(
+    {MODALITIES_IN_STUDY, NUMBER_OF_STUDY_RELATED_SERIES, NUMBER_OF_STUDY_RELATED_INSTANCES}
 )
+SERIES_COMPUTED = frozenset({NUMBER_OF_SERIES_RELATED_INSTANCES})
 
-_DATE_RE = re.compile(r"^\d{8}$")
-_TIME_RE = re.compile(r"^\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?$")
+# Transaction-wide query parameters handled by the web adapter (PS3.18 8.3.3).
+TRANSACTION_PARAMS = frozenset({"accept", "charset"})
+
+_DATE_RE = re.compile(r"^[0-9]{8}$")
+_TIME_RE = re.compile(r"^([0-9]{2})(([0-9]{2})(([0-9]{2})(\.[0-9]{1,6})?)?)?$")
+_COUNT_RE = re.compile(r"^[0-9]+$")
+# Bigger offsets cannot match anything, but would overflow a 64-bit SQL integer.
+_MAX_OFFSET = 2**62
+_IS_MIN, _IS_MAX = -(2**31), 2**31 - 1  # PS3.5 6.2: IS is a 32-bit signed value
 _CONTROL_PARAMS = frozenset({"limit", "offset", "fuzzymatching", "includefield"})
+_DATE_TIME_PAIRS = ((0x00080020, 0x00080030), (0x00400244, 0x00400245))
 
 
 class Kind(enum.Enum):
@@ -81,7 +122,11 @@ class Kind(enum.Enum):
 
 @dataclass(frozen=True)
 class Condition:
-    """One matching key: ``values`` holds the value(s); RANGE has (low, high), '' = open."""
+    """One matching key: ``values`` holds the value(s); RANGE has (low, high), '' = open.
+
+    PN conditions keep the query text; the storage layer folds it the same way as the
+    stored names. FUZZY holds the folded words, each of which must start a name word.
+    """
 
     tag: int
     kind: Kind
@@ -105,6 +150,11 @@ class QueryRequest:
     limit: int = 100
     offset: int = 0
     warnings: list[str] = field(default_factory=list)
+    # The entity named in the resource path (PS3.18 Table 10.6.1-1): None for the
+    # "All Studies/Series/Instances" resources, STUDY for /studies/{study}/...,
+    # SERIES for /studies/{study}/series/{series}/instances. It decides which
+    # higher-level attributes are returned (PS3.18 10.6.3.3.2, 10.6.3.3.3).
+    scope: Level | None = None
 
 
 def _split_values(raw: str) -> list[str]:
@@ -113,17 +163,34 @@ def _split_values(raw: str) -> list[str]:
 
 
 def _check_date(value: str, name: str) -> str:
+    """A DA value, YYYYMMDD, that is a real calendar date (PS3.5 6.2)."""
     if not _DATE_RE.match(value):
         raise InvalidRequest(f"{name}: {value!r} is not a date of the form YYYYMMDD")
-    month, day = int(value[4:6]), int(value[6:8])
-    if not (1 <= month <= 12 and 1 <= day <= 31):
-        raise InvalidRequest(f"{name}: {value!r} is not a valid date")
+    try:
+        datetime.date(int(value[0:4]), int(value[4:6]), int(value[6:8]))
+    except ValueError:
+        raise InvalidRequest(f"{name}: {value!r} is not a valid date") from None
     return value
 
 
 def _check_time(value: str, name: str) -> str:
-    value = value.replace(":", "")
-    if not _TIME_RE.match(value) or int(value[0:2]) > 23:
+    """A TM value, HH[MM[SS[.F{1,6}]]], normalized to HHMMSS.FFFFFF (PS3.5 6.2).
+
+    The normalized form is how the index stores times, so that string order is time
+    order and a reduced-precision value means the same as its zero-padded form
+    (PS3.4 C.2.2.2.1.3 note 1: TM "2230" matches "223000").
+    """
+    match = _TIME_RE.match(value.replace(":", ""))
+    bad = match is None
+    if match is not None:
+        hours, minutes, seconds = match.group(1), match.group(3), match.group(5)
+        bad = (
+            int(hours) > 23
+            or (minutes is not None and int(minutes) > 59)
+            # 60 is allowed for a leap second (PS3.5 6.2 TM).
+            or (seconds is not None and int(seconds) > 60)
+        )
+    if bad:
         raise InvalidRequest(f"{name}: {value!r} is not a time of the form HHMMSS.FFFFFF")
     normalized = normalize_time(value)
     assert normalized is not None
@@ -131,7 +198,15 @@ def _check_time(value: str, name: str) -> str:
 
 
 def _range(tag: int, raw: str, vr: str) -> Condition:
+    """Range matching of DA and TM (PS3.4 C.2.2.2.5.1, C.2.2.2.5.2): 'a-b', '-b', 'a-'.
+
+    Bounds are inclusive; a reversed range is an error (the standard defines the form
+    only "where <date1> is less or equal to <date2>", and TM ranges crossing midnight
+    are not supported).
+    """
     name = keyword_of(tag)
+    if raw.count("-") != 1:
+        raise InvalidRequest(f"{name}: {raw!r} is not a range of the form a-b, -b or a-")
     low, _, high = raw.partition("-")
     low, high = low.strip(), high.strip()
     if not low and not high:
@@ -139,75 +214,101 @@ def _range(tag: int, raw: str, vr: str) -> Condition:
     check = _check_date if vr == "DA" else _check_time
     low_n = check(low, name) if low else ""
     high_n = check(high, name) if high else ""
-    if vr == "TM" and high_n:
-        # A bound like 1030 means up to the end of that minute (PS3.4 C.2.2.2.5).
-        digits = len(high.replace(":", "").partition(".")[0])
-        if digits < 6 and "." not in high:
-            high_n = (high.replace(":", "") + "595959")[:6] + ".999999"
     if low_n and high_n and low_n > high_n:
         raise InvalidRequest(f"{name}: range start {low!r} is after its end {high!r}")
     return Condition(tag, Kind.RANGE, (low_n, high_n))
 
 
+def _has_wildcard(raw: str) -> bool:
+    return "*" in raw or "?" in raw
+
+
 def parse_condition(tag: int, raw: str, fuzzy: bool) -> Condition | None:
-    """Turn one attribute=value pair into a Condition; None means universal matching."""
+    """Turn one attribute=value pair into a Condition; None means universal matching.
+
+    PS3.4 C.2.2.2: a zero-length value, or '*' alone (C.2.2.2.4 note 1), is universal.
+    """
     if raw == "" or raw == "*":
         return None
     vr = vr_of(tag)
     name = keyword_of(tag)
     if vr == "UI":
+        # List of UID matching (C.2.2.2.2); UIDs have no wildcards, so each is checked.
         uids = [check_uid(v.strip(), name) for v in _split_values(raw)]
+        if not uids:
+            return None
         return Condition(tag, Kind.LIST if len(uids) > 1 else Kind.SINGLE, tuple(uids))
     if vr in ("DA", "TM"):
         if "-" in raw:
             return _range(tag, raw, vr)
         check = _check_date if vr == "DA" else _check_time
-        value = check(raw.strip(), name)
-        if vr == "TM":
-            # A time given to the minute matches the whole minute (PS3.4 C.2.2.2.5).
-            digits = len(raw.strip().replace(":", "").partition(".")[0])
-            if digits < 6 and "." not in raw:
-                stem = raw.strip().replace(":", "")
-                return Condition(tag, Kind.RANGE, (value, (stem + "595959")[:6] + ".999999"))
-        return Condition(tag, Kind.SINGLE, (value,))
+        return Condition(tag, Kind.SINGLE, (check(raw.strip(), name),))
     if vr == "IS":
-        try:
-            return Condition(tag, Kind.SINGLE, (str(int(raw.strip())),))
-        except ValueError:
-            raise InvalidRequest(f"{name}: {raw!r} is not an integer") from None
+        text = raw.strip()
+        if not re.fullmatch(r"[+-]?[0-9]{1,12}", text):
+            raise InvalidRequest(f"{name}: {raw!r} is not an integer string (IS)")
+        number = int(text)
+        if not _IS_MIN <= number <= _IS_MAX:
+            raise InvalidRequest(f"{name}: {raw!r} is outside the range of IS")
+        return Condition(tag, Kind.SINGLE, (str(number),))
     if vr == "PN":
-        # Names always match case- and accent-insensitively; with fuzzymatching a plain
-        # value matches any name one of whose words starts with each query word.
-        if "*" in raw or "?" in raw:
+        # Names always match case- and accent-insensitively (C.2.2.2.1.1); with
+        # fuzzymatching a plain value matches any name one of whose words starts
+        # with each query word.
+        if _has_wildcard(raw):
             return Condition(tag, Kind.WILDCARD, (raw,))
         if fuzzy:
             words = normalize_name(raw).split()
             return Condition(tag, Kind.FUZZY, tuple(words)) if words else None
+        if not normalize_name(raw):
+            return None  # only separators: no name to match
         return Condition(tag, Kind.SINGLE, (raw,))
     if tag in (MODALITIES_IN_STUDY, 0x00080060) and ("\\" in raw or "," in raw):
-        return Condition(tag, Kind.LIST, tuple(v.strip() for v in _split_values(raw)))
-    if "*" in raw or "?" in raw:
+        # Several values for a multi-valued key: any may match (C.2.2.3).
+        values = tuple(v.strip() for v in _split_values(raw) if v.strip())
+        if any(_has_wildcard(v) for v in values):
+            raise InvalidRequest(f"{name}: wildcards are not allowed in a list of values")
+        return Condition(tag, Kind.LIST, values) if values else None
+    if _has_wildcard(raw):
         return Condition(tag, Kind.WILDCARD, (raw,))
     return Condition(tag, Kind.SINGLE, (raw,))
 
 
 def _parse_bool(name: str, raw: str) -> bool:
+    """PS3.18 Table 8.3.4-1: fuzzymatching is 'true' or 'false'."""
     lowered = raw.strip().lower()
-    if lowered in ("true", "1", "yes"):
+    if lowered == "true":
         return True
-    if lowered in ("false", "0", "no"):
+    if lowered == "false":
         return False
     raise InvalidRequest(f"{name} must be true or false, not {raw!r}")
 
 
 def _parse_count(name: str, raw: str) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        raise InvalidRequest(f"{name} must be a non-negative integer, not {raw!r}") from None
-    if value < 0:
+    """limit and offset are unsigned integers (PS3.18 8.3.4.4)."""
+    if not _COUNT_RE.match(raw):
         raise InvalidRequest(f"{name} must be a non-negative integer, not {raw!r}")
-    return value
+    return int(raw)
+
+
+def _scope_level(scope: Sequence[Condition]) -> Level | None:
+    tags = {c.tag for c in scope}
+    if SERIES_INSTANCE_UID in tags:
+        return Level.SERIES
+    if STUDY_INSTANCE_UID in tags:
+        return Level.STUDY
+    return None
+
+
+def _attribute_level(tag: int) -> Level | None:
+    """The level of an attribute when it is known for sure, else None."""
+    if tag in MATCHABLE:
+        return MATCHABLE[tag]
+    if tag in COMPUTED_LEVEL:
+        return COMPUTED_LEVEL[tag]
+    if tag in SERIES_TAGS:
+        return Level.SERIES
+    return None
 
 
 def parse_query(
@@ -220,16 +321,25 @@ def parse_query(
 ) -> QueryRequest:
     """Parse QIDO-RS query parameters (PS3.18 8.3.4) for a search at ``level``.
 
-    Raises InvalidRequest for unknown attributes, malformed values and bad paging
-    parameters. Attributes that exist but are not indexed are ignored with a
-    warning, as PS3.18 8.3.4.1 asks of an origin server.
+    Raises InvalidRequest (400) for unknown attribute names, malformed values, matching
+    an attribute of a lower level than the resource's (PS3.18 10.6.1.2.1), and bad
+    paging parameters. Attributes that exist but are not indexed are ignored with a
+    warning, as PS3.18 8.3 allows for unsupported parameters; they are still returned
+    when present (PS3.4 C.2.2.1.3, existence without matching).
     """
-    query = QueryRequest(level=level, limit=default_limit)
+    scope = list(scope)
+    query = QueryRequest(level=level, limit=default_limit, scope=_scope_level(scope))
+    for name, raw in params:
+        if "\x00" in name or "\x00" in raw:
+            # PS3.18 Table 8.3.1-1: no NUL characters in query values.
+            raise InvalidRequest("query parameters must not contain NUL characters")
     fuzzy_values = [v for n, v in params if n.lower() == "fuzzymatching"]
     if fuzzy_values:
         query.fuzzy = _parse_bool("fuzzymatching", fuzzy_values[-1])
+    # The path's UIDs restrict the search; a matching key for the same attribute is
+    # applied as well (both must match).
     query.conditions.extend(scope)
-    seen: set[int] = {c.tag for c in query.conditions}
+    seen: set[int] = set()
     for name, raw in params:
         lowered = name.lower()
         if lowered == "limit":
@@ -242,63 +352,72 @@ def parse_query(
                 query.limit = max_limit
             continue
         if lowered == "offset":
-            query.offset = _parse_count("offset", raw)
+            query.offset = min(_parse_count("offset", raw), _MAX_OFFSET)
             continue
-        if lowered == "fuzzymatching":
+        if lowered == "fuzzymatching" or name in TRANSACTION_PARAMS:
             continue
         if lowered == "includefield":
+            # PS3.18 8.3.4.3: a comma-separated list, repeatable, or 'all'.
             for item in _split_values(raw):
-                if item.strip().lower() == "all":
+                item = item.strip()
+                if item == "all":
                     query.include_all = True
-                else:
-                    query.includefields.add(parse_attribute(item.strip().split(".")[0]))
+                elif item:
+                    query.includefields.add(parse_attribute_path(item)[0])
             continue
         if "." in name:
-            top = parse_attribute(name.split(".")[0])
+            # Sequence matching (C.2.2.2.6) is not indexed: ignore it, return the sequence.
+            top = parse_attribute_path(name)[0]
             query.includefields.add(top)
-            query.warnings.append(f"The {name} query parameter is not supported")
+            query.warnings.append(f"The {name} query parameter is not supported; it was ignored")
             continue
         tag = parse_attribute(name)
-        query.includefields.add(tag)
-        attr_level = MATCHABLE.get(tag)
-        if attr_level is None:
-            query.warnings.append(f"The {keyword_of(tag)} query parameter is not supported")
-            continue
-        if attr_level > level:
+        attr_level = _attribute_level(tag)
+        if attr_level is not None and attr_level > level:
             raise InvalidRequest(
                 f"{keyword_of(tag)} ({tag_hex(tag)}) is a {attr_level.name.lower()}-level "
                 f"attribute and cannot be matched in a {level.name.lower()} search"
             )
+        query.includefields.add(tag)
+        if tag not in MATCHABLE:
+            query.warnings.append(
+                f"The {keyword_of(tag)} query parameter is not supported; it was ignored"
+            )
+            continue
         if tag in seen:
             raise InvalidRequest(f"{keyword_of(tag)} is given more than once")
         seen.add(tag)
         condition = parse_condition(tag, raw, query.fuzzy)
         if condition is not None:
             query.conditions.append(condition)
-    query.conditions = _combine_date_time(query.conditions)
+    query.conditions = combine_date_time(query.conditions)
     return query
 
 
-_DATE_TIME_PAIRS = ((0x00080020, 0x00080030), (0x00400244, 0x00400245))
+def _range_form(cond: Condition) -> tuple[bool, bool]:
+    return bool(cond.values[0]), bool(cond.values[1])
 
 
-def _combine_date_time(conditions: list[Condition]) -> list[Condition]:
-    """QIDO-RS performs combined date-time matching (PS3.18 8.3.4.1.1): a date range with a
-    time range means one span from (start date, start time) to (end date, end time)."""
+def combine_date_time(conditions: list[Condition]) -> list[Condition]:
+    """Combined date-time matching (PS3.4 C.2.2.2.5.4; PS3.18 8.3.4.1.1 makes it
+    mandatory for QIDO-RS): a DA and a TM range "both of which specify the same form of
+    Range Matching" are matched as one DT range, e.g. StudyDate=20060705-20060707 with
+    StudyTime=1000-1800 is July 5 10:00 to July 7 18:00. Other pairings (a single date
+    with a time range, or ranges of different forms) are matched separately.
+    """
     by_tag = {c.tag: c for c in conditions}
     for date_tag, time_tag in _DATE_TIME_PAIRS:
         date, time = by_tag.get(date_tag), by_tag.get(time_tag)
-        if date is None or time is None or Kind.RANGE not in (date.kind, time.kind):
+        if date is None or time is None:
             continue
-        if date.kind not in (Kind.RANGE, Kind.SINGLE) or time.kind not in (Kind.RANGE, Kind.SINGLE):
+        if date.kind is not Kind.RANGE or time.kind is not Kind.RANGE:
             continue
-        d_low, d_high = date.values if date.kind is Kind.RANGE else (date.values[0],) * 2
-        t_low, t_high = time.values if time.kind is Kind.RANGE else (time.values[0],) * 2
+        if _range_form(date) != _range_form(time):
+            continue
+        d_low, d_high = date.values
+        t_low, t_high = time.values
         combined = Condition(
-            date_tag,
-            Kind.DATETIME_RANGE,
-            (d_low, t_low if d_low else "", d_high, t_high if d_high else ""),
-            time_tag,
+            date_tag, Kind.DATETIME_RANGE, (d_low, t_low, d_high, t_high), time_tag
         )
         conditions = [c for c in conditions if c.tag not in (date_tag, time_tag)] + [combined]
     return conditions

@@ -43,3 +43,10 @@ DUPLICATE_REPLACED_WARNING = 0xB112
 
 REASON_TEXT[DUPLICATE_KEPT_WARNING] = "Duplicate SOP Instance: the instance already stored was kept"
 REASON_TEXT[DUPLICATE_REPLACED_WARNING] = "Duplicate SOP Instance: the stored instance was replaced"
+
+
+def is_syntax_failure(code: int) -> bool:
+    """Cxxx "Cannot understand" (PS3.7 C.1.4, PS3.18 Table I.2-2): the part could not
+    be parsed at all, as opposed to a well-formed object that was refused. C122 (an
+    unsupported transfer syntax) is a refusal of a readable object, like 0122."""
+    return 0xC000 <= code <= 0xCFFF and code != TRANSFER_SYNTAX_NOT_SUPPORTED

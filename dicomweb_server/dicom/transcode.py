@@ -1,7 +1,7 @@
 """Transfer syntax conversion for retrieval.
 
-Implicit VR Little Endian and Explicit VR Big Endian must not be sent over web
-services (PS3.18 8.7.3), and Explicit VR Little Endian is the default for
+Implicit VR Little Endian and Explicit VR Big Endian "shall not be used with Web
+Services" (PS3.18 8.7.3), and Explicit VR Little Endian is the default for
 ``application/dicom`` (PS3.18 8.7.3.4), so stored objects in other encodings are
 rewritten on the way out. Compressed pixel data is decoded with pylibjpeg.
 """
@@ -9,9 +9,11 @@ rewritten on the way out. Compressed pixel data is decoded with pylibjpeg.
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from typing import BinaryIO
 
 import pydicom
+from pydicom.dataset import Dataset
 from pydicom.pixels.decoders.base import get_decoder
 from pydicom.uid import UID
 
@@ -24,6 +26,8 @@ from dicomweb_server.errors import NotAcceptable
 
 # Encodings that may not travel over DICOMweb as they are.
 NOT_ON_THE_WIRE = frozenset({IMPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_BIG_ENDIAN})
+# Width of one value of the binary VRs whose byte order depends on the encoding.
+_SWAP_WIDTH = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
 
 
 def can_decompress(stored: str) -> bool:
@@ -36,19 +40,51 @@ def can_decompress(stored: str) -> bool:
         return False
 
 
-def output_syntax(stored: str, requested: str) -> str:
-    """The transfer syntax an instance is sent in, for a requested one ('*' = as stored)."""
+def _possible(stored: str, requested: str) -> str | None:
     if requested == "*":
+        # "*": any syntax, so as stored, but never one forbidden on the wire (8.7.3.5.2).
         return EXPLICIT_VR_LITTLE_ENDIAN if stored in NOT_ON_THE_WIRE else stored
     if requested == stored and stored not in NOT_ON_THE_WIRE:
         return stored
     if requested == EXPLICIT_VR_LITTLE_ENDIAN and can_decompress(stored):
         return requested
+    return None
+
+
+def output_syntax(stored: str, requested: str | Sequence[str]) -> str:
+    """The transfer syntax an instance is sent in ('*' = as stored).
+
+    ``requested`` is one syntax or several in preference order (PS3.18 8.7.8.2: the
+    selected syntax is per part). Raises NotAcceptable (406) when none can be given.
+    """
+    wanted = [requested] if isinstance(requested, str) else list(requested)
+    for ts in wanted:
+        chosen = _possible(stored, ts)
+        if chosen is not None:
+            return chosen
+    available = stored if stored not in NOT_ON_THE_WIRE else EXPLICIT_VR_LITTLE_ENDIAN
     raise NotAcceptable(
-        f"cannot provide transfer syntax {requested} for an instance stored as {stored}; "
-        f"available: {stored if stored not in NOT_ON_THE_WIRE else EXPLICIT_VR_LITTLE_ENDIAN}, "
-        f"{EXPLICIT_VR_LITTLE_ENDIAN} or *"
+        f"cannot provide transfer syntax {', '.join(wanted)} for an instance stored as "
+        f"{stored}; available: {available}"
+        + (f", {EXPLICIT_VR_LITTLE_ENDIAN}" if available != EXPLICIT_VR_LITTLE_ENDIAN else "")
+        + " or *"
     )
+
+
+def _swap_to_little_endian(ds: Dataset) -> None:
+    """Byte-swap the binary values pydicom keeps as raw big-endian bytes (OW, OF, ...).
+
+    Numbers, text and sequences are decoded by pydicom and re-encoded on writing; only
+    the opaque binary VRs keep the byte order they were read in (PS3.5 7.3).
+    """
+    import numpy as np
+
+    for elem in ds.iterall():
+        width = _SWAP_WIDTH.get(str(elem.VR))
+        value = elem.value
+        if width and isinstance(value, bytes) and len(value) % width == 0:
+            dtype = np.dtype(f">u{width}")
+            elem.value = np.frombuffer(value, dtype=dtype).astype(dtype.newbyteorder("<")).tobytes()
 
 
 def to_explicit_little_endian(fp: BinaryIO) -> bytes:
@@ -57,11 +93,17 @@ def to_explicit_little_endian(fp: BinaryIO) -> bytes:
     stored = UID(ds.file_meta.TransferSyntaxUID)
     if stored.is_compressed:
         try:
-            ds.decompress()
+            # Same instance in another transfer syntax: keep its SOP Instance UID (pydicom
+            # would mint a new one), or the part's Content-Location and the UID the client
+            # asked for would no longer match the object (PS3.18 8.7.3.3.2, 8.7.9).
+            ds.decompress(generate_instance_uid=False)
         except Exception as exc:  # decoder missing or data undecodable
             raise NotAcceptable(
                 f"cannot decompress pixel data stored as {stored.name}: {exc}"
             ) from exc
+    if stored == EXPLICIT_VR_BIG_ENDIAN:
+        _swap_to_little_endian(ds)  # every element is decoded now, none left raw
+        ds.set_original_encoding(False, True, ds.original_character_set)
     ds.file_meta.TransferSyntaxUID = UID(EXPLICIT_VR_LITTLE_ENDIAN)
     out = io.BytesIO()
     ds.save_as(out, implicit_vr=False, little_endian=True, enforce_file_format=True)

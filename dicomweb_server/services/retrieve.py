@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
 import pydicom
 
 from dicomweb_server.dicom.transcode import output_syntax, to_explicit_little_endian
-from dicomweb_server.errors import NotFound, StorageUnavailable
+from dicomweb_server.dicom.uids import EXPLICIT_VR_BIG_ENDIAN
+from dicomweb_server.errors import NotAcceptable, NotFound, StorageUnavailable
 from dicomweb_server.storage.interfaces import BlobStore, IndexStore, StoredInstance, Version
 
 log = logging.getLogger(__name__)
@@ -49,8 +51,14 @@ class RetrieveService:
             raise NotFound(f"{_describe(study, series, sop)} is not stored")
         return found
 
-    def plan(self, instances: list[StoredInstance], requested: str) -> list[Planned]:
-        """Decide each instance's output syntax up front, so a 406 comes before any byte."""
+    def plan(
+        self, instances: list[StoredInstance], requested: str | Sequence[str]
+    ) -> list[Planned]:
+        """Decide each instance's output syntax up front, so a 406 comes before any byte.
+
+        ``requested`` lists the acceptable syntaxes in preference order; each instance
+        gets the first one it can be sent in (PS3.18 8.7.8.2, per part).
+        """
         return [Planned(i, output_syntax(i.transfer_syntax, requested)) for i in instances]
 
     def readable(self, planned: list[Planned]) -> tuple[list[Planned], list[Planned]]:
@@ -77,6 +85,14 @@ class RetrieveService:
             else:
                 yield to_explicit_little_endian(fh)
 
+    def converted(self, item: Planned) -> bytes:
+        """The whole instance in its planned (not stored) syntax, in memory."""
+        try:
+            return b"".join(self.chunks(item))
+        except NotAcceptable as exc:  # stored pixel data the decoders cannot read
+            log.warning("instance %s: %s", item.instance.sop_instance_uid, exc.message)
+            raise
+
     def metadata(
         self, study: str, series: str | None = None, sop: str | None = None
     ) -> list[bytes]:
@@ -100,24 +116,31 @@ class RetrieveService:
             raise NotFound(f"instance {sop} is not stored")
         instance, locations = found
         where = locations.get(path.upper())
-        if where is not None and where[1] >= 0 and "." not in path:
+        # Bulk data travels little endian (PS3.18 Table 8.7.3-4): the stored bytes can
+        # be sent in place unless the object was stored big endian.
+        in_place = instance.transfer_syntax != EXPLICIT_VR_BIG_ENDIAN
+        if where is not None and where[1] >= 0 and "." not in path and in_place:
             return instance.blob_key, where[0], where[1]
         return self._parse_bulk(instance, path)
 
     def _parse_bulk(self, instance: StoredInstance, path: str) -> bytes:
-        """Nested or encapsulated values: parse the file (rare, never on a viewer's hot path)."""
+        """Nested, encapsulated or big-endian values: parse the file (rare, never on a
+        viewer's hot path)."""
         parts = path.split(".")
         if len(parts) % 2 == 0:
             raise NotFound(f"no bulk data at {path}")
         with self.blobs.open(instance.blob_key) as fh:
-            ds = pydicom.dcmread(fh, force=True)
+            if instance.transfer_syntax == EXPLICIT_VR_BIG_ENDIAN:
+                ds = pydicom.dcmread(io.BytesIO(to_explicit_little_endian(fh)), force=True)
+            else:
+                ds = pydicom.dcmread(fh, force=True)
         try:
             node = ds
             for index in range(0, len(parts) - 1, 2):
                 node = node[int(parts[index], 16)].value[int(parts[index + 1])]
             tag = int(parts[-1], 16)
             if tag == 0x7FE00010 and ds.file_meta.TransferSyntaxUID.is_compressed:
-                ds.decompress()
+                ds.decompress(generate_instance_uid=False)
                 node = ds
             value = node[tag].value
         except (KeyError, IndexError, ValueError, TypeError) as exc:

@@ -91,9 +91,26 @@ class StoreService:
         return self.store_spooled(spooled)
 
     def store_spooled(self, path: Path, expected_study_uid: str | None = None) -> StoreOutcome:
-        """Store a spooled temp file; the file is consumed (moved or deleted) in every case."""
+        """Store a spooled temp file; the file is consumed (moved or deleted) in every case.
+
+        Never raises for one instance's trouble: an unexpected error becomes that
+        instance's Processing failure (0110) or Out of Resources (A700) outcome, so the
+        other parts of a STOW-RS request still get theirs (PS3.18 10.5.3, Annex I).
+        """
         try:
             return self._store(path, expected_study_uid)
+        except OutOfResources as exc:
+            return StoreOutcome(failure_reason=status.OUT_OF_RESOURCES, message=exc.message)
+        except Exception as exc:
+            log.exception("storing %s failed", path.name)
+            if isinstance(exc, OSError) and _no_space(exc):
+                return StoreOutcome(
+                    failure_reason=status.OUT_OF_RESOURCES, message="no space left on the archive"
+                )
+            return StoreOutcome(
+                failure_reason=status.PROCESSING_FAILURE,
+                message=f"processing failure: {type(exc).__name__}",
+            )
         finally:
             path.unlink(missing_ok=True)
 
@@ -139,7 +156,12 @@ class StoreService:
         try:
             rec = self._analyse(path)
         except DicomRejected as exc:
-            return StoreOutcome(failure_reason=exc.reason, message=exc.message)
+            return StoreOutcome(
+                sop_class_uid=exc.sop_class_uid,
+                sop_instance_uid=exc.sop_instance_uid,
+                failure_reason=exc.reason,
+                message=exc.message,
+            )
         outcome.sop_class_uid = rec.sop_class_uid
         outcome.sop_instance_uid = rec.sop_instance_uid
         outcome.study_uid = rec.study_uid

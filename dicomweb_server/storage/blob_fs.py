@@ -1,16 +1,37 @@
-"""Blobs as files under a directory, written durably: temp file, fsync, rename, fsync dir."""
+"""Blobs as files under a directory, written durably: temp file, fsync, rename, fsync dir.
+
+Layout: ``<root>/blobs/<key>`` for stored objects and ``<root>/tmp/`` for the spool
+(incoming uploads, on the same filesystem so that storing is a rename). A crash leaves
+at most spool files, which ``clean_spool`` removes at the next start, and possibly a
+complete blob that was renamed into place but whose index row was never committed
+(unreferenced, harmless wasted space).
+
+New blobs are refused once the filesystem has less than ``min_free_bytes`` free, so
+that the index (SQLite keeps its journal next to the blobs by default) can still
+commit, above all the deletions that free space again.
+
+Every process that writes to the spool holds a shared lock on ``<root>/spool.lock``
+(``hold_spool``); ``clean_spool`` only runs when it can take that lock exclusively, so
+starting a second server or an ``import`` never deletes another process's uploads.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
+import logging
 import os
+import time
 from pathlib import Path
 from typing import BinaryIO
 
 from dicomweb_server.errors import OutOfResources, StorageUnavailable
 
+log = logging.getLogger(__name__)
+
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+LOCK_NAME = "spool.lock"
 
 
 def fsync_dir(path: Path) -> None:
@@ -22,28 +43,82 @@ def fsync_dir(path: Path) -> None:
 
 
 class FileBlobStore:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, min_free_bytes: int = 0) -> None:
         self.root = root.resolve()
+        # Free space kept in reserve: put_file refuses new blobs below it.
+        self.min_free_bytes = min_free_bytes
         self.blobs = self.root / "blobs"
         self.tmp = self.root / "tmp"
         self.blobs.mkdir(parents=True, exist_ok=True)
         self.tmp.mkdir(parents=True, exist_ok=True)
+        self._spool_lock: int | None = None
+
+    # -- the spool -------------------------------------------------------------------
+
+    def _open_lock(self) -> int:
+        return os.open(self.root / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+
+    def hold_spool(self, timeout: float = 30.0) -> None:
+        """Mark the spool as in use by this process until ``close``."""
+        if self._spool_lock is not None:
+            return
+        fd = self._open_lock()
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                # Only a clean_spool in progress holds it exclusively, and briefly.
+                if time.monotonic() > deadline:
+                    os.close(fd)
+                    raise StorageUnavailable(
+                        f"the spool {self.tmp} stayed locked for {timeout:.0f} s"
+                    ) from None
+                time.sleep(0.05)
+        self._spool_lock = fd
+
+    def close(self) -> None:
+        if self._spool_lock is not None:
+            os.close(self._spool_lock)  # releases the lock
+            self._spool_lock = None
 
     def clean_spool(self) -> int:
-        """Remove temp files left by a crash; they were never acknowledged."""
-        removed = 0
-        for entry in self.tmp.iterdir():
-            if entry.is_file():
-                entry.unlink(missing_ok=True)
-                removed += 1
-        return removed
+        """Remove temp files left by a crash; they were never acknowledged.
+
+        Skipped (returns 0) while another process holds the spool: its files are live.
+        """
+        fd = self._open_lock()
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.info("spool %s is in use by another process; not cleaning it", self.tmp)
+                return 0
+            removed = 0
+            for entry in self.tmp.iterdir():
+                if entry.is_file() or entry.is_symlink():
+                    entry.unlink(missing_ok=True)
+                    removed += 1
+            return removed
+        finally:
+            os.close(fd)
 
     def spool_dir(self) -> Path:
         return self.tmp
 
+    # -- blobs -----------------------------------------------------------------------
+
     def path_of(self, key: str) -> Path:
         # Keys are built by the services from validated UIDs; this is a last guard.
-        if key.startswith("/") or ".." in key.split("/"):
+        parts = key.split("/")
+        if (
+            not key
+            or key.startswith("/")
+            or "\\" in key
+            or "\x00" in key
+            or any(part in ("", ".", "..") for part in parts)
+        ):
             raise StorageUnavailable(f"refusing unsafe blob key {key!r}")
         return self.blobs / key
 
@@ -52,13 +127,22 @@ class FileBlobStore:
         try:
             with open(source, "rb+") as fh:
                 os.fsync(fh.fileno())
-            created = []
-            parent = target.parent
-            while not parent.exists():
-                created.append(parent)
-                parent = parent.parent
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(source, target)
+            self._check_reserve(key)
+            for attempt in range(3):
+                created = []
+                parent = target.parent
+                while not parent.exists():
+                    created.append(parent)
+                    parent = parent.parent
+                try:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(source, target)
+                    break
+                except FileNotFoundError:
+                    # A concurrent delete removed a (then empty) folder between the
+                    # mkdir and the rename; make it again.
+                    if attempt == 2 or not source.exists():
+                        raise
             fsync_dir(target.parent)
             for directory in created:
                 fsync_dir(directory.parent)
@@ -67,6 +151,22 @@ class FileBlobStore:
                 raise OutOfResources(f"no space left to store {key}") from exc
             raise
 
+    def free_bytes(self) -> int:
+        stat = os.statvfs(self.blobs)
+        return stat.f_bavail * stat.f_frsize
+
+    def _check_reserve(self, key: str) -> None:
+        """Refuse a new blob when the disk is nearly full (the spooled file is already
+        counted as used): what is left is kept for the index, e.g. to delete."""
+        if self.min_free_bytes <= 0:
+            return
+        free = self.free_bytes()
+        if free < self.min_free_bytes:
+            raise OutOfResources(
+                f"not storing {key}: {free} bytes free on the archive's disk, "
+                f"{self.min_free_bytes} are kept in reserve"
+            )
+
     def open(self, key: str) -> BinaryIO:
         try:
             return open(self.path_of(key), "rb")
@@ -74,5 +174,14 @@ class FileBlobStore:
             raise StorageUnavailable(f"stored object {key} is unreadable: {exc.strerror}") from exc
 
     def delete(self, key: str) -> None:
+        path = self.path_of(key)
         with contextlib.suppress(FileNotFoundError):
-            self.path_of(key).unlink()
+            path.unlink()
+        # Remove the folders the blob leaves empty, up to (not including) blobs/.
+        parent = path.parent
+        while parent != self.blobs and self.blobs in parent.parents:
+            try:
+                parent.rmdir()
+            except OSError:  # not empty (or already gone): stop here
+                break
+            parent = parent.parent

@@ -17,7 +17,7 @@ from dicomweb_server.bootstrap import Services, build_services
 from dicomweb_server.config import Settings
 from dicomweb_server.errors import DicomWebError
 from dicomweb_server.web import qido, stow, wado
-from dicomweb_server.web.errors import handle_domain_error
+from dicomweb_server.web.errors import handle_domain_error, handle_os_error
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +50,17 @@ def dicomweb_routes() -> list[Route]:
 
 
 async def health(request: Request) -> Response:
+    """200 while the index answers; 503 (for load balancers and probes) when it does not."""
     services: Services = request.app.state.services
-    count = await anyio.to_thread.run_sync(services.index.count_instances)
+    try:
+        count = await anyio.to_thread.run_sync(services.index.count_instances)
+    except Exception as exc:  # whatever the index raises, the answer is "not ready"
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        log.warning("health check: the index does not answer: %s", reason)
+        return JSONResponse(
+            {"status": "unavailable", "version": __version__, "message": "index unavailable"},
+            status_code=503,
+        )
     return JSONResponse({"status": "ok", "version": __version__, "instances": count})
 
 
@@ -77,5 +86,5 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
     return Starlette(
         routes=routes,
         lifespan=lifespan,
-        exception_handlers={DicomWebError: handle_domain_error},
+        exception_handlers={DicomWebError: handle_domain_error, OSError: handle_os_error},
     )

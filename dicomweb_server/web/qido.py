@@ -1,4 +1,12 @@
-"""QIDO-RS (PS3.18 10.6): search for studies, series and instances."""
+"""QIDO-RS (PS3.18 10.6): search for studies, series and instances.
+
+Query strings are percent-decoded as UTF-8 (RFC 3986, PS3.18 8.3.1). A bare '+' is read
+as a space, as URL query parsers do (WHATWG URL, form encoding): dicomweb-client encodes
+spaces that way, and every encoder sends a literal plus as %2B. The
+``accept`` query parameter takes precedence over the Accept header (PS3.18 8.7.8.1);
+``charset`` may only ask for UTF-8, the one charset results are sent in (8.3.3.2).
+Warnings use the PS3.18 8.3.4.4.1 form: ``299 <service>: <text>``.
+"""
 
 from __future__ import annotations
 
@@ -17,14 +25,14 @@ from dicomweb_server.dicom.matching import (
     Kind,
     parse_query,
 )
-from dicomweb_server.dicom.negotiation import choose_dataset_form
-from dicomweb_server.errors import InvalidRequest
+from dicomweb_server.dicom.negotiation import Choice, choose_dataset_form
+from dicomweb_server.errors import InvalidRequest, NotAcceptable
 from dicomweb_server.web.responses import datasets_response
 from dicomweb_server.web.urls import base_url, path_uids
 
 
 def query_pairs(raw: bytes) -> list[tuple[str, str]]:
-    """Split a query string per RFC 3986: '+' is a literal plus, not a space."""
+    """Split and percent-decode a query string; '+' is a space, '%2B' a plus."""
     try:
         text = raw.decode("ascii")
     except UnicodeDecodeError:
@@ -35,7 +43,12 @@ def query_pairs(raw: bytes) -> list[tuple[str, str]]:
             continue
         name, _, value = piece.partition("=")
         try:
-            pairs.append((unquote(name, errors="strict"), unquote(value, errors="strict")))
+            pairs.append(
+                (
+                    unquote(name.replace("+", " "), errors="strict"),
+                    unquote(value.replace("+", " "), errors="strict"),
+                )
+            )
         except UnicodeDecodeError:
             raise InvalidRequest(
                 "query parameter is not valid UTF-8 when percent-decoded"
@@ -48,10 +61,33 @@ def _level(request: Request) -> Level:
     return {"studies": Level.STUDY, "series": Level.SERIES}.get(last, Level.INSTANCE)
 
 
+_UTF8 = frozenset({"utf-8", "utf8", "iso_ir 192", "*"})
+
+
+def _negotiate(request: Request, pairs: list[tuple[str, str]]) -> Choice:
+    """The result form: from the ``accept`` query parameter if it names a supported
+    type, else from the Accept header (PS3.18 8.7.8.1); 406 if neither does."""
+    charsets = [v for n, v in pairs if n == "charset"]
+    if charsets:
+        names = [c.split(";")[0].strip().lower() for v in charsets for c in v.split(",")]
+        if not any(names):
+            raise InvalidRequest("the charset query parameter is empty")
+        if not _UTF8.intersection(names):
+            raise NotAcceptable("search results are only available in UTF-8")
+    accepts = [v for n, v in pairs if n == "accept"]
+    if accepts:
+        try:
+            return choose_dataset_form(",".join(accepts))
+        except NotAcceptable:
+            pass
+    return choose_dataset_form(request.headers.get("accept"))
+
+
 async def search(request: Request) -> Response:
     services: Services = request.app.state.services
     settings = services.settings
-    choice = choose_dataset_form(request.headers.get("accept"))
+    pairs = query_pairs(request.scope.get("query_string", b""))
+    choice = _negotiate(request, pairs)
     scope: list[Condition] = []
     if "study" in request.path_params:
         study, series, _ = path_uids(request)
@@ -60,7 +96,7 @@ async def search(request: Request) -> Response:
             scope.append(Condition(SERIES_INSTANCE_UID, Kind.SINGLE, (series,)))
     query = parse_query(
         _level(request),
-        query_pairs(request.scope.get("query_string", b"")),
+        pairs,
         scope=scope,
         default_limit=settings.qido_default_limit,
         max_limit=settings.qido_max_limit,
@@ -69,7 +105,8 @@ async def search(request: Request) -> Response:
     outcome = await anyio.to_thread.run_sync(services.query.search, query, base)
     response = datasets_response(choice, outcome.results)
     for warning in outcome.warnings:
-        response.headers.append("Warning", f"299 {base}: {warning}")
+        text = warning.encode("ascii", "replace").decode("ascii")
+        response.headers.append("Warning", f"299 {base}: {text}")
     if outcome.remaining:
         response.headers.append(
             "Warning",

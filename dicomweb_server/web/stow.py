@@ -93,7 +93,13 @@ class SpoolSink:
 
 async def _read_body(request: Request, sink: SpoolSink, services: Services) -> None:
     settings = services.settings
-    media, params = parse_content_type(request.headers.get("content-type", ""))
+    content_type = request.headers.get("content-type")
+    if not content_type:
+        # PS3.18 Table 10.5.3-1: 415 when the request's media type is not supported.
+        raise UnsupportedMediaType(
+            'STOW-RS needs Content-Type: multipart/related; type="application/dicom"; boundary=...'
+        )
+    media, params = parse_content_type(content_type)
     if media != "multipart/related":
         raise UnsupportedMediaType(
             f'STOW-RS takes multipart/related; type="application/dicom", not {media or "nothing"}'
@@ -145,7 +151,17 @@ def _us(value: int) -> dict[str, Any]:
 def stow_response_dataset(
     outcomes: list[StoreOutcome], base: str, study: str | None
 ) -> tuple[dict[str, Any], int]:
-    """The Store Instances Response Module (PS3.18 I.1) and the HTTP status (Table 10.5.3-1)."""
+    """The Store Instances Response Module (PS3.18 I.1) and the HTTP status (Table 10.5.3-1).
+
+    - ReferencedSOPSequence (0008,1199): one item per stored instance, with its
+      RetrieveURL and, for a warning, WarningReason (0008,1196).
+    - FailedSOPSequence (0008,1198): failures of identified instances (both UIDs are
+      Type 1), FailureReason (0008,1197); OtherFailuresSequence (0008,119A) for parts
+      that could not be identified.
+    - RetrieveURL (0008,1190), Type 2: the study's URL when the stored instances belong
+      to one study (or the study in the request URL), else empty.
+    - 200 all stored without warnings; 202 some stored, or warnings; 400/409 none stored.
+    """
     referenced, failed, other = [], [], []
     warned = False
     for o in outcomes:
@@ -190,7 +206,10 @@ def stow_response_dataset(
     if other:
         dataset["0008119A"] = {"vr": "SQ", "Value": other}
     if not referenced:
-        code = 409
+        # None stored: 400 when every part was unreadable ("bad syntax"), else 409
+        # ("a conflict in the request ... or a mixture of reasons"), Table 10.5.3-1.
+        reasons = [o.failure_reason or status.CANNOT_UNDERSTAND for o in outcomes]
+        code = 400 if reasons and all(status.is_syntax_failure(r) for r in reasons) else 409
     elif failed or other or warned:
         code = 202
     else:

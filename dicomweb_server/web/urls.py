@@ -1,7 +1,16 @@
 """The public base URL of the DICOMweb root, right behind reverse proxies.
 
-Order: a configured public base URL; else X-Forwarded-Proto/Host/Prefix when the
-direct peer is a trusted proxy; else the request's own scheme and Host.
+RetrieveURL (PS3.18 Annex I, 10.6.3), BulkDataURI (F.2.6) and Content-Location
+(8.6.1.2) must be URLs the client can use, so they are built from, in order:
+
+1. a configured public base URL (``--public-base-url``), used as is;
+2. X-Forwarded-Proto/Host/Port/Prefix, when the direct peer is a trusted proxy and
+   sent at least one of them (a trusted peer without them is a direct client);
+3. the request's own scheme and Host header. A Host without a port (as
+   dicomweb-client/requests sends it) gets the port the connection arrived on, unless
+   that is the scheme's default (RFC 9110 7.2: Host omits a default port).
+
+Header values that are not a plain host, port or path prefix are ignored.
 """
 
 from __future__ import annotations
@@ -16,6 +25,8 @@ from dicomweb_server.dicom.uids import check_uid
 
 _HOST_RE = re.compile(r"^[A-Za-z0-9.\-:\[\]]+$")
 _PREFIX_RE = re.compile(r"^(/[A-Za-z0-9._~\-]+)*/?$")
+_FORWARDED = ("x-forwarded-proto", "x-forwarded-host", "x-forwarded-port", "x-forwarded-prefix")
+_DEFAULT_PORT = {"http": 80, "https": 443}
 
 
 def _trusted(settings: Settings, peer: str | None) -> bool:
@@ -31,35 +42,43 @@ def _trusted(settings: Settings, peer: str | None) -> bool:
 
 
 def _first(value: str | None) -> str | None:
+    """The first (client-most) value of a comma-separated forwarded header."""
     return value.split(",")[0].strip() if value else None
+
+
+def _has_port(host: str) -> bool:
+    return ":" in host.rsplit("]", 1)[-1]  # "[::1]" has colons but no port
 
 
 def base_url(request: Request, settings: Settings) -> str:
     if settings.public_base_url:
         return settings.public_base_url.rstrip("/")
     scheme = request.url.scheme
-    host = request.headers.get("host") or f"{settings.host}:{settings.port}"
+    host = request.headers.get("host", "")
     prefix = ""
-    trusted = _trusted(settings, request.client.host if request.client else None)
     server = request.scope.get("server")
-    if not trusted and server and ":" not in host.rsplit("]", 1)[-1]:
-        # Some clients (dicomweb-client) send Host without the port; use the port the
-        # connection arrived on, unless it is the scheme's default.
-        default = 443 if scheme == "https" else 80
-        if server[1] and server[1] != default:
-            host = f"{host}:{server[1]}"
-    if trusted:
-        proto = _first(request.headers.get("x-forwarded-proto"))
-        if proto in ("http", "https"):
+    port: int | None = server[1] if server else None
+    peer = request.client.host if request.client else None
+    headers = request.headers
+    if _trusted(settings, peer) and any(name in headers for name in _FORWARDED):
+        proto = _first(headers.get("x-forwarded-proto"))
+        if proto in _DEFAULT_PORT:
             scheme = proto
-        fwd_host = _first(request.headers.get("x-forwarded-host"))
+        fwd_host = _first(headers.get("x-forwarded-host"))
         if fwd_host and _HOST_RE.match(fwd_host):
             host = fwd_host
-        fwd_prefix = _first(request.headers.get("x-forwarded-prefix"))
+        # Behind a proxy our own port means nothing; only a forwarded one does.
+        fwd_port = _first(headers.get("x-forwarded-port"))
+        port = int(fwd_port) if fwd_port and fwd_port.isdigit() else None
+        fwd_prefix = _first(headers.get("x-forwarded-prefix"))
         if fwd_prefix and _PREFIX_RE.match(fwd_prefix):
             prefix = fwd_prefix.rstrip("/")
-    if not _HOST_RE.match(host):
-        host = f"{settings.host}:{settings.port}"
+    if not host or not _HOST_RE.match(host):
+        host, port = settings.host, settings.port
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"  # an IPv6 literal (RFC 3986 3.2.2)
+    if not _has_port(host) and port and port != _DEFAULT_PORT.get(scheme):
+        host = f"{host}:{port}"
     return f"{scheme}://{host}{prefix}{settings.dicomweb_root}"
 
 

@@ -10,9 +10,11 @@ import hashlib
 import logging
 import re
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from email.utils import format_datetime, parsedate_to_datetime
+from functools import partial
+from urllib.parse import unquote
 
 import anyio.to_thread
 import orjson
@@ -22,6 +24,7 @@ from starlette.responses import Response, StreamingResponse
 from dicomweb_server.bootstrap import Services
 from dicomweb_server.dicom.multipart import closing_delimiter, new_boundary, part_header
 from dicomweb_server.dicom.negotiation import (
+    Choice,
     Form,
     choose_bulkdata,
     choose_dataset_form,
@@ -30,6 +33,7 @@ from dicomweb_server.dicom.negotiation import (
 from dicomweb_server.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN
 from dicomweb_server.errors import InvalidRequest, NotAcceptable, StorageUnavailable
 from dicomweb_server.services.retrieve import Planned, RetrieveService
+from dicomweb_server.web.errors import error_response
 from dicomweb_server.web.responses import xml_multipart
 from dicomweb_server.web.urls import base_url, path_uids
 
@@ -39,27 +43,89 @@ _RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
 _PRIVATE = "private, no-cache"
 
 
+def _query_values(request: Request, name: str) -> list[str]:
+    """Values of one query parameter, percent-decoded per RFC 3986 ('+' stays a plus,
+    as in ``application/dicom+json``)."""
+    raw = request.scope.get("query_string", b"").decode("latin-1")
+    values = []
+    for piece in raw.split("&"):
+        key, _, value = piece.partition("=")
+        if unquote(key) == name:
+            values.append(unquote(value))
+    return values
+
+
+def _negotiate(request: Request, choose: Callable[[str | None], Choice]) -> Choice:
+    """The ``accept`` query parameter, if it names a supported type, wins over the
+    Accept header (PS3.18 8.7.8.1, Table 10.4.1-5); 406 if neither does."""
+    accepts = _query_values(request, "accept")
+    if accepts:
+        try:
+            return choose(",".join(accepts))
+        except NotAcceptable:
+            pass
+    return choose(request.headers.get("accept"))
+
+
+_UTF8 = frozenset({"utf-8", "utf8", "iso_ir 192", "*"})
+
+
+def _check_charset(request: Request) -> None:
+    """Metadata is UTF-8 only (PS3.18 F.2, 8.7.3.5.3): a ``charset`` query parameter
+    (Table 10.4.1-5) must allow it; an empty one is malformed (400), another is 406."""
+    values = _query_values(request, "charset")
+    if not values:
+        return
+    names = [c.split(";")[0].strip().lower() for v in values for c in v.split(",")]
+    if not any(names):
+        raise InvalidRequest("the charset query parameter is empty")
+    if not _UTF8.intersection(names):
+        raise NotAcceptable("metadata is only available in UTF-8")
+
+
 def _instance_url(base: str, item: Planned) -> str:
     i = item.instance
     return f"{base}/studies/{i.study_uid}/series/{i.series_uid}/instances/{i.sop_instance_uid}"
 
 
 def _multipart(
-    retrieve: RetrieveService, items: list[Planned], base: str, boundary: str
+    retrieve: RetrieveService,
+    items: list[Planned],
+    base: str,
+    boundary: str,
+    ready: dict[str, bytes],
 ) -> Iterator[bytes]:
-    for index, item in enumerate(items):
+    """One part per instance (PS3.18 8.6.1.2): Content-Type with the part's actual
+    transfer syntax (8.7.3.5.2, 8.7.9), Content-Location and Content-Length.
+
+    Once the status line is sent an error can no longer be reported, so an instance
+    that fails to convert is left out (and logged) rather than breaking the framing.
+    """
+    sent = 0
+    for item in items:
         headers = {
             "Content-Type": f"application/dicom; transfer-syntax={item.transfer_syntax}",
             "Content-Location": _instance_url(base, item),
         }
         if item.as_stored:
             headers["Content-Length"] = str(item.instance.blob_size)
-            yield part_header(boundary, headers, first=index == 0)
+            yield part_header(boundary, headers, first=sent == 0)
             yield from retrieve.chunks(item)
         else:
-            data = b"".join(retrieve.chunks(item))
+            uid = item.instance.sop_instance_uid
+            try:
+                data = ready.get(uid) or b"".join(retrieve.chunks(item))
+            except Exception as exc:
+                log.error(
+                    "instance %s left out: conversion to %s failed: %s",
+                    uid,
+                    item.transfer_syntax,
+                    exc,
+                )
+                continue
             headers["Content-Length"] = str(len(data))
-            yield part_header(boundary, headers, first=index == 0) + data
+            yield part_header(boundary, headers, first=sent == 0) + data
+        sent += 1
     yield closing_delimiter(boundary)
 
 
@@ -103,18 +169,19 @@ def _zip(retrieve: RetrieveService, items: list[Planned]) -> Iterator[bytes]:
 async def retrieve_instances(request: Request) -> Response:
     services: Services = request.app.state.services
     study, series, sop = path_uids(request)
-    choice = choose_instances(request.headers.get("accept"), single_allowed=sop is not None)
+    choice = _negotiate(request, partial(choose_instances, single_allowed=sop is not None))
     retrieve = services.retrieve
     found = await anyio.to_thread.run_sync(retrieve.instances, study, series, sop)
-    requested = choice.transfer_syntax or EXPLICIT_VR_LITTLE_ENDIAN
     if choice.form is Form.ZIP:
         planned = [Planned(i, i.transfer_syntax) for i in found]
     else:
-        planned = retrieve.plan(found, requested)
+        planned = retrieve.plan(found, choice.alternatives or (EXPLICIT_VR_LITTLE_ENDIAN,))
     items, unreadable = await anyio.to_thread.run_sync(retrieve.readable, planned)
     if not items:
+        lost = ", ".join(p.instance.sop_instance_uid for p in unreadable[:10])
         raise StorageUnavailable(
-            f"{len(unreadable)} stored instance(s) could not be read; see the server log"
+            f"the stored file of {len(unreadable)} instance(s) is missing or unreadable and "
+            f"could not be read: {lost}; see the server log"
         )
     base = base_url(request, services.settings)
     headers = {"Cache-Control": _PRIVATE}
@@ -129,16 +196,23 @@ async def retrieve_instances(request: Request) -> Response:
         return StreamingResponse(
             _zip(retrieve, items), media_type="application/zip", headers=headers
         )
+    ready: dict[str, bytes] = {}
+    if len(items) == 1 and not items[0].as_stored:
+        # One object to convert: convert it before the status line, so that a failure
+        # is an error response (406, 500) and not a cut-off body.
+        data = await anyio.to_thread.run_sync(retrieve.converted, items[0])
+        ready[items[0].instance.sop_instance_uid] = data
     if choice.form is Form.SINGLE:
         item = items[0]
         media = f"application/dicom; transfer-syntax={item.transfer_syntax}"
         if item.as_stored:
             headers["Content-Length"] = str(item.instance.blob_size)
-        return StreamingResponse(retrieve.chunks(item), media_type=media, headers=headers)
+            return StreamingResponse(retrieve.chunks(item), media_type=media, headers=headers)
+        return Response(ready[item.instance.sop_instance_uid], media_type=media, headers=headers)
     boundary = new_boundary()
     media = f'multipart/related; type="application/dicom"; boundary={boundary}'
     return StreamingResponse(
-        _multipart(retrieve, items, base, boundary), media_type=media, headers=headers
+        _multipart(retrieve, items, base, boundary, ready), media_type=media, headers=headers
     )
 
 
@@ -164,7 +238,8 @@ def _not_modified(request: Request, etag: str, modified: float) -> bool:
 async def retrieve_metadata(request: Request) -> Response:
     services: Services = request.app.state.services
     study, series, sop = path_uids(request)
-    choice = choose_dataset_form(request.headers.get("accept"))
+    _check_charset(request)
+    choice = _negotiate(request, choose_dataset_form)
     base = base_url(request, services.settings)
     version = await anyio.to_thread.run_sync(services.retrieve.version, study, series, sop)
     fingerprint = (
@@ -189,8 +264,17 @@ async def retrieve_metadata(request: Request) -> Response:
     return Response(body, media_type="application/dicom+json", headers=headers)
 
 
+class _RangeNotSatisfiable(Exception):
+    pass
+
+
 def _single_range(header: str | None, total: int) -> tuple[int, int] | None:
-    """A single byte range (RFC 9110 14.1.2) as (start, length); None for the whole value."""
+    """A single byte range (RFC 9110 14.1.2) as (start, length); None for the whole value.
+
+    A syntactically invalid Range, or several ranges, is ignored and the whole value is
+    sent (RFC 9110 14.2: a server MAY ignore Range); a valid range that does not
+    overlap the value raises _RangeNotSatisfiable, answered with 416 (RFC 9110 15.5.17).
+    """
     if not header:
         return None
     match = _RANGE_RE.match(header.strip())
@@ -199,11 +283,15 @@ def _single_range(header: str | None, total: int) -> tuple[int, int] | None:
     first, last = match.groups()
     if first == "":
         length = min(int(last), total)
+        if length == 0:
+            raise _RangeNotSatisfiable
         return total - length, length
     start = int(first)
+    if last and int(last) < start:
+        return None  # invalid byte-range-spec (RFC 9110 14.1.1): ignore the header
+    if start >= total:
+        raise _RangeNotSatisfiable
     end = min(int(last), total - 1) if last else total - 1
-    if start >= total or end < start:
-        raise NotAcceptable(f"range {header} is outside the {total} bytes of the value")
     return start, end - start + 1
 
 
@@ -214,16 +302,25 @@ async def retrieve_bulkdata(request: Request) -> Response:
     path = request.path_params["path"]
     if not _BULK_PATH_RE.match(path):
         raise InvalidRequest(f"invalid bulk data path {path!r}")
-    choice = choose_bulkdata(request.headers.get("accept"))
+    choice = _negotiate(request, choose_bulkdata)
     retrieve = services.retrieve
     where = await anyio.to_thread.run_sync(retrieve.bulkdata, study, series, sop, path)
     headers = {"Cache-Control": _PRIVATE, "Accept-Ranges": "bytes"}
     key, offset, total = ("", 0, len(where)) if isinstance(where, bytes) else where
     base = base_url(request, services.settings)
     location = f"{base}/studies/{study}/series/{series}/instances/{sop}/bulkdata/{path}"
-    span = (
-        _single_range(request.headers.get("range"), total) if choice.form is Form.SINGLE else None
-    )
+    try:
+        span = (
+            _single_range(request.headers.get("range"), total)
+            if choice.form is Form.SINGLE
+            else None
+        )
+    except _RangeNotSatisfiable:
+        response = error_response(
+            416, f"range {request.headers.get('range')} is outside the {total} bytes of the value"
+        )
+        response.headers["Content-Range"] = f"bytes */{total}"
+        return response
     start, length = span if span else (0, total)
 
     def chunks() -> Iterator[bytes]:
@@ -262,6 +359,12 @@ async def retrieve_bulkdata(request: Request) -> Response:
 
 
 async def delete(request: Request) -> Response:
+    """DELETE a study, series or instance: 204 with no body, 404 if nothing is stored.
+
+    Not a PS3.18 transaction (the Studies Service has Retrieve, Store and Search only);
+    the semantics follow the common vendor extension (Microsoft's DICOM server): 204
+    when everything addressed was deleted, 404 when nothing was found.
+    """
     services: Services = request.app.state.services
     study, series, sop = path_uids(request)
     await anyio.to_thread.run_sync(services.delete.delete, study, series, sop)

@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, inspect, select, text
+from sqlalchemy import Engine, create_engine, event, func, inspect, select, text
 from sqlalchemy.engine import Connection
 from sqlmodel import SQLModel
 
@@ -83,8 +83,30 @@ def current_version(engine: Engine) -> int:
         return int(version or 0)
 
 
+# Any constant: the PostgreSQL advisory lock that makes concurrent migrations take turns.
+_MIGRATION_LOCK = 0x6469636F6D776562  # "dicomweb"
+
+
 def migrate(engine: Engine) -> list[int]:
-    """Apply pending migrations in order, each in its own transaction; returns those applied."""
+    """Apply pending migrations in order, each in its own transaction; returns those applied.
+
+    Safe to run from several processes at once (servers starting together, ``migrate``
+    during ``serve``): on PostgreSQL they queue on an advisory lock; on SQLite each
+    transaction is BEGIN IMMEDIATE, and every step checks what is already done.
+    """
+    if engine.dialect.name != "postgresql":
+        return _migrate(engine)
+    with engine.connect() as lock:
+        lock.execute(select(func.pg_advisory_lock(_MIGRATION_LOCK)))
+        lock.commit()
+        try:
+            return _migrate(engine)
+        finally:
+            lock.execute(select(func.pg_advisory_unlock(_MIGRATION_LOCK)))
+            lock.commit()
+
+
+def _migrate(engine: Engine) -> list[int]:
     applied: list[int] = []
     with engine.begin() as conn:
         models.SchemaVersion.__table__.create(conn, checkfirst=True)  # type: ignore[attr-defined]

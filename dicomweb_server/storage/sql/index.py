@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import hashlib
+import sqlite3
 import time
 from collections import defaultdict
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
 
 import orjson
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import case, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError, NoResultFound
 from sqlalchemy.sql import Select
 
 from dicomweb_server.dicom.attributes import Level
 from dicomweb_server.dicom.ingest import InstanceRecord
-from dicomweb_server.dicom.matching import QueryRequest
-from dicomweb_server.errors import Conflict, NotFound
+from dicomweb_server.dicom.matching import SERIES_COMPUTED, STUDY_COMPUTED, QueryRequest
+from dicomweb_server.errors import Conflict, NotFound, OutOfResources
 from dicomweb_server.storage.interfaces import SearchResult, StoredInstance, Version
 from dicomweb_server.storage.sql.engine import make_engines, migrate
 from dicomweb_server.storage.sql.models import Instance, Patient, Series, Study
@@ -38,6 +43,78 @@ _STORED_COLUMNS = (
     INSTANCE.content_hash,
     INSTANCE.number_of_frames,
 )
+
+
+class IndexFull(OutOfResources, OSError):
+    """The index database could not grow: its disk is full.
+
+    Both a domain error (the web maps it to 507) and an OSError with errno ENOSPC, so
+    that callers classifying OSErrors by errno (the store service's per-instance
+    outcome) report Out of Resources (0xA700) rather than a processing failure.
+    """
+
+    def __init__(self, message: str) -> None:
+        OutOfResources.__init__(self, message)
+        self.errno = errno.ENOSPC
+        self.strerror = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _is_disk_full(exc: DBAPIError) -> bool:
+    orig = exc.orig
+    if isinstance(orig, sqlite3.Error):
+        code = getattr(orig, "sqlite_errorcode", None)
+        if code is not None and code & 0xFF == sqlite3.SQLITE_FULL:
+            return True
+        return "database or disk is full" in str(orig)
+    # PostgreSQL class 53, disk_full (53100); psycopg exposes the SQLSTATE as .sqlstate.
+    return getattr(orig, "sqlstate", None) == "53100"
+
+
+@contextlib.contextmanager
+def _disk_full_is_out_of_resources() -> Iterator[None]:
+    try:
+        yield
+    except IntegrityError:
+        raise
+    except DBAPIError as exc:
+        if _is_disk_full(exc):
+            raise IndexFull("the index database is out of disk space") from exc
+        raise
+
+
+T = TypeVar("T")
+# Attempts of one write transaction that lost a race with a concurrent writer.
+_ATTEMPTS = 5
+
+
+# foreign_key_violation, serialization_failure, deadlock_detected
+_RACE_SQLSTATES = frozenset({"23503", "40001", "40P01"})
+
+
+def _lost_race(exc: Exception) -> bool:
+    """The transaction lost a race with a concurrent writer and may simply run again:
+    a foreign-key violation or a row gone between two statements (a concurrent delete
+    removed a parent we were about to use, or a store added a child to a parent we were
+    deleting), or PostgreSQL chose it as a deadlock victim. SQLite runs one writer at a
+    time, so this is PostgreSQL only in practice."""
+    if isinstance(exc, NoResultFound):
+        return True
+    orig = getattr(exc, "orig", None)
+    if getattr(orig, "sqlstate", None) in _RACE_SQLSTATES:
+        return True
+    return "FOREIGN KEY constraint failed" in str(orig)
+
+
+def _touched(column: Any, now: float) -> Any:
+    """``now``, or just after the stored value if the clock did not move past it.
+
+    Versions (ETag, Last-Modified) are built from these stamps; they must move forward
+    on every change even when two changes share a clock tick or the clock steps back.
+    """
+    return case((column >= now, column + 1e-6), else_=now)
 
 
 def _stored(row: Any) -> StoredInstance:
@@ -75,7 +152,11 @@ class SqlIndex:
         return module.insert(table)
 
     def _upsert_parents(self, conn: Connection, rec: InstanceRecord, now: float) -> int:
-        """Insert patient, study and series if absent; returns the series pk."""
+        """Insert patient, study and series if absent; returns the series pk.
+
+        Study and series are upserted with DO UPDATE of their version stamp, in one
+        statement each, returning their keys.
+        """
         p = rec.patient
         conn.execute(
             self._insert(_PATIENT_T)
@@ -87,7 +168,7 @@ class SqlIndex:
                 PATIENT.patient_id == p["patient_id"], PATIENT.issuer == p["issuer"]
             )
         ).scalar_one()
-        conn.execute(
+        study_pk = conn.execute(
             self._insert(_STUDY_T)
             .values(
                 patient_fk=patient_pk,
@@ -97,13 +178,13 @@ class SqlIndex:
                 updated_at=now,
                 **rec.study,
             )
-            .on_conflict_do_nothing(index_elements=["study_uid"])
-        )
-        study_pk = conn.execute(
-            select(STUDY.pk).where(STUDY.study_uid == rec.study_uid)
+            .on_conflict_do_update(
+                index_elements=["study_uid"],
+                set_={"updated_at": _touched(_STUDY_T.c.updated_at, now)},
+            )
+            .returning(_STUDY_T.c.pk)
         ).scalar_one()
-        conn.execute(update(_STUDY_T).where(STUDY.pk == study_pk).values(updated_at=now))
-        conn.execute(
+        series_pk, owner = conn.execute(
             self._insert(_SERIES_T)
             .values(
                 study_fk=study_pk,
@@ -112,10 +193,11 @@ class SqlIndex:
                 updated_at=now,
                 **rec.series,
             )
-            .on_conflict_do_nothing(index_elements=["series_uid"])
-        )
-        series_pk, owner = conn.execute(
-            select(SERIES.pk, SERIES.study_fk).where(SERIES.series_uid == rec.series_uid)
+            .on_conflict_do_update(
+                index_elements=["series_uid"],
+                set_={"updated_at": _touched(_SERIES_T.c.updated_at, now)},
+            )
+            .returning(_SERIES_T.c.pk, _SERIES_T.c.study_fk)
         ).one()
         if owner != study_pk:
             raise Conflict(
@@ -139,28 +221,71 @@ class SqlIndex:
             **rec.instance,
         )
 
+    def _lock_study(self, conn: Connection, study_uid: str) -> None:
+        """Serialize the writers of one study until the transaction ends (PostgreSQL).
+
+        A store and a delete of the same study otherwise lock study, series and their
+        unique-index entries in different orders and deadlock. SQLite needs nothing:
+        BEGIN IMMEDIATE already admits one writer at a time.
+        """
+        if self.dialect != "postgresql":
+            return
+        digest = hashlib.blake2b(study_uid.encode(), digest_size=8).digest()
+        key = int.from_bytes(digest, "big", signed=True)
+        conn.execute(select(func.pg_advisory_xact_lock(key)))
+
+    def _write(self, work: Callable[[Connection], T]) -> T:
+        """Run ``work`` in one write transaction, again from the start if it lost a race
+        with a concurrent writer (then it sees the other's commit)."""
+        for attempt in range(1, _ATTEMPTS + 1):
+            try:
+                with _disk_full_is_out_of_resources(), self.write_engine.begin() as conn:
+                    return work(conn)
+            except (DBAPIError, NoResultFound) as exc:
+                if attempt == _ATTEMPTS or not _lost_race(exc):
+                    raise
+                time.sleep(0.005 * attempt)
+        raise AssertionError("unreachable")
+
     def add_instance(
         self, record: InstanceRecord, blob_key: str, blob_size: int, content_hash: str
     ) -> None:
-        now = time.time()
+        def work(conn: Connection) -> None:
+            self._lock_study(conn, record.study_uid)
+            now = time.time()
+            series_pk = self._upsert_parents(conn, record, now)
+            values = self._instance_values(record, blob_key, blob_size, content_hash, now)
+            conn.execute(_INSTANCE_T.insert().values(series_fk=series_pk, **values))
+
         try:
-            with self.write_engine.begin() as conn:
-                series_pk = self._upsert_parents(conn, record, now)
-                values = self._instance_values(record, blob_key, blob_size, content_hash, now)
-                conn.execute(_INSTANCE_T.insert().values(series_fk=series_pk, **values))
+            self._write(work)
         except IntegrityError as exc:
+            if _lost_race(exc):
+                raise Conflict(
+                    f"instance {record.sop_instance_uid}: its series kept being deleted "
+                    "while it was stored"
+                ) from exc
             raise Conflict(f"instance {record.sop_instance_uid} is already stored") from exc
 
     def replace_instance(
         self, record: InstanceRecord, blob_key: str, blob_size: int, content_hash: str
     ) -> str:
-        now = time.time()
-        with self.write_engine.begin() as conn:
+        def work(conn: Connection) -> str:
+            self._lock_study(conn, record.study_uid)
+            now = time.time()
             old = conn.execute(
-                select(INSTANCE.blob_key).where(INSTANCE.sop_uid == record.sop_instance_uid)
-            ).scalar_one_or_none()
+                self._joined(INSTANCE.blob_key, SERIES.pk, STUDY.pk).where(
+                    INSTANCE.sop_uid == record.sop_instance_uid
+                )
+            ).first()
             if old is None:
                 raise NotFound(f"instance {record.sop_instance_uid} is not stored")
+            old_key, old_series_pk, old_study_pk = old
+            old_study_uid = conn.execute(
+                select(STUDY.study_uid).where(STUDY.pk == old_study_pk)
+            ).scalar_one()
+            if old_study_uid != record.study_uid:
+                self._lock_study(conn, old_study_uid)
             series_pk = self._upsert_parents(conn, record, now)
             values = self._instance_values(record, blob_key, blob_size, content_hash, now)
             conn.execute(
@@ -168,7 +293,13 @@ class SqlIndex:
                 .where(INSTANCE.sop_uid == record.sop_instance_uid)
                 .values(series_fk=series_pk, **values)
             )
-            return str(old)
+            if old_series_pk != series_pk:
+                # The instance moved (its series or study UID was corrected): the parents
+                # it left may now be empty, and their versions changed.
+                self._prune_parents(conn, {old_series_pk}, {old_study_pk}, now)
+            return str(old_key)
+
+        return self._write(work)
 
     # -- reading instances -------------------------------------------------------------
 
@@ -232,16 +363,26 @@ class SqlIndex:
         self, study_uid: str, series_uid: str | None = None, sop_instance_uid: str | None = None
     ) -> Version | None:
         stmt = self._scoped(
-            self._joined(func.max(INSTANCE.stored_at), func.count(INSTANCE.pk)),
+            self._joined(
+                func.max(INSTANCE.stored_at),
+                func.max(SERIES.updated_at),
+                func.max(STUDY.updated_at),
+                func.count(INSTANCE.pk),
+            ),
             study_uid,
             series_uid,
             sop_instance_uid,
         )
         with self.read_engine.connect() as conn:
-            latest, count = conn.execute(stmt).one()
+            stored, series_changed, study_changed, count = conn.execute(stmt).one()
         if not count:
             return None
-        return Version(updated_at=float(latest), count=int(count))
+        # A deletion leaves no instance row behind to date it: the parent rows carry it.
+        latest = float(stored)
+        if sop_instance_uid is None:
+            parent = series_changed if series_uid is not None else study_changed
+            latest = max(latest, float(parent or 0.0))
+        return Version(updated_at=latest, count=int(count))
 
     def count_instances(self) -> int:
         with self.read_engine.connect() as conn:
@@ -251,6 +392,8 @@ class SqlIndex:
 
     @staticmethod
     def _search_select(query: QueryRequest, *columns: Any) -> Select[Any]:
+        """The entities of the query's level joined up to their patient, filtered by
+        every condition. Each entity appears once: joins only go towards parents."""
         level = query.level
         stmt = select(*columns)
         if level == Level.INSTANCE:
@@ -272,66 +415,90 @@ class SqlIndex:
             return int(conn.execute(self._search_select(query, func.count(key))).scalar_one())
 
     def search(self, query: QueryRequest) -> SearchResult:
+        """One page of matches in a stable order (primary key), in a constant number of
+        statements whatever the page size: the page itself, then grouped counts."""
         level = query.level
         if level == Level.STUDY:
             key = STUDY.pk
-            stmt = self._search_select(query, STUDY.pk, STUDY.study_uid, STUDY.attrs)
+            stmt = self._search_select(query, STUDY.pk, STUDY.study_uid, STUDY.attrs, STUDY.pk)
         elif level == Level.SERIES:
             key = SERIES.pk
             stmt = self._search_select(
-                query, SERIES.pk, STUDY.study_uid, STUDY.attrs, SERIES.series_uid, SERIES.attrs
-            )
+                query, SERIES.pk, STUDY.study_uid, STUDY.attrs, STUDY.pk,
+                SERIES.series_uid, SERIES.attrs, SERIES.pk,
+            )  # fmt: skip
         else:
             key = INSTANCE.pk
             stmt = self._search_select(
-                query,
-                INSTANCE.pk,
-                STUDY.study_uid,
-                STUDY.attrs,
-                SERIES.series_uid,
-                SERIES.attrs,
-                INSTANCE.sop_uid,
-                INSTANCE.metadata,
-            )
+                query, INSTANCE.pk, STUDY.study_uid, STUDY.attrs, STUDY.pk,
+                SERIES.series_uid, SERIES.attrs, SERIES.pk,
+                INSTANCE.sop_uid, INSTANCE.metadata,
+            )  # fmt: skip
         stmt = stmt.order_by(key).offset(query.offset).limit(query.limit + 1)
+        # Computed study attributes for study searches and for the All Series / All
+        # Instances resources, which return the study attributes too (PS3.18
+        # 10.6.3.3.2-3); series ones for series searches and for instances outside one
+        # series (10.6.3.3.3). Also whenever asked for (includefield, all).
+        asked = set(query.includefields)
+        need_study = (
+            level == Level.STUDY
+            or query.scope is None
+            or query.include_all
+            or bool(asked & STUDY_COMPUTED)
+        )
+        need_series = level >= Level.SERIES and (
+            level == Level.SERIES
+            or query.scope != Level.SERIES
+            or query.include_all
+            or bool(asked & SERIES_COMPUTED)
+        )
         with self.read_engine.connect() as conn:
             rows = conn.execute(stmt).all()
             more = len(rows) > query.limit
             rows = rows[: query.limit]
             out: list[dict[str, Any]] = []
             for row in rows:
-                item: dict[str, Any] = {"study_uid": row[1], "study_attrs": bytes(row[2])}
+                item: dict[str, Any] = {
+                    "study_uid": row[1],
+                    "study_attrs": bytes(row[2]),
+                    "study_pk": row[3],
+                }
                 if level >= Level.SERIES:
-                    item["series_uid"] = row[3]
-                    item["series_attrs"] = bytes(row[4])
+                    item["series_uid"] = row[4]
+                    item["series_attrs"] = bytes(row[5])
+                    item["series_pk"] = row[6]
                 if level == Level.INSTANCE:
-                    item["sop_uid"] = row[5]
-                    item["metadata"] = bytes(row[6])
+                    item["sop_uid"] = row[7]
+                    item["metadata"] = bytes(row[8])
                 out.append(item)
-            pks = [row[0] for row in rows]
-            if level == Level.STUDY and pks:
-                self._study_counts(conn, pks, out)
-            elif level == Level.SERIES and pks:
+            if need_study and out:
+                self._study_counts(conn, sorted({i["study_pk"] for i in out}), out)
+            if need_series and out:
+                series_pks = sorted({i["series_pk"] for i in out})
                 counts: dict[int, int] = dict(
                     conn.execute(
                         select(INSTANCE.series_fk, func.count(INSTANCE.pk))
-                        .where(INSTANCE.series_fk.in_(pks))
+                        .where(INSTANCE.series_fk.in_(series_pks))
                         .group_by(INSTANCE.series_fk)
                     ).all()
                 )
-                for pk, item in zip(pks, out, strict=True):
-                    item["num_instances"] = int(counts.get(pk, 0))
+                for item in out:
+                    item["series_num_instances"] = int(counts.get(item["series_pk"], 0))
         return SearchResult(rows=out, more=more)
 
     @staticmethod
     def _study_counts(conn: Connection, pks: list[int], out: list[dict[str, Any]]) -> None:
-        """Computed study attributes for one page, in two grouped queries (no N+1)."""
+        """Computed study attributes (ModalitiesInStudy, NumberOfStudyRelatedSeries,
+        NumberOfStudyRelatedInstances; PS3.18 Table 10.6.3-3) for the studies of one
+        page, in two grouped queries (no N+1)."""
         modalities: dict[int, set[str]] = defaultdict(set)
         series_count: dict[int, int] = defaultdict(int)
-        for study_fk, modality in conn.execute(
-            select(SERIES.study_fk, SERIES.modality).where(SERIES.study_fk.in_(pks))
+        for study_fk, modality, n in conn.execute(
+            select(SERIES.study_fk, SERIES.modality, func.count(SERIES.pk))
+            .where(SERIES.study_fk.in_(pks))
+            .group_by(SERIES.study_fk, SERIES.modality)
         ):
-            series_count[study_fk] += 1
+            series_count[study_fk] += int(n)
             if modality:
                 modalities[study_fk].add(modality)
         instance_count: dict[int, int] = dict(
@@ -343,17 +510,19 @@ class SqlIndex:
                 .group_by(SERIES.study_fk)
             ).all()
         )
-        for pk, item in zip(pks, out, strict=True):
+        for item in out:
+            pk = item["study_pk"]
             item["modalities"] = sorted(modalities.get(pk, ()))
-            item["num_series"] = series_count.get(pk, 0)
-            item["num_instances"] = int(instance_count.get(pk, 0))
+            item["study_num_series"] = series_count.get(pk, 0)
+            item["study_num_instances"] = int(instance_count.get(pk, 0))
 
     # -- deletion ----------------------------------------------------------------------
 
     def delete(
         self, study_uid: str, series_uid: str | None = None, sop_instance_uid: str | None = None
     ) -> list[str]:
-        with self.write_engine.begin() as conn:
+        def work(conn: Connection) -> list[str]:
+            self._lock_study(conn, study_uid)
             rows = conn.execute(
                 self._scoped(
                     self._joined(INSTANCE.pk, INSTANCE.blob_key, SERIES.pk, STUDY.pk),
@@ -365,34 +534,49 @@ class SqlIndex:
             if not rows:
                 return []
             instance_pks = [r[0] for r in rows]
-            series_pks = {r[2] for r in rows}
-            study_pks = {r[3] for r in rows}
             for start in range(0, len(instance_pks), 500):
                 chunk = instance_pks[start : start + 500]
                 conn.execute(delete(_INSTANCE_T).where(INSTANCE.pk.in_(chunk)))
-            # Remove parents left empty, bottom up.
-            conn.execute(
-                delete(_SERIES_T).where(
-                    SERIES.pk.in_(series_pks),
-                    ~select(INSTANCE.pk).where(INSTANCE.series_fk == SERIES.pk).exists(),
-                )
-            )
-            patient_pks = set(
-                conn.execute(select(STUDY.patient_fk).where(STUDY.pk.in_(study_pks))).scalars()
-            )
-            conn.execute(
-                delete(_STUDY_T).where(
-                    STUDY.pk.in_(study_pks),
-                    ~select(SERIES.pk).where(SERIES.study_fk == STUDY.pk).exists(),
-                )
-            )
-            conn.execute(
-                update(_STUDY_T).where(STUDY.pk.in_(study_pks)).values(updated_at=time.time())
-            )
-            conn.execute(
-                delete(_PATIENT_T).where(
-                    PATIENT.pk.in_(patient_pks),
-                    ~select(STUDY.pk).where(STUDY.patient_fk == PATIENT.pk).exists(),
-                )
-            )
+            self._prune_parents(conn, {r[2] for r in rows}, {r[3] for r in rows}, time.time())
             return [str(r[1]) for r in rows]
+
+        return self._write(work)
+
+    @staticmethod
+    def _prune_parents(
+        conn: Connection, series_pks: Iterable[int], study_pks: Iterable[int], now: float
+    ) -> None:
+        """After instances left these series/studies: remove the empty ones, bottom up,
+        and mark the rest changed."""
+        series_pks, study_pks = set(series_pks), set(study_pks)
+        conn.execute(
+            delete(_SERIES_T).where(
+                SERIES.pk.in_(series_pks),
+                ~select(INSTANCE.pk).where(INSTANCE.series_fk == SERIES.pk).exists(),
+            )
+        )
+        conn.execute(
+            update(_SERIES_T)
+            .where(SERIES.pk.in_(series_pks))
+            .values(updated_at=_touched(SERIES.updated_at, now))
+        )
+        patient_pks = set(
+            conn.execute(select(STUDY.patient_fk).where(STUDY.pk.in_(study_pks))).scalars()
+        )
+        conn.execute(
+            delete(_STUDY_T).where(
+                STUDY.pk.in_(study_pks),
+                ~select(SERIES.pk).where(SERIES.study_fk == STUDY.pk).exists(),
+            )
+        )
+        conn.execute(
+            update(_STUDY_T)
+            .where(STUDY.pk.in_(study_pks))
+            .values(updated_at=_touched(STUDY.updated_at, now))
+        )
+        conn.execute(
+            delete(_PATIENT_T).where(
+                PATIENT.pk.in_(patient_pks),
+                ~select(STUDY.pk).where(STUDY.patient_fk == PATIENT.pk).exists(),
+            )
+        )

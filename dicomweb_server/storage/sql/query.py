@@ -1,12 +1,30 @@
-"""Conditions from dicom.matching turned into SQL expressions over the index tables."""
+"""Conditions from dicom.matching turned into SQL expressions over the index tables.
+
+The same expressions run on SQLite and PostgreSQL with the same results:
+
+- Single value and wildcard matching are case-sensitive except for PN (PS3.4
+  C.2.2.2.1, C.2.2.2.4). SQLite's LIKE ignores ASCII case unless a connection sets
+  ``case_sensitive_like``, so wildcards are compiled to GLOB there, which needs no
+  pragma, and to LIKE on PostgreSQL (``_Wildcard``).
+- Person names are matched on their folded form (upper case, accents removed, words
+  separated by single spaces, framed by spaces): case- and accent-insensitive.
+- An entity whose value of a matching key is empty (NULL or '') matches every value of
+  that key: PS3.4 C.2.2.1.2 for Required Keys, and C.2.2.1.3 for the Optional Keys we
+  support matching on ("processed in the same manner as a Required Key"). Unique keys
+  and SOP Class UID are never empty.
+"""
 
 from __future__ import annotations
 
 import unicodedata
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, exists, or_, select, true
+from sqlalchemy import ColumnElement, Integer, and_, exists, literal, not_, or_, select, true
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.sql.schema import Column
+from sqlalchemy.types import Boolean
 
 from dicomweb_server.dicom.matching import MODALITIES_IN_STUDY, Condition, Kind
 from dicomweb_server.storage.sql.models import Instance, Patient, Series, Study
@@ -15,6 +33,11 @@ PATIENT = Patient.__table__.c  # type: ignore[attr-defined]
 STUDY = Study.__table__.c  # type: ignore[attr-defined]
 SERIES = Series.__table__.c  # type: ignore[attr-defined]
 INSTANCE = Instance.__table__.c  # type: ignore[attr-defined]
+
+# The series of a study, under another name, for ModalitiesInStudy: in a series or
+# instance search the outer query already has ``series`` in its FROM list, and a
+# correlated subquery on the same table would test the outer series row instead.
+_STUDY_SERIES = Series.__table__.alias("study_series")  # type: ignore[attr-defined]
 
 # Person names are matched on their normalized form: case- and accent-insensitive.
 _NAME_COLUMNS: dict[int, Column[Any]] = {
@@ -46,7 +69,35 @@ COLUMNS: dict[int, Column[Any]] = {
     0x00200013: INSTANCE.instance_number,
 }
 
+# UID columns: unique keys and SOP Class UID, never empty, matched without the
+# empty-value rule.
+_NEVER_EMPTY = frozenset({0x0020000D, 0x0020000E, 0x00080018, 0x00080016})
+
 SUPPORTED_TAGS = frozenset(COLUMNS) | frozenset(_NAME_COLUMNS) | {MODALITIES_IN_STUDY}
+
+
+class _Wildcard(FunctionElement[bool]):
+    """``column`` matches a DICOM wildcard pattern, case-sensitively, on any dialect.
+
+    Arguments: the column, the pattern as LIKE (escape '\\'), the pattern as GLOB.
+    Only the one the dialect uses is rendered (and bound).
+    """
+
+    type = Boolean()
+    inherit_cache = True
+    name = "dicom_wildcard"
+
+
+@compiles(_Wildcard)
+def _compile_like(element: _Wildcard, compiler: SQLCompiler, **kw: Any) -> str:
+    column, like_pattern, _glob = list(element.clauses)
+    return str(compiler.process(column.like(like_pattern, escape="\\"), **kw))
+
+
+@compiles(_Wildcard, "sqlite")
+def _compile_glob(element: _Wildcard, compiler: SQLCompiler, **kw: Any) -> str:
+    column, _like, glob_pattern = list(element.clauses)
+    return f"({compiler.process(column, **kw)} GLOB {compiler.process(glob_pattern, **kw)})"
 
 
 def _like_pattern(value: str) -> str:
@@ -64,36 +115,56 @@ def _like_pattern(value: str) -> str:
     return "".join(out)
 
 
-def _normalize_pattern(value: str) -> str:
-    """The same folding as ingest.normalize_name, keeping the wildcard characters."""
+def _glob_pattern(value: str) -> str:
+    """DICOM wildcards as an SQLite GLOB pattern: '*' and '?' mean the same; '[' is
+    the only other special character and is written as a one-character class."""
+    return value.replace("[", "[[]")
+
+
+def wildcard(column: Any, pattern: str) -> ColumnElement[bool]:
+    """Case-sensitive DICOM wildcard matching of ``column`` against ``pattern``."""
+    return _Wildcard(column, literal(_like_pattern(pattern)), literal(_glob_pattern(pattern)))
+
+
+def fold_name(value: str) -> str:
+    """The same folding as ingest.normalize_name, keeping any wildcard characters."""
     decomposed = unicodedata.normalize("NFKD", value)
     stripped = "".join(c for c in decomposed if not unicodedata.combining(c))
     words = stripped.upper().replace("^", " ").replace("=", " ").split()
     return " " + " ".join(words) + " "
 
 
+def _empty(column: Any) -> ColumnElement[bool]:
+    """The stored value is zero length (PS3.4 C.2.2.1.2)."""
+    if isinstance(column.type, Integer):
+        null: ColumnElement[bool] = column.is_(None)
+        return null
+    return or_(column.is_(None), column == "")
+
+
 def _name_expr(column: Column[Any], cond: Condition) -> ColumnElement[bool]:
     if cond.kind is Kind.FUZZY:
-        # Each query word must start some word of the name.
-        return and_(*(column.like(f"% {_like_pattern(w)}%", escape="\\") for w in cond.values))
-    pattern = _normalize_pattern(cond.values[0])
+        # Each query word must start some word of the name (PS3.18 8.3.4.2).
+        return and_(*(wildcard(column, f"* {w}*") for w in cond.values))
+    pattern = fold_name(cond.values[0])
     if cond.kind is Kind.WILDCARD:
-        return column.like(_like_pattern(pattern), escape="\\")
+        return wildcard(column, pattern)
     exact: ColumnElement[bool] = column == pattern
     return exact
 
 
-def _value_expr(column: Column[Any], cond: Condition) -> ColumnElement[bool]:
+def _value_expr(column: Any, cond: Condition) -> ColumnElement[bool]:
     values: list[Any] = list(cond.values)
-    if column.type.python_type is int:
-        values = [int(v) for v in values if v != ""] if cond.kind is not Kind.RANGE else values
+    if isinstance(column.type, Integer) and cond.kind in (Kind.SINGLE, Kind.LIST):
+        values = [int(v) for v in values]
     if cond.kind is Kind.SINGLE:
         single: ColumnElement[bool] = column == values[0]
         return single
     if cond.kind is Kind.LIST:
-        return column.in_(values)
+        listed: ColumnElement[bool] = column.in_(values)
+        return listed
     if cond.kind is Kind.WILDCARD:
-        return column.like(_like_pattern(cond.values[0]), escape="\\")
+        return wildcard(column, cond.values[0])
     if cond.kind is Kind.RANGE:
         low, high = cond.values
         parts = []
@@ -102,38 +173,51 @@ def _value_expr(column: Column[Any], cond: Condition) -> ColumnElement[bool]:
         if high:
             parts.append(column <= high)
         return and_(*parts)
-    if cond.kind is Kind.FUZZY:
-        return or_(*(column.like(f"%{_like_pattern(w)}%", escape="\\") for w in cond.values))
     raise AssertionError(cond.kind)
 
 
 def _datetime_expr(cond: Condition) -> ColumnElement[bool]:
+    """A combined date-time range (PS3.4 C.2.2.2.5.4): the date and time columns
+    compared as one DT value; an empty time counts as any time of its day, an empty
+    date matches (C.2.2.1.2)."""
     date_col, time_col = COLUMNS[cond.tag], COLUMNS[cond.partner or 0]
     d_low, t_low, d_high, t_high = cond.values
     parts = []
     if d_low:
         same_day = date_col == d_low
         if t_low:
-            same_day = and_(same_day, or_(time_col >= t_low, time_col.is_(None)))
+            same_day = and_(same_day, or_(time_col >= t_low, _empty(time_col)))
         parts.append(or_(date_col > d_low, same_day))
     if d_high:
         same_day = date_col == d_high
         if t_high:
-            same_day = and_(same_day, or_(time_col <= t_high, time_col.is_(None)))
+            same_day = and_(same_day, or_(time_col <= t_high, _empty(time_col)))
         parts.append(or_(date_col < d_high, same_day))
-    return and_(*parts)
+    return or_(_empty(date_col), and_(*parts))
+
+
+def _modalities_expr(cond: Condition) -> ColumnElement[bool]:
+    """ModalitiesInStudy: some series of the study has a matching Modality (C.2.2.3),
+    or no series of the study has a Modality at all (an empty value, C.2.2.1.2)."""
+    modality = _STUDY_SERIES.c.modality
+    of_study = _STUDY_SERIES.c.study_fk == STUDY.pk
+    matching = exists(select(_STUDY_SERIES.c.pk).where(of_study, _value_expr(modality, cond)))
+    known = exists(select(_STUDY_SERIES.c.pk).where(of_study, not_(_empty(modality))))
+    return or_(matching, not_(known))
 
 
 def condition_expr(cond: Condition) -> ColumnElement[bool]:
     if cond.kind is Kind.DATETIME_RANGE:
         return _datetime_expr(cond)
     if cond.tag == MODALITIES_IN_STUDY:
-        inner = _value_expr(SERIES.modality, cond)
-        return exists(select(SERIES.pk).where(SERIES.study_fk == STUDY.pk, inner))
+        return _modalities_expr(cond)
     if cond.tag in _NAME_COLUMNS:
-        return _name_expr(_NAME_COLUMNS[cond.tag], cond)
+        name_column = _NAME_COLUMNS[cond.tag]
+        return or_(_name_expr(name_column, cond), _empty(name_column))
     column = COLUMNS.get(cond.tag)
     if column is None:
         return true()
     expr: ColumnElement[bool] = _value_expr(column, cond)
-    return expr
+    if cond.tag in _NEVER_EMPTY:
+        return expr
+    return or_(expr, _empty(column))
