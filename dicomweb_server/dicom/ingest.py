@@ -28,6 +28,7 @@ from pydicom.uid import UID
 
 from dicomweb_server.dicom import status
 from dicomweb_server.dicom.attributes import Level, level_of, tag_hex, vr_of
+from dicomweb_server.dicom.fastjson import codec_for, element_json
 from dicomweb_server.dicom.uids import (
     DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
     EXPLICIT_VR_BIG_ENDIAN,
@@ -156,8 +157,14 @@ class _JsonBuilder:
         self.big_endian = big_endian
         self.bulk: dict[str, list[int]] = {}
 
-    def dataset(self, ds: Dataset, path: str, top: bool) -> dict[str, Any]:
+    def dataset(
+        self, ds: Dataset, path: str, top: bool, codec: str | None = "ascii"
+    ) -> dict[str, Any]:
         out: dict[str, Any] = {}
+        if self.big_endian:
+            codec = None  # the raw fast path reads little endian only
+        elif 0x00080005 in ds:
+            codec = codec_for(ds[0x00080005].value)
         for base_tag in sorted(ds.keys()):
             tag = int(base_tag)
             if tag >> 16 == 0x0002 or tag & 0xFFFF == 0:
@@ -178,13 +185,19 @@ class _JsonBuilder:
                         length = -1 if raw.length == UNDEFINED_LENGTH else raw.length
                         self.bulk[key] = [raw.value_tell, length]
                     continue
+            if codec is not None and isinstance(raw, RawDataElement) and raw.value is not None:
+                # Most elements: straight from the raw bytes (see fastjson for why).
+                fast = element_json(vr, raw.value, codec)
+                if fast is not None:
+                    out[key] = fast
+                    continue
             try:
                 elem = ds[tag]
             except Exception:
                 continue  # undecodable value: left out of the metadata, kept in the file
             if elem.VR == "SQ":
                 items = [
-                    self.dataset(item, f"{elem_path}.{i}", False)
+                    self.dataset(item, f"{elem_path}.{i}", False, codec)
                     for i, item in enumerate(elem.value)
                 ]
                 out[key] = {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
