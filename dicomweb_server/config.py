@@ -42,6 +42,9 @@ class Settings:
     min_free_bytes: int = 64 * 1024**2
     max_parts: int = 100_000
     qido_max_limit: int = 1000
+    # PS3.4 C.2.2.1.2: entities with an empty value match every key. Off by default:
+    # a lookup by Accession Number must not return studies that have none.
+    qido_match_empty: bool = False
     qido_default_limit: int = 1000
     duplicate_policy: str = "keep-first"
     # Binary values longer than this become BulkDataURIs in DICOM JSON metadata.

@@ -97,10 +97,15 @@ def corpus(
 
 
 def search(
-    index: SqlIndex, level: Level, query: str, scope: list[Condition] | None = None
+    index: SqlIndex,
+    level: Level,
+    query: str,
+    scope: list[Condition] | None = None,
+    match_empty: bool = False,
 ) -> list[dict[str, Any]]:
     pairs = [tuple(p.split("=", 1)) for p in query.split("&") if p]
     parsed = parse_query(level, pairs, scope=scope or [], max_limit=1000)  # type: ignore[arg-type]
+    parsed.match_empty = match_empty
     return index.search(parsed).rows
 
 
@@ -162,14 +167,27 @@ def test_wildcard_escapes_sql_pattern_characters(corpus: Corpus, pattern: str, f
     ],
 )
 def test_empty_required_key_matches_any_value(corpus: Corpus, query: str) -> None:
-    assert studies(corpus.index, query) == {corpus.s2}
+    """With qido_match_empty on, PS3.4 C.2.2.1.2 applies."""
+    pairs = [tuple(p.split("=", 1)) for p in query.split("&") if p]
+    parsed = parse_query(Level.STUDY, pairs, max_limit=1000)  # type: ignore[arg-type]
+    parsed.match_empty = True
+    assert {r["study_uid"] for r in corpus.index.search(parsed).rows} == {corpus.s2}
+
+
+@pytest.mark.parametrize(
+    "query", ["PatientName=Nob*", "StudyDate=19990101-19991231", "AccessionNumber=NOPE"]
+)
+def test_empty_values_do_not_match_by_default(corpus: Corpus, query: str) -> None:
+    """The default: a lookup by Accession Number finds no study that has none."""
+    assert studies(corpus.index, query) == set()
 
 
 def test_empty_series_and_instance_keys_match(corpus: Corpus) -> None:
-    series = search(corpus.index, Level.SERIES, "SeriesNumber=77")
+    series = search(corpus.index, Level.SERIES, "SeriesNumber=77", match_empty=True)
     assert [r["series_uid"] for r in series] == [corpus.s2_series]
-    instances = search(corpus.index, Level.INSTANCE, "InstanceNumber=77")
+    instances = search(corpus.index, Level.INSTANCE, "InstanceNumber=77", match_empty=True)
     assert [r["series_uid"] for r in instances] == [corpus.s2_series]
+    assert search(corpus.index, Level.SERIES, "SeriesNumber=77") == []
 
 
 def test_unique_keys_do_not_match_by_emptiness(corpus: Corpus) -> None:

@@ -150,6 +150,8 @@ class QueryRequest:
     limit: int = 100
     offset: int = 0
     warnings: list[str] = field(default_factory=list)
+    # Apply PS3.4 C.2.2.1.2 (stored empty values match every key); see storage/sql/query.
+    match_empty: bool = False
     # The entity named in the resource path (PS3.18 Table 10.6.1-1): None for the
     # "All Studies/Series/Instances" resources, STUDY for /studies/{study}/...,
     # SERIES for /studies/{study}/series/{series}/instances. It decides which

@@ -101,6 +101,7 @@ async def search(request: Request) -> Response:
         default_limit=settings.qido_default_limit,
         max_limit=settings.qido_max_limit,
     )
+    query.match_empty = settings.qido_match_empty
     base = base_url(request, settings)
     outcome = await anyio.to_thread.run_sync(services.query.search, query, base)
     response = datasets_response(choice, outcome.results)

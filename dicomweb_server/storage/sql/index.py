@@ -406,7 +406,7 @@ class SqlIndex:
             stmt = stmt.select_from(_STUDY_T)
         stmt = stmt.join(_PATIENT_T, PATIENT.pk == STUDY.patient_fk)
         for cond in query.conditions:
-            stmt = stmt.where(condition_expr(cond))
+            stmt = stmt.where(condition_expr(cond, query.match_empty))
         return stmt
 
     def count(self, query: QueryRequest) -> int:

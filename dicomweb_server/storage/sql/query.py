@@ -176,7 +176,7 @@ def _value_expr(column: Any, cond: Condition) -> ColumnElement[bool]:
     raise AssertionError(cond.kind)
 
 
-def _datetime_expr(cond: Condition) -> ColumnElement[bool]:
+def _datetime_expr(cond: Condition, match_empty: bool) -> ColumnElement[bool]:
     """A combined date-time range (PS3.4 C.2.2.2.5.4): the date and time columns
     compared as one DT value; an empty time counts as any time of its day, an empty
     date matches (C.2.2.1.2)."""
@@ -193,31 +193,37 @@ def _datetime_expr(cond: Condition) -> ColumnElement[bool]:
         if t_high:
             same_day = and_(same_day, or_(time_col <= t_high, _empty(time_col)))
         parts.append(or_(date_col < d_high, same_day))
-    return or_(_empty(date_col), and_(*parts))
+    return or_(_empty(date_col), and_(*parts)) if match_empty else and_(*parts)
 
 
-def _modalities_expr(cond: Condition) -> ColumnElement[bool]:
+def _modalities_expr(cond: Condition, match_empty: bool) -> ColumnElement[bool]:
     """ModalitiesInStudy: some series of the study has a matching Modality (C.2.2.3),
     or no series of the study has a Modality at all (an empty value, C.2.2.1.2)."""
     modality = _STUDY_SERIES.c.modality
     of_study = _STUDY_SERIES.c.study_fk == STUDY.pk
     matching = exists(select(_STUDY_SERIES.c.pk).where(of_study, _value_expr(modality, cond)))
+    if not match_empty:
+        return matching
     known = exists(select(_STUDY_SERIES.c.pk).where(of_study, not_(_empty(modality))))
     return or_(matching, not_(known))
 
 
-def condition_expr(cond: Condition) -> ColumnElement[bool]:
+def condition_expr(cond: Condition, match_empty: bool = False) -> ColumnElement[bool]:
+    """SQL for one condition. ``match_empty`` applies PS3.4 C.2.2.1.2 (an entity whose
+    value is empty matches any key); off by default, because an HIS looking a study up
+    by Accession Number must not be handed studies that have none."""
     if cond.kind is Kind.DATETIME_RANGE:
-        return _datetime_expr(cond)
+        return _datetime_expr(cond, match_empty)
     if cond.tag == MODALITIES_IN_STUDY:
-        return _modalities_expr(cond)
+        return _modalities_expr(cond, match_empty)
     if cond.tag in _NAME_COLUMNS:
         name_column = _NAME_COLUMNS[cond.tag]
-        return or_(_name_expr(name_column, cond), _empty(name_column))
+        named = _name_expr(name_column, cond)
+        return or_(named, _empty(name_column)) if match_empty else named
     column = COLUMNS.get(cond.tag)
     if column is None:
         return true()
     expr: ColumnElement[bool] = _value_expr(column, cond)
-    if cond.tag in _NEVER_EMPTY:
+    if cond.tag in _NEVER_EMPTY or not match_empty:
         return expr
     return or_(expr, _empty(column))
