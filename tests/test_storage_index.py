@@ -361,3 +361,47 @@ def test_sqlite_disk_full_is_out_of_resources_and_enospc(small_fs: SmallFs) -> N
         assert len(idx.instances(study)) == added
     finally:
         idx.close()
+
+
+def test_migration_v2_moves_patient_names_onto_studies(database_url: str) -> None:
+    """A v1 database (patient name only on the patient row) upgrades in place and its
+    existing studies stay findable by name."""
+    from sqlalchemy import text
+
+    from dicomweb_server.dicom.attributes import Level
+    from dicomweb_server.dicom.ingest import analyse
+    from dicomweb_server.dicom.matching import parse_query
+    from dicomweb_server.storage.sql import engine as engine_module
+    from tests.dicomgen import make_dataset, to_part10
+
+    index = SqlIndex(database_url)
+    try:
+        v2 = engine_module.MIGRATIONS.pop(2)
+        try:
+            index.migrate()
+            with index.write_engine.begin() as conn:  # make it a true v1 schema
+                conn.execute(text("DROP INDEX IF EXISTS ix_study_patient_name_norm"))
+                conn.execute(text("ALTER TABLE study DROP COLUMN patient_name_norm"))
+        finally:
+            engine_module.MIGRATIONS[2] = v2
+        ds = make_dataset(patient_name="Old^Record")
+        with index.write_engine.begin() as conn:
+            record = analyse(io.BytesIO(to_part10(ds)))
+            conn.execute(
+                text(
+                    "INSERT INTO patient (patient_id, issuer, name, name_norm) "
+                    "VALUES ('OLD', '', 'Old^Record', ' OLD RECORD ')"
+                )
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO study (patient_fk, study_uid, attrs, created_at, updated_at) "
+                    "SELECT pk, :uid, :attrs, 0, 0 FROM patient WHERE patient_id = 'OLD'"
+                ),
+                {"uid": record.study_uid, "attrs": record.study_attrs},
+            )
+        assert index.migrate() == [2]
+        query = parse_query(Level.STUDY, [("PatientName", "old*")])
+        assert [r["study_uid"] for r in index.search(query).rows] == [record.study_uid]
+    finally:
+        index.close()

@@ -281,11 +281,6 @@ def test_statements_do_not_grow_with_the_page_size(corpus: Corpus, level: Level)
     assert statements_small == statements_large <= 4
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="index.py _upsert_parents keeps one patient row per (PatientID, Issuer) with the "
-    "name of the first study stored; later studies are matched on that name, not their own",
-)
 def test_each_study_matches_on_its_own_patient_name(corpus: Corpus) -> None:
     first, second = uid(), uid()
     corpus.add(study=first, patient_id="SAME-ID", patient_name="Smith^Anne")

@@ -1,7 +1,7 @@
 """Delete studies, series and instances: index rows first, then their blobs.
 
-Removing the rows first means a crash in between leaves unreferenced files (harmless,
-found by ``reindex``), never index rows that point at nothing.
+Removing the rows first means a crash in between leaves unreferenced files (wasted
+space only; no command removes them yet), never index rows that point at nothing.
 """
 
 from __future__ import annotations

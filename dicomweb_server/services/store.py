@@ -208,6 +208,13 @@ class StoreService:
             outcome.failure_reason = status.PROCESSING_FAILURE
             outcome.message = exc.message
             return outcome
+        except OutOfResources as exc:
+            # The index's disk is full: an expected condition, not a bug (no traceback).
+            self.blobs.delete(key)
+            log.warning("index full while storing %s: %s", rec.sop_instance_uid, exc.message)
+            outcome.failure_reason = status.OUT_OF_RESOURCES
+            outcome.message = exc.message
+            return outcome
         except Exception as exc:
             self.blobs.delete(key)
             log.exception("index update failed for %s", rec.sop_instance_uid)

@@ -12,7 +12,7 @@ from sqlmodel import SQLModel
 
 from dicomweb_server.storage.sql import models
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def is_sqlite(url: str) -> bool:
@@ -72,7 +72,21 @@ def _v1(conn: Connection) -> None:
 
 
 # Each entry upgrades the schema from version n-1 to n; never edit a released one.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1}
+def _v2(conn: Connection) -> None:
+    """Patient name per study, filled from the patient rows for existing studies."""
+    columns = {c["name"] for c in inspect(conn).get_columns("study")}
+    if "patient_name_norm" not in columns:  # a new database got it from _v1's create_all
+        conn.execute(text("ALTER TABLE study ADD COLUMN patient_name_norm VARCHAR(400)"))
+        conn.execute(text("CREATE INDEX ix_study_patient_name_norm ON study (patient_name_norm)"))
+    conn.execute(
+        text(
+            "UPDATE study SET patient_name_norm = (SELECT name_norm FROM patient"
+            " WHERE patient.pk = study.patient_fk) WHERE patient_name_norm IS NULL"
+        )
+    )
+
+
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1, 2: _v2}
 
 
 def current_version(engine: Engine) -> int:

@@ -173,6 +173,7 @@ class SqlIndex:
             .values(
                 patient_fk=patient_pk,
                 study_uid=rec.study_uid,
+                patient_name_norm=rec.patient["name_norm"],
                 attrs=rec.study_attrs,
                 created_at=now,
                 updated_at=now,

@@ -36,6 +36,9 @@ class Study(SQLModel, table=True):
     description: str | None = Field(default=None, index=True, max_length=256)
     referring_physician: str | None = Field(default=None, max_length=324)
     referring_norm: str | None = Field(default=None, index=True, max_length=400)
+    # The patient's name as recorded with this study (schema v2): studies of one
+    # Patient ID may carry different spellings, and each is matched on its own.
+    patient_name_norm: str | None = Field(default=None, index=True, max_length=400)
     attrs: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     created_at: float = Field(default=0.0)
     updated_at: float = Field(default=0.0)

@@ -41,7 +41,7 @@ _STUDY_SERIES = Series.__table__.alias("study_series")  # type: ignore[attr-defi
 
 # Person names are matched on their normalized form: case- and accent-insensitive.
 _NAME_COLUMNS: dict[int, Column[Any]] = {
-    0x00100010: PATIENT.name_norm,
+    0x00100010: STUDY.patient_name_norm,
     0x00080090: STUDY.referring_norm,
 }
 
