@@ -18,8 +18,8 @@ run: $(STAMP)
 	$(BIN)/dicomweb-server serve $(ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check dicomweb_server tests
-	$(BIN)/ruff format --check dicomweb_server tests
+	$(BIN)/ruff check dicomweb_server tests benchmarks
+	$(BIN)/ruff format --check dicomweb_server tests benchmarks
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -1,0 +1,1 @@
+"""Benchmarks for dicomweb-server: STOW/QIDO/WADO-RS workloads against several servers."""
