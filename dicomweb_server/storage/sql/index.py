@@ -6,6 +6,7 @@ import contextlib
 import errno
 import hashlib
 import sqlite3
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
@@ -136,6 +137,10 @@ class SqlIndex:
         self.url = url
         self.read_engine, self.write_engine = make_engines(url)
         self.dialect = self.write_engine.dialect.name
+        # SQLite has one writer. Threads of this process queue here for it instead of
+        # inside SQLite's busy handler, which sleeps in steps of up to 100 ms; other
+        # processes still wait there. PostgreSQL needs no such lock.
+        self._writer = threading.Lock() if self.dialect == "sqlite" else contextlib.nullcontext()
 
     def migrate(self) -> list[int]:
         return migrate(self.write_engine)
@@ -240,7 +245,11 @@ class SqlIndex:
         with a concurrent writer (then it sees the other's commit)."""
         for attempt in range(1, _ATTEMPTS + 1):
             try:
-                with _disk_full_is_out_of_resources(), self.write_engine.begin() as conn:
+                with (
+                    self._writer,
+                    _disk_full_is_out_of_resources(),
+                    self.write_engine.begin() as conn,
+                ):
                     return work(conn)
             except (DBAPIError, NoResultFound) as exc:
                 if attempt == _ATTEMPTS or not _lost_race(exc):
