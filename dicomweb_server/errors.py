@@ -4,6 +4,15 @@ Lower layers raise these; each adapter (web, dimse, cli) maps them to its own
 protocol in exactly one place. Third-party errors are chained with ``raise ... from``.
 """
 
+import errno
+
+# Errors meaning "the disk is full": no space, quota exhausted, file too large.
+NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def is_no_space(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in NO_SPACE_ERRNOS
+
 
 class DicomWebError(Exception):
     """Base of every error the archive raises on purpose."""

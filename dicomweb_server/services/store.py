@@ -24,7 +24,7 @@ from pydicom.uid import UID
 from dicomweb_server.config import Settings
 from dicomweb_server.dicom import status
 from dicomweb_server.dicom.ingest import DicomRejected, InstanceRecord, analyse
-from dicomweb_server.errors import Conflict, OutOfResources
+from dicomweb_server.errors import Conflict, OutOfResources, is_no_space
 from dicomweb_server.storage.interfaces import BlobStore, IndexStore
 
 log = logging.getLogger(__name__)
@@ -60,10 +60,6 @@ def _blob_key(rec: InstanceRecord) -> str:
     return f"{spread}/{rec.study_uid}/{rec.series_uid}/{rec.sop_instance_uid}-{token}.dcm"
 
 
-def _no_space(exc: OSError) -> bool:
-    return exc.errno in (28, 122, 27)  # ENOSPC, EDQUOT, EFBIG
-
-
 class StoreService:
     def __init__(self, index: IndexStore, blobs: BlobStore, settings: Settings) -> None:
         self.index = index
@@ -83,7 +79,7 @@ class StoreService:
                 shutil.copyfileobj(src, fh, 1 << 20)
         except OSError as exc:
             spooled.unlink(missing_ok=True)
-            if _no_space(exc):
+            if is_no_space(exc):
                 return StoreOutcome(
                     failure_reason=status.OUT_OF_RESOURCES, message="no space left on the archive"
                 )
@@ -103,7 +99,7 @@ class StoreService:
             return StoreOutcome(failure_reason=status.OUT_OF_RESOURCES, message=exc.message)
         except Exception as exc:
             log.exception("storing %s failed", path.name)
-            if isinstance(exc, OSError) and _no_space(exc):
+            if is_no_space(exc):
                 return StoreOutcome(
                     failure_reason=status.OUT_OF_RESOURCES, message="no space left on the archive"
                 )
@@ -218,7 +214,7 @@ class StoreService:
         except Exception as exc:
             self.blobs.delete(key)
             log.exception("index update failed for %s", rec.sop_instance_uid)
-            no_space = isinstance(exc, OSError) and _no_space(exc)
+            no_space = is_no_space(exc)
             outcome.failure_reason = (
                 status.OUT_OF_RESOURCES if no_space else status.PROCESSING_FAILURE
             )

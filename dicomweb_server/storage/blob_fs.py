@@ -18,7 +18,6 @@ starting a second server or an ``import`` never deletes another process's upload
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import logging
 import os
@@ -26,11 +25,10 @@ import time
 from pathlib import Path
 from typing import BinaryIO
 
-from dicomweb_server.errors import OutOfResources, StorageUnavailable
+from dicomweb_server.errors import OutOfResources, StorageUnavailable, is_no_space
 
 log = logging.getLogger(__name__)
 
-_NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 LOCK_NAME = "spool.lock"
 
 
@@ -147,7 +145,7 @@ class FileBlobStore:
             for directory in created:
                 fsync_dir(directory.parent)
         except OSError as exc:
-            if exc.errno in _NO_SPACE:
+            if is_no_space(exc):
                 raise OutOfResources(f"no space left to store {key}") from exc
             raise
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import logging
 
 import orjson
@@ -45,13 +44,10 @@ async def handle_domain_error(request: Request, exc: Exception) -> Response:
     return error_response(status, exc.message)
 
 
-_NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-
-
 async def handle_os_error(request: Request, exc: Exception) -> Response:
     """An OSError no layer turned into a domain error: a full disk is still 507."""
     assert isinstance(exc, OSError)
-    if exc.errno in _NO_SPACE:
+    if errors.is_no_space(exc):
         log.error("%s %s: %s", request.method, request.url.path, exc)
         return error_response(507, "no space left on the archive")
     log.error("%s %s: unexpected I/O error", request.method, request.url.path, exc_info=exc)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,13 +22,17 @@ from dicomweb_server.bootstrap import Services
 from dicomweb_server.dicom import status
 from dicomweb_server.dicom.multipart import MultipartError, MultipartParser, parse_content_type
 from dicomweb_server.dicom.negotiation import choose_dataset_form
-from dicomweb_server.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
+from dicomweb_server.errors import (
+    InvalidRequest,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    is_no_space,
+)
 from dicomweb_server.services.store import StoreOutcome, StoreService
 from dicomweb_server.web.responses import dataset_response
 from dicomweb_server.web.urls import base_url, path_uids
 
 log = logging.getLogger(__name__)
-_NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 _ACCEPTED_PART_TYPES = ("application/dicom", "application/octet-stream", "")
 
 
@@ -74,7 +77,7 @@ class SpoolSink:
 
     @staticmethod
     def _fail(part: _Part, exc: OSError) -> None:
-        if exc.errno not in _NO_SPACE:
+        if not is_no_space(exc):
             raise exc
         part.failure = status.OUT_OF_RESOURCES
         part.message = "no space left on the archive"
