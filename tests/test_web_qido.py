@@ -751,6 +751,13 @@ def test_accept_query_parameter_selects_the_media_type(corpus: Corpus) -> None:
     assert xml_value(xml_parts(response)[0], "00100020") == "QA-MUE"
 
 
+def test_accept_query_parameter_keeps_its_plus(corpus: Corpus) -> None:
+    """'+' is a space in attribute values, but not inside a media type."""
+    response = get(corpus, "/studies", "PatientID=QA-MUE&accept=application/dicom+json", accept=XML)
+    assert response.headers["content-type"].startswith("application/dicom+json")
+    assert value(response.json()[0], "00100020") == "QA-MUE"
+
+
 @pytest.mark.parametrize("accept", ["text/html", "application/dicom", "image/jpeg"])
 def test_unsupported_accept_is_406(corpus: Corpus, accept: str) -> None:
     response = get(corpus, "/studies", "PatientID=QA-DOE", accept=accept)

@@ -25,8 +25,9 @@ from dicomweb_server.dicom.matching import (
     Kind,
     parse_query,
 )
-from dicomweb_server.dicom.negotiation import Choice, choose_dataset_form
-from dicomweb_server.errors import InvalidRequest, NotAcceptable
+from dicomweb_server.dicom.negotiation import choose_dataset_form
+from dicomweb_server.errors import InvalidRequest
+from dicomweb_server.web.negotiate import check_charset, negotiate
 from dicomweb_server.web.responses import datasets_response
 from dicomweb_server.web.urls import base_url, path_uids
 
@@ -61,33 +62,12 @@ def _level(request: Request) -> Level:
     return {"studies": Level.STUDY, "series": Level.SERIES}.get(last, Level.INSTANCE)
 
 
-_UTF8 = frozenset({"utf-8", "utf8", "iso_ir 192", "*"})
-
-
-def _negotiate(request: Request, pairs: list[tuple[str, str]]) -> Choice:
-    """The result form: from the ``accept`` query parameter if it names a supported
-    type, else from the Accept header (PS3.18 8.7.8.1); 406 if neither does."""
-    charsets = [v for n, v in pairs if n == "charset"]
-    if charsets:
-        names = [c.split(";")[0].strip().lower() for v in charsets for c in v.split(",")]
-        if not any(names):
-            raise InvalidRequest("the charset query parameter is empty")
-        if not _UTF8.intersection(names):
-            raise NotAcceptable("search results are only available in UTF-8")
-    accepts = [v for n, v in pairs if n == "accept"]
-    if accepts:
-        try:
-            return choose_dataset_form(",".join(accepts))
-        except NotAcceptable:
-            pass
-    return choose_dataset_form(request.headers.get("accept"))
-
-
 async def search(request: Request) -> Response:
     services: Services = request.app.state.services
     settings = services.settings
     pairs = query_pairs(request.scope.get("query_string", b""))
-    choice = _negotiate(request, pairs)
+    check_charset(request, "search results")
+    choice = negotiate(request, choose_dataset_form)
     scope: list[Condition] = []
     if "study" in request.path_params:
         study, series, _ = path_uids(request)

@@ -10,11 +10,10 @@ import hashlib
 import logging
 import re
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from email.utils import format_datetime, parsedate_to_datetime
 from functools import partial
-from urllib.parse import unquote
 
 import anyio.to_thread
 import orjson
@@ -24,16 +23,16 @@ from starlette.responses import Response, StreamingResponse
 from dicomweb_server.bootstrap import Services
 from dicomweb_server.dicom.multipart import closing_delimiter, new_boundary, part_header
 from dicomweb_server.dicom.negotiation import (
-    Choice,
     Form,
     choose_bulkdata,
     choose_dataset_form,
     choose_instances,
 )
 from dicomweb_server.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN
-from dicomweb_server.errors import InvalidRequest, NotAcceptable, StorageUnavailable
+from dicomweb_server.errors import InvalidRequest, StorageUnavailable
 from dicomweb_server.services.retrieve import Planned, RetrieveService
 from dicomweb_server.web.errors import error_response
+from dicomweb_server.web.negotiate import check_charset, negotiate
 from dicomweb_server.web.responses import xml_multipart
 from dicomweb_server.web.urls import base_url, path_uids
 
@@ -41,46 +40,6 @@ log = logging.getLogger(__name__)
 _BULK_PATH_RE = re.compile(r"^[0-9A-Fa-f]{8}(\.\d{1,6}\.[0-9A-Fa-f]{8})*$")
 _RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
 _PRIVATE = "private, no-cache"
-
-
-def _query_values(request: Request, name: str) -> list[str]:
-    """Values of one query parameter, percent-decoded per RFC 3986 ('+' stays a plus,
-    as in ``application/dicom+json``)."""
-    raw = request.scope.get("query_string", b"").decode("latin-1")
-    values = []
-    for piece in raw.split("&"):
-        key, _, value = piece.partition("=")
-        if unquote(key) == name:
-            values.append(unquote(value))
-    return values
-
-
-def _negotiate(request: Request, choose: Callable[[str | None], Choice]) -> Choice:
-    """The ``accept`` query parameter, if it names a supported type, wins over the
-    Accept header (PS3.18 8.7.8.1, Table 10.4.1-5); 406 if neither does."""
-    accepts = _query_values(request, "accept")
-    if accepts:
-        try:
-            return choose(",".join(accepts))
-        except NotAcceptable:
-            pass
-    return choose(request.headers.get("accept"))
-
-
-_UTF8 = frozenset({"utf-8", "utf8", "iso_ir 192", "*"})
-
-
-def _check_charset(request: Request) -> None:
-    """Metadata is UTF-8 only (PS3.18 F.2, 8.7.3.5.3): a ``charset`` query parameter
-    (Table 10.4.1-5) must allow it; an empty one is malformed (400), another is 406."""
-    values = _query_values(request, "charset")
-    if not values:
-        return
-    names = [c.split(";")[0].strip().lower() for v in values for c in v.split(",")]
-    if not any(names):
-        raise InvalidRequest("the charset query parameter is empty")
-    if not _UTF8.intersection(names):
-        raise NotAcceptable("metadata is only available in UTF-8")
 
 
 def _instance_url(base: str, item: Planned) -> str:
@@ -169,7 +128,7 @@ def _zip(retrieve: RetrieveService, items: list[Planned]) -> Iterator[bytes]:
 async def retrieve_instances(request: Request) -> Response:
     services: Services = request.app.state.services
     study, series, sop = path_uids(request)
-    choice = _negotiate(request, partial(choose_instances, single_allowed=sop is not None))
+    choice = negotiate(request, partial(choose_instances, single_allowed=sop is not None))
     retrieve = services.retrieve
     found = await anyio.to_thread.run_sync(retrieve.instances, study, series, sop)
     if choice.form is Form.ZIP:
@@ -238,8 +197,8 @@ def _not_modified(request: Request, etag: str, modified: float) -> bool:
 async def retrieve_metadata(request: Request) -> Response:
     services: Services = request.app.state.services
     study, series, sop = path_uids(request)
-    _check_charset(request)
-    choice = _negotiate(request, choose_dataset_form)
+    check_charset(request, "metadata responses")
+    choice = negotiate(request, choose_dataset_form)
     base = base_url(request, services.settings)
     version = await anyio.to_thread.run_sync(services.retrieve.version, study, series, sop)
     fingerprint = (
@@ -302,7 +261,7 @@ async def retrieve_bulkdata(request: Request) -> Response:
     path = request.path_params["path"]
     if not _BULK_PATH_RE.match(path):
         raise InvalidRequest(f"invalid bulk data path {path!r}")
-    choice = _negotiate(request, choose_bulkdata)
+    choice = negotiate(request, choose_bulkdata)
     retrieve = services.retrieve
     where = await anyio.to_thread.run_sync(retrieve.bulkdata, study, series, sop, path)
     headers = {"Cache-Control": _PRIVATE, "Accept-Ranges": "bytes"}
