@@ -200,10 +200,6 @@ def _read_config(path: Path) -> dict[str, Any]:
     return values
 
 
-def replace(settings: Settings, **changes: Any) -> Settings:
-    return dataclasses.replace(settings, **changes)
-
-
 def to_environ(settings: Settings) -> dict[str, str]:
     """Settings as environment variables, so worker processes rebuild the same Settings."""
     out: dict[str, str] = {}

@@ -7,7 +7,6 @@ import logging
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import BinaryIO
 
 import pydicom
 
@@ -72,9 +71,6 @@ class RetrieveService:
                 log.error("instance %s unreadable: %s", item.instance.sop_instance_uid, exc)
                 bad.append(item)
         return good, bad
-
-    def open(self, instance: StoredInstance) -> BinaryIO:
-        return self.blobs.open(instance.blob_key)
 
     def chunks(self, item: Planned) -> Iterator[bytes]:
         """The instance's bytes in its planned syntax: streamed as stored, or transcoded."""
