@@ -7,13 +7,15 @@ was written. Per-instance outcomes are returned as data, never raised.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import secrets
 import shutil
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -25,7 +27,7 @@ from dicomweb_server.config import Settings
 from dicomweb_server.dicom import status
 from dicomweb_server.dicom.ingest import DicomRejected, InstanceRecord, analyse
 from dicomweb_server.errors import Conflict, OutOfResources, is_no_space
-from dicomweb_server.storage.interfaces import BlobStore, IndexStore
+from dicomweb_server.storage.interfaces import BlobStore, IndexStore, NewInstance
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,28 @@ def _blob_key(rec: InstanceRecord) -> str:
     return f"{spread}/{rec.study_uid}/{rec.series_uid}/{rec.sop_instance_uid}-{token}.dcm"
 
 
+@dataclass
+class _Pending:
+    """One instance of a batch on its way: parsed (``rec``), blob written (``key``), done."""
+
+    path: Path
+    outcome: StoreOutcome = field(default_factory=StoreOutcome)
+    rec: InstanceRecord | None = None
+    content_hash: str = ""
+    size: int = 0
+    key: str | None = None
+    done: bool = False
+
+    @property
+    def record(self) -> InstanceRecord:
+        assert self.rec is not None
+        return self.rec
+
+    @property
+    def uid(self) -> str:
+        return self.record.sop_instance_uid
+
+
 class StoreService:
     def __init__(self, index: IndexStore, blobs: BlobStore, settings: Settings) -> None:
         self.index = index
@@ -87,28 +111,178 @@ class StoreService:
         return self.store_spooled(spooled)
 
     def store_spooled(self, path: Path, expected_study_uid: str | None = None) -> StoreOutcome:
-        """Store a spooled temp file; the file is consumed (moved or deleted) in every case.
+        """Store one spooled temp file; see ``store_batch``."""
+        return self.store_batch([path], expected_study_uid)[0]
 
-        Never raises for one instance's trouble: an unexpected error becomes that
-        instance's Processing failure (0110) or Out of Resources (A700) outcome, so the
-        other parts of a STOW-RS request still get theirs (PS3.18 10.5.3, Annex I).
+    def store_batch(
+        self, paths: Sequence[Path], expected_study_uid: str | None = None
+    ) -> list[StoreOutcome]:
+        """Store spooled temp files, consumed (moved or deleted) in every case; one outcome
+        each, in order.
+
+        The instances of one batch share one duplicate lookup and one index transaction
+        (the index write is most of the cost of a small instance), yet each still gets its
+        own outcome: trouble with one becomes its Processing failure (0110) or Out of
+        Resources (A700), never the others' (PS3.18 10.5.3, Annex I).
         """
+        pending = [_Pending(path) for path in paths]
         try:
-            return self._store(path, expected_study_uid)
-        except OutOfResources as exc:
-            return StoreOutcome(failure_reason=status.OUT_OF_RESOURCES, message=exc.message)
-        except Exception as exc:
-            log.exception("storing %s failed", path.name)
-            if is_no_space(exc):
-                return StoreOutcome(
-                    failure_reason=status.OUT_OF_RESOURCES, message="no space left on the archive"
-                )
-            return StoreOutcome(
-                failure_reason=status.PROCESSING_FAILURE,
-                message=f"processing failure: {type(exc).__name__}",
-            )
+            for item in pending:
+                with self._failing(item):
+                    self._prepare(item, expected_study_uid)
+            batch: list[_Pending] = []
+            again: list[_Pending] = []  # a SOP Instance UID repeated within the batch
+            seen: set[str] = set()
+            for item in pending:
+                if item.rec is None:
+                    continue
+                uid = item.rec.sop_instance_uid
+                (again if uid in seen else batch).append(item)
+                seen.add(uid)
+            with self._failing(*batch):
+                self._store_new_or_duplicate(batch)
+            for item in again:
+                with self._failing(item):
+                    self._store_new_or_duplicate([item])
         finally:
-            path.unlink(missing_ok=True)
+            for item in pending:
+                item.path.unlink(missing_ok=True)
+        return [item.outcome for item in pending]
+
+    @contextlib.contextmanager
+    def _failing(self, *items: _Pending) -> Iterator[None]:
+        """Unexpected trouble fails the given instances that are not done yet; the blobs
+        they wrote are removed (nothing the index does not reference is left)."""
+        try:
+            yield
+        except Exception as exc:
+            no_space = isinstance(exc, OutOfResources) or is_no_space(exc)
+            if isinstance(exc, OutOfResources):
+                # An expected condition (the disk is full), not a bug: no traceback.
+                log.warning("storing failed: %s", exc.message)
+            else:
+                log.exception("storing %d instance(s) failed", len(items))
+            for item in items:
+                if item.done:
+                    continue
+                item.rec = None
+                if item.key is not None:
+                    self.blobs.delete(item.key)
+                    item.key = None
+                out = item.outcome
+                if no_space:
+                    out.failure_reason = status.OUT_OF_RESOURCES
+                    out.message = (
+                        exc.message
+                        if isinstance(exc, OutOfResources)
+                        else "no space left on the archive"
+                    )
+                else:
+                    out.failure_reason = status.PROCESSING_FAILURE
+                    out.message = f"processing failure: {type(exc).__name__}"
+
+    def _prepare(self, item: _Pending, expected_study_uid: str | None) -> None:
+        """Parse and check one file; on rejection the item is done with its failure."""
+        try:
+            rec = self._analyse(item.path)
+        except DicomRejected as exc:
+            item.outcome = StoreOutcome(
+                sop_class_uid=exc.sop_class_uid,
+                sop_instance_uid=exc.sop_instance_uid,
+                failure_reason=exc.reason,
+                message=exc.message,
+            )
+            item.done = True
+            return
+        out = item.outcome
+        out.sop_class_uid = rec.sop_class_uid
+        out.sop_instance_uid = rec.sop_instance_uid
+        out.study_uid = rec.study_uid
+        out.series_uid = rec.series_uid
+        if expected_study_uid is not None and rec.study_uid != expected_study_uid:
+            out.failure_reason = status.STUDY_UID_MISMATCH
+            out.message = (
+                f"Study Instance UID {rec.study_uid} differs from {expected_study_uid} in the URL"
+            )
+            item.done = True
+            return
+        item.content_hash = _sha256(item.path)
+        item.size = item.path.stat().st_size
+        item.rec = rec
+
+    def _store_new_or_duplicate(self, batch: list[_Pending]) -> None:
+        """Blobs first (durable), then one index transaction for the new instances."""
+        if not batch:
+            return
+        existing = self.index.find_instances(item.uid for item in batch)
+        new: list[_Pending] = []
+        for item in batch:
+            stored = existing.get(item.uid)
+            if stored is None:
+                new.append(item)
+            elif self._resolve_duplicate(stored.content_hash, item.content_hash, item.outcome):
+                self._replace(item)
+            else:
+                item.done = True
+        written = [item for item in new if self._put_blob(item)]
+        if not written:
+            return
+        problems = self.index.add_instances(
+            [
+                NewInstance(item.record, item.key or "", item.size, item.content_hash)
+                for item in written
+            ]
+        )
+        for item, problem in zip(written, problems, strict=True):
+            if problem is None:
+                item.outcome.stored = True
+                item.done = True
+            else:
+                self._after_conflict(item, problem)
+
+    def _after_conflict(self, item: _Pending, problem: Conflict) -> None:
+        """The index refused a new instance: a concurrent store of the same one won the
+        race (apply the duplicate policy to it), or it cannot be stored at all."""
+        assert item.key is not None
+        existing = self.index.find_instance(item.uid)
+        if existing is None:  # not a duplicate: e.g. a series UID reused across studies
+            self.blobs.delete(item.key)
+            item.key = None
+            item.outcome.failure_reason = status.PROCESSING_FAILURE
+            item.outcome.message = problem.message
+        elif self._resolve_duplicate(existing.content_hash, item.content_hash, item.outcome):
+            self.blobs.delete(
+                self.index.replace_instance(item.record, item.key, item.size, item.content_hash)
+            )
+            item.outcome.stored = True
+        else:
+            self.blobs.delete(item.key)
+            item.key = None
+        item.done = True
+
+    def _put_blob(self, item: _Pending) -> bool:
+        """Move the spooled file into the blob store, durably; False (and the item done
+        with Out of Resources) when there is no room."""
+        key = _blob_key(item.record)
+        try:
+            self.blobs.put_file(key, item.path)
+        except OutOfResources as exc:
+            item.outcome.failure_reason = status.OUT_OF_RESOURCES
+            item.outcome.message = exc.message
+            item.done = True
+            return False
+        item.key = key
+        return True
+
+    def _replace(self, item: _Pending) -> None:
+        if not self._put_blob(item):
+            return
+        assert item.key is not None
+        self.blobs.delete(
+            self.index.replace_instance(item.record, item.key, item.size, item.content_hash)
+        )
+        item.outcome.stored = True
+        item.done = True
 
     def _analyse(self, path: Path) -> InstanceRecord:
         with open(path, "rb") as fh:
@@ -146,82 +320,6 @@ class StoreService:
         tmp = path.with_suffix(".meta")
         ds.save_as(tmp, enforce_file_format=True)
         os.replace(tmp, path)
-
-    def _store(self, path: Path, expected_study_uid: str | None) -> StoreOutcome:
-        outcome = StoreOutcome()
-        try:
-            rec = self._analyse(path)
-        except DicomRejected as exc:
-            return StoreOutcome(
-                sop_class_uid=exc.sop_class_uid,
-                sop_instance_uid=exc.sop_instance_uid,
-                failure_reason=exc.reason,
-                message=exc.message,
-            )
-        outcome.sop_class_uid = rec.sop_class_uid
-        outcome.sop_instance_uid = rec.sop_instance_uid
-        outcome.study_uid = rec.study_uid
-        outcome.series_uid = rec.series_uid
-        if expected_study_uid is not None and rec.study_uid != expected_study_uid:
-            outcome.failure_reason = status.STUDY_UID_MISMATCH
-            outcome.message = (
-                f"Study Instance UID {rec.study_uid} differs from {expected_study_uid} in the URL"
-            )
-            return outcome
-        content_hash = _sha256(path)
-        size = path.stat().st_size
-        replace = False
-        existing = self.index.find_instance(rec.sop_instance_uid)
-        if existing is not None:
-            replace = self._resolve_duplicate(existing.content_hash, content_hash, outcome)
-            if not replace:
-                return outcome
-        key = _blob_key(rec)
-        try:
-            self.blobs.put_file(key, path)
-        except OutOfResources as exc:
-            outcome.failure_reason = status.OUT_OF_RESOURCES
-            outcome.message = exc.message
-            return outcome
-        try:
-            try:
-                if replace:
-                    self.blobs.delete(self.index.replace_instance(rec, key, size, content_hash))
-                else:
-                    self.index.add_instance(rec, key, size, content_hash)
-            except Conflict as exc:
-                existing = self.index.find_instance(rec.sop_instance_uid)
-                if existing is None:  # not a duplicate: e.g. a series UID reused across studies
-                    raise
-                # Lost a race with a concurrent store of the same instance.
-                if not self._resolve_duplicate(existing.content_hash, content_hash, outcome):
-                    self.blobs.delete(key)
-                    return outcome
-                del exc
-                self.blobs.delete(self.index.replace_instance(rec, key, size, content_hash))
-        except Conflict as exc:
-            self.blobs.delete(key)
-            outcome.failure_reason = status.PROCESSING_FAILURE
-            outcome.message = exc.message
-            return outcome
-        except OutOfResources as exc:
-            # The index's disk is full: an expected condition, not a bug (no traceback).
-            self.blobs.delete(key)
-            log.warning("index full while storing %s: %s", rec.sop_instance_uid, exc.message)
-            outcome.failure_reason = status.OUT_OF_RESOURCES
-            outcome.message = exc.message
-            return outcome
-        except Exception as exc:
-            self.blobs.delete(key)
-            log.exception("index update failed for %s", rec.sop_instance_uid)
-            no_space = is_no_space(exc)
-            outcome.failure_reason = (
-                status.OUT_OF_RESOURCES if no_space else status.PROCESSING_FAILURE
-            )
-            outcome.message = f"index update failed: {type(exc).__name__}"
-            return outcome
-        outcome.stored = True
-        return outcome
 
     def _resolve_duplicate(self, stored_hash: str, new_hash: str, outcome: StoreOutcome) -> bool:
         """Apply the duplicate policy; True means the new content must replace the old."""

@@ -6,12 +6,14 @@ httpx's transport, each interface is small enough to have an in-memory double.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from dicomweb_server.dicom.ingest import InstanceRecord
 from dicomweb_server.dicom.matching import QueryRequest
+from dicomweb_server.errors import Conflict
 
 
 class BlobStore(Protocol):
@@ -48,6 +50,16 @@ class StoredInstance:
 
 
 @dataclass(frozen=True)
+class NewInstance:
+    """An instance whose blob is durably stored, to be added to the index."""
+
+    record: InstanceRecord
+    blob_key: str
+    blob_size: int
+    content_hash: str
+
+
+@dataclass(frozen=True)
 class Version:
     """A study's content at a moment: changes whenever an instance is added or removed."""
 
@@ -64,12 +76,22 @@ class SearchResult:
 class IndexStore(Protocol):
     def find_instance(self, sop_instance_uid: str) -> StoredInstance | None: ...
 
+    def find_instances(self, sop_instance_uids: Iterable[str]) -> dict[str, StoredInstance]:
+        """The indexed ones among the given UIDs, by UID."""
+        ...
+
     def add_instance(
         self, record: InstanceRecord, blob_key: str, blob_size: int, content_hash: str
     ) -> None:
         """Insert the instance (and its patient/study/series if new) in one transaction.
 
         Raises Conflict if the SOP Instance UID is already indexed.
+        """
+        ...
+
+    def add_instances(self, items: Sequence[NewInstance]) -> list[Conflict | None]:
+        """Insert several instances in one transaction; a Conflict in the slot of each one
+        that could not go in (already indexed, series of another study), None for the rest.
         """
         ...
 

@@ -7,7 +7,6 @@ the store service and gets its own outcome (PS3.18 Annex I).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, field
@@ -130,17 +129,32 @@ async def _read_body(request: Request, sink: SpoolSink, services: Services) -> N
         raise InvalidRequest("multipart body has no parts")
 
 
-def _store_part(store: StoreService, part: _Part, study: str | None) -> StoreOutcome:
-    if part.failure is not None:
-        part.path.unlink(missing_ok=True)
-        return StoreOutcome(failure_reason=part.failure, message=part.message)
-    if part.content_type not in _ACCEPTED_PART_TYPES:
-        part.path.unlink(missing_ok=True)
-        return StoreOutcome(
-            failure_reason=status.CANNOT_UNDERSTAND,
-            message=f"part of type {part.content_type} is not a DICOM object",
-        )
-    return store.store_spooled(part.path, study)
+# Instances per index transaction: bounds how long one request holds SQLite's writer.
+_BATCH = 64
+
+
+def _store_parts(store: StoreService, parts: list[_Part], study: str | None) -> list[StoreOutcome]:
+    """One outcome per part, in order; the storable parts go in batches to the store."""
+    outcomes: list[StoreOutcome | None] = [None] * len(parts)
+    storable: list[int] = []
+    for i, part in enumerate(parts):
+        if part.failure is not None:
+            part.path.unlink(missing_ok=True)
+            outcomes[i] = StoreOutcome(failure_reason=part.failure, message=part.message)
+        elif part.content_type not in _ACCEPTED_PART_TYPES:
+            part.path.unlink(missing_ok=True)
+            outcomes[i] = StoreOutcome(
+                failure_reason=status.CANNOT_UNDERSTAND,
+                message=f"part of type {part.content_type} is not a DICOM object",
+            )
+        else:
+            storable.append(i)
+    for start in range(0, len(storable), _BATCH):
+        chunk = storable[start : start + _BATCH]
+        stored = store.store_batch([parts[i].path for i in chunk], study)
+        for i, outcome in zip(chunk, stored, strict=True):
+            outcomes[i] = outcome
+    return [o for o in outcomes if o is not None]
 
 
 def _uid(value: str) -> dict[str, Any]:
@@ -237,14 +251,8 @@ async def stow(request: Request) -> Response:
     except BaseException:
         sink.discard()
         raise
-    limiter = anyio.CapacityLimiter(4)
     try:
-        outcomes = await asyncio.gather(
-            *(
-                anyio.to_thread.run_sync(_store_part, services.store, part, study, limiter=limiter)
-                for part in sink.parts
-            )
-        )
+        outcomes = await anyio.to_thread.run_sync(_store_parts, services.store, sink.parts, study)
     finally:
         sink.discard()  # whatever the store did not consume
     base = base_url(request, services.settings)

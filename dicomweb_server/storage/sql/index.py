@@ -9,7 +9,7 @@ import sqlite3
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import orjson
@@ -23,7 +23,7 @@ from dicomweb_server.dicom.attributes import Level
 from dicomweb_server.dicom.ingest import InstanceRecord
 from dicomweb_server.dicom.matching import SERIES_COMPUTED, STUDY_COMPUTED, QueryRequest
 from dicomweb_server.errors import Conflict, NotFound, OutOfResources
-from dicomweb_server.storage.interfaces import SearchResult, StoredInstance, Version
+from dicomweb_server.storage.interfaces import NewInstance, SearchResult, StoredInstance, Version
 from dicomweb_server.storage.sql.engine import make_engines, migrate
 from dicomweb_server.storage.sql.models import Instance, Patient, Series, Study
 from dicomweb_server.storage.sql.query import INSTANCE, PATIENT, SERIES, STUDY, condition_expr
@@ -260,22 +260,74 @@ class SqlIndex:
     def add_instance(
         self, record: InstanceRecord, blob_key: str, blob_size: int, content_hash: str
     ) -> None:
-        def work(conn: Connection) -> None:
-            self._lock_study(conn, record.study_uid)
+        problem = self.add_instances([NewInstance(record, blob_key, blob_size, content_hash)])[0]
+        if problem is not None:
+            raise problem
+
+    def add_instances(self, items: Sequence[NewInstance]) -> list[Conflict | None]:
+        """Insert instances (and new parents) in ONE transaction: one commit, one fsync of
+        the log, each patient/study/series upserted once however many instances it gets.
+
+        An instance that cannot go in (its SOP Instance UID is indexed already, its series
+        belongs to another study) gets a Conflict in its slot and takes only itself out:
+        the others still commit (PS3.18 10.5.3, per-instance outcomes).
+        """
+        if not items:
+            return []
+
+        def work(conn: Connection) -> list[Conflict | None]:
+            # Sorted, so that two batches on PostgreSQL take study locks in one order.
+            for study_uid in sorted({item.record.study_uid for item in items}):
+                self._lock_study(conn, study_uid)
             now = time.time()
-            series_pk = self._upsert_parents(conn, record, now)
-            values = self._instance_values(record, blob_key, blob_size, content_hash, now)
-            conn.execute(_INSTANCE_T.insert().values(series_fk=series_pk, **values))
+            problems: list[Conflict | None] = [None] * len(items)
+            series_pk: dict[str, int | Conflict] = {}
+            for item in items:
+                rec = item.record
+                if rec.series_uid not in series_pk:
+                    try:
+                        with conn.begin_nested():
+                            series_pk[rec.series_uid] = self._upsert_parents(conn, rec, now)
+                    except Conflict as exc:
+                        series_pk[rec.series_uid] = exc
+            rows: list[tuple[int, dict[str, Any]]] = []
+            for i, item in enumerate(items):
+                parent = series_pk[item.record.series_uid]
+                if isinstance(parent, Conflict):
+                    problems[i] = parent
+                    continue
+                values = self._instance_values(
+                    item.record, item.blob_key, item.blob_size, item.content_hash, now
+                )
+                rows.append((i, {"series_fk": parent, **values}))
+            if not rows:
+                return problems
+            insert = _INSTANCE_T.insert()
+            try:  # all at once; the rare clash is found again one by one below
+                with conn.begin_nested():
+                    conn.execute(insert, [values for _, values in rows])
+            except IntegrityError as exc:
+                if _lost_race(exc):
+                    raise
+                for i, values in rows:
+                    try:
+                        with conn.begin_nested():
+                            conn.execute(insert, values)
+                    except IntegrityError as one:
+                        if _lost_race(one):
+                            raise
+                        uid = items[i].record.sop_instance_uid
+                        problems[i] = Conflict(f"instance {uid} is already stored")
+            return problems
 
         try:
-            self._write(work)
+            return self._write(work)
         except IntegrityError as exc:
-            if _lost_race(exc):
-                raise Conflict(
-                    f"instance {record.sop_instance_uid}: its series kept being deleted "
-                    "while it was stored"
-                ) from exc
-            raise Conflict(f"instance {record.sop_instance_uid} is already stored") from exc
+            if not _lost_race(exc):
+                raise
+            raise Conflict(
+                "the series of these instances kept being deleted while they were stored"
+            ) from exc
 
     def replace_instance(
         self, record: InstanceRecord, blob_key: str, blob_size: int, content_hash: str
@@ -340,6 +392,19 @@ class SqlIndex:
         with self.read_engine.connect() as conn:
             row = conn.execute(stmt).first()
         return _stored(row) if row else None
+
+    def find_instances(self, sop_instance_uids: Iterable[str]) -> dict[str, StoredInstance]:
+        """The indexed ones among ``sop_instance_uids``, by UID (one query per 500)."""
+        wanted = sorted(set(sop_instance_uids))
+        found: dict[str, StoredInstance] = {}
+        with self.read_engine.connect() as conn:
+            for start in range(0, len(wanted), 500):
+                chunk = wanted[start : start + 500]
+                stmt = self._joined(*_STORED_COLUMNS).where(INSTANCE.sop_uid.in_(chunk))
+                for row in conn.execute(stmt):
+                    stored = _stored(row)
+                    found[stored.sop_instance_uid] = stored
+        return found
 
     def instances(
         self, study_uid: str, series_uid: str | None = None, sop_instance_uid: str | None = None
