@@ -10,6 +10,7 @@ from sqlalchemy.exc import OperationalError
 from dicomweb_server.config import Settings
 from dicomweb_server.dicom.ingest import configure_pydicom
 from dicomweb_server.errors import StorageUnavailable
+from dicomweb_server.services.check import CheckService
 from dicomweb_server.services.delete import DeleteService
 from dicomweb_server.services.query import QueryService
 from dicomweb_server.services.retrieve import RetrieveService
@@ -27,6 +28,7 @@ class Services:
     query: QueryService
     retrieve: RetrieveService
     delete: DeleteService
+    check: CheckService
     index: SqlIndex
     blobs: FileBlobStore
 
@@ -68,6 +70,7 @@ def build_services(settings: Settings) -> Services:
         query=QueryService(index),
         retrieve=RetrieveService(index, blobs),
         delete=DeleteService(index, blobs),
+        check=CheckService(index, blobs),
         index=index,
         blobs=blobs,
     )

@@ -1,4 +1,4 @@
-"""Command line: serve, import, migrate."""
+"""Command line: serve, import, migrate, check."""
 
 from __future__ import annotations
 
@@ -184,6 +184,39 @@ def _migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check(args: argparse.Namespace) -> int:
+    from dicomweb_server.bootstrap import build_services, prepare
+
+    settings = _settings(args)
+    prepare(settings)
+    services = build_services(settings)
+    try:
+        report = services.check.run(repair=args.repair, min_age=args.min_age)
+    finally:
+        services.close()
+    print(f"{report.blobs} blob(s), {report.instances} indexed instance(s)")
+    for info in report.orphans:
+        print(f"unreferenced blob: {info.key} ({info.size} bytes)")
+    if report.orphan_count:
+        verb = "removed" if args.repair else "found (remove with --repair)"
+        print(f"{report.orphan_count} unreferenced blob(s), {report.orphan_bytes} bytes, {verb}")
+    if report.recent_unreferenced:
+        print(
+            f"{report.recent_unreferenced} unreferenced blob(s) newer than {args.min_age:g} s "
+            "left alone (possibly being stored)"
+        )
+    for study, series, sop in report.missing:
+        print(f"missing blob: study {study} series {series} instance {sop}")
+    if report.missing_count:
+        print(
+            f"{report.missing_count} indexed instance(s) whose blob is missing: "
+            "send them again, or DELETE them"
+        )
+    if report.clean:
+        print("ok")
+    return 0 if report.clean else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dicomweb-server", description="A DICOMweb-first medical imaging archive."
@@ -230,6 +263,20 @@ def build_parser() -> argparse.ArgumentParser:
     mig = sub.add_parser("migrate", help="create or upgrade the index schema")
     _common(mig)
     mig.set_defaults(func=_migrate)
+
+    chk = sub.add_parser(
+        "check", help="find blobs left by a crash and indexed instances whose blob is missing"
+    )
+    _common(chk)
+    chk.add_argument("--repair", action="store_true", help="remove the unreferenced blobs found")
+    chk.add_argument(
+        "--min-age",
+        type=float,
+        default=3600.0,
+        help="only judge blobs older than this many seconds (default 3600): a younger "
+        "one may be a store in flight",
+    )
+    chk.set_defaults(func=_check)
     return parser
 
 

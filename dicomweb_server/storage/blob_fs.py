@@ -22,10 +22,12 @@ import fcntl
 import logging
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 from dicomweb_server.errors import OutOfResources, StorageUnavailable, is_no_space
+from dicomweb_server.storage.interfaces import BlobInfo
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +166,21 @@ class FileBlobStore:
                 f"not storing {key}: {free} bytes free on the archive's disk, "
                 f"{self.min_free_bytes} are kept in reserve"
             )
+
+    def walk(self) -> Iterator[BlobInfo]:
+        """Every stored blob (not the spool), in no particular order."""
+        for folder, _dirs, files in os.walk(self.blobs):
+            base = Path(folder)
+            for name in files:
+                path = base / name
+                try:
+                    st = path.stat()
+                except FileNotFoundError:  # deleted while we walked
+                    continue
+                yield BlobInfo(path.relative_to(self.blobs).as_posix(), st.st_size, st.st_mtime)
+
+    def exists(self, key: str) -> bool:
+        return self.path_of(key).is_file()
 
     def open(self, key: str) -> BinaryIO:
         try:

@@ -6,7 +6,7 @@ httpx's transport, each interface is small enough to have an in-memory double.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -34,6 +34,30 @@ class BlobStore(Protocol):
     def delete(self, key: str) -> None:
         """Remove a blob; a missing one is not an error."""
         ...
+
+    def walk(self) -> Iterator[BlobInfo]:
+        """Every stored blob, for consistency checks."""
+        ...
+
+    def exists(self, key: str) -> bool: ...
+
+
+@dataclass(frozen=True)
+class BlobInfo:
+    key: str
+    size: int
+    modified: float
+
+
+@dataclass(frozen=True)
+class BlobReference:
+    """Which instance an index row says lives in a blob."""
+
+    pk: int
+    blob_key: str
+    study_uid: str
+    series_uid: str
+    sop_instance_uid: str
 
 
 @dataclass(frozen=True)
@@ -136,5 +160,9 @@ class IndexStore(Protocol):
         ...
 
     def count_instances(self) -> int: ...
+
+    def blob_references(self, after_pk: int, limit: int) -> list[BlobReference]:
+        """Instance rows in primary-key order after ``after_pk`` (a page of the whole index)."""
+        ...
 
     def close(self) -> None: ...

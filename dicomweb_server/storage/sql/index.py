@@ -23,7 +23,13 @@ from dicomweb_server.dicom.attributes import Level
 from dicomweb_server.dicom.ingest import InstanceRecord
 from dicomweb_server.dicom.matching import SERIES_COMPUTED, STUDY_COMPUTED, QueryRequest
 from dicomweb_server.errors import Conflict, NotFound, OutOfResources
-from dicomweb_server.storage.interfaces import NewInstance, SearchResult, StoredInstance, Version
+from dicomweb_server.storage.interfaces import (
+    BlobReference,
+    NewInstance,
+    SearchResult,
+    StoredInstance,
+    Version,
+)
 from dicomweb_server.storage.sql.engine import make_engines, migrate
 from dicomweb_server.storage.sql.models import Instance, Patient, Series, Study
 from dicomweb_server.storage.sql.query import INSTANCE, PATIENT, SERIES, STUDY, condition_expr
@@ -392,6 +398,18 @@ class SqlIndex:
         with self.read_engine.connect() as conn:
             row = conn.execute(stmt).first()
         return _stored(row) if row else None
+
+    def blob_references(self, after_pk: int, limit: int) -> list[BlobReference]:
+        stmt = (
+            self._joined(
+                INSTANCE.pk, INSTANCE.blob_key, STUDY.study_uid, SERIES.series_uid, INSTANCE.sop_uid
+            )
+            .where(INSTANCE.pk > after_pk)
+            .order_by(INSTANCE.pk)
+            .limit(limit)
+        )
+        with self.read_engine.connect() as conn:
+            return [BlobReference(*row) for row in conn.execute(stmt)]
 
     def find_instances(self, sop_instance_uids: Iterable[str]) -> dict[str, StoredInstance]:
         """The indexed ones among ``sop_instance_uids``, by UID (one query per 500)."""
