@@ -10,11 +10,12 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dicomweb_server import __version__
 from dicomweb_server.config import Settings, env_name, load_settings, to_environ
 from dicomweb_server.errors import DicomWebError
+from dicomweb_server.workers import run_workers
 
 if TYPE_CHECKING:
     from dicomweb_server.bootstrap import Services
@@ -89,18 +90,18 @@ def _serve(args: argparse.Namespace) -> int:
         settings.database_url_for_display,
         settings.workers,
     )
-    uvicorn.run(
-        "dicomweb_server.web.asgi:app_from_environment",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=settings.workers,
-        proxy_headers=False,
-        server_header=False,
-        access_log=args.access_log,
-        log_level=settings.log_level,
-        timeout_keep_alive=30,
-    )
+    app = "dicomweb_server.web.asgi:app_from_environment"
+    options: dict[str, Any] = {
+        "factory": True,
+        "proxy_headers": False,
+        "server_header": False,
+        "access_log": args.access_log,
+        "log_level": settings.log_level,
+        "timeout_keep_alive": 30,
+    }
+    if settings.workers > 1:
+        return run_workers(app, settings.host, settings.port, settings.workers, **options)
+    uvicorn.run(app, host=settings.host, port=settings.port, **options)
     return 0
 
 

@@ -18,7 +18,8 @@ ALLOWED: dict[str, set[str]] = {
     "services": {"storage.interfaces", "dicom", "errors", "config"},
     "bootstrap": {"services", "storage", "dicom", "errors", "config"},
     "web": {"services", "bootstrap", "dicom", "errors", "config", "__init__"},
-    "cli": {"services", "bootstrap", "dicom", "errors", "config", "__init__"},
+    "workers": set(),
+    "cli": {"services", "bootstrap", "dicom", "errors", "config", "workers", "__init__"},
 }
 
 

@@ -1,0 +1,108 @@
+"""`serve --workers N`: connections spread over the workers, a dead worker is replaced."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import Server, start_server
+
+
+@pytest.fixture
+def two_workers(tmp_path: Path) -> Iterator[Server]:
+    server = start_server(tmp_path / "data", f"sqlite:///{tmp_path}/index.db", "--workers", "2")
+    yield server
+    server.stop()
+
+
+def _workers(server: Server, count: int) -> list[int]:
+    """PIDs of the worker processes (children of the serve process running uvicorn)."""
+    deadline = time.monotonic() + 30
+    pids: list[int] = []
+    while time.monotonic() < deadline:
+        pids = []
+        for task in Path(f"/proc/{server.process.pid}/task").iterdir():
+            for pid in (task / "children").read_text().split():
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+                if b"spawn_main" in cmdline:
+                    pids.append(int(pid))
+        if len(pids) == count:
+            return sorted(pids)
+        time.sleep(0.1)
+    raise AssertionError(f"expected {count} workers, found {pids}")
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:[") : -1])
+    return inodes
+
+
+def _server_side_inodes(port: int) -> set[str]:
+    """Inodes of the established connections whose local port is the server's."""
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local_port = int(fields[1].split(":")[1], 16)
+        if local_port == port and fields[3] == "01":  # 01: ESTABLISHED
+            inodes.add(fields[9])
+    return inodes
+
+
+def test_keep_alive_connections_spread_over_the_workers(two_workers: Server) -> None:
+    pids = _workers(two_workers, 2)
+    # A burst: all connected before any is accepted, as a pool of clients starting at
+    # once does. On one shared listening socket, the first worker to wake took them all.
+    conns = [socket.create_connection(("127.0.0.1", two_workers.port), 10) for _ in range(16)]
+    try:
+        for conn in conns:
+            conn.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        for conn in conns:
+            assert conn.recv(65536).startswith(b"HTTP/1.1 200")
+        established = _server_side_inodes(two_workers.port)
+        served = {pid: len(_socket_inodes(pid) & established) for pid in pids}
+        assert sum(served.values()) == 16, served
+        # One listening socket per worker: the kernel hashes connections over both.
+        assert all(n > 0 for n in served.values()), served
+    finally:
+        for conn in conns:
+            conn.close()
+
+
+def test_a_killed_worker_is_replaced(two_workers: Server) -> None:
+    first = _workers(two_workers, 2)
+    os.kill(first[0], signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        now = _workers(two_workers, 2)
+        if first[0] not in now:
+            break
+        time.sleep(0.2)
+    assert first[0] not in now and first[1] in now
+    for _ in range(20):  # each on a new connection: both sockets get some
+        assert httpx.get(f"{two_workers.root}/health", timeout=30).status_code == 200
+    assert "starting another" in two_workers.log()
+
+
+def test_sigterm_stops_every_worker(two_workers: Server) -> None:
+    pids = _workers(two_workers, 2)
+    two_workers.stop(signal.SIGTERM)
+    assert two_workers.process.returncode == 0
+    for pid in pids:
+        assert (
+            not Path(f"/proc/{pid}").exists()
+            or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
+        )
