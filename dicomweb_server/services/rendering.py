@@ -107,6 +107,8 @@ class RenderService:
         located = self.pixels.locate(study, series, sop)
         if located.table.transfer_syntax in VIDEO_SYNTAXES and frame is None:
             return self._video(located)
+        if not params.media_type:
+            raise NotAcceptable("rendered images are available as image/jpeg, image/png, image/gif")
         data = self.image(located, frame or 1, params)
         return Rendered(params.media_type, data, len(data))
 

@@ -55,10 +55,8 @@ def render_params(request: Request, *, non_image_ok: bool = False) -> RenderPara
     accepts = query_values(request, "accept")
     media = rendered_media_type(",".join(accepts)) if accepts else None
     media = media or rendered_media_type(request.headers.get("accept"))
-    if media is None:
-        if not non_image_ok:
-            raise NotAcceptable("rendered images are available as image/jpeg, image/png, image/gif")
-        media = "image/jpeg"
+    if media is None and not non_image_ok:
+        raise NotAcceptable("rendered images are available as image/jpeg, image/png, image/gif")
     window = _single(request, "window")
     viewport = _single(request, "viewport")
     quality = _single(request, "quality")
@@ -67,7 +65,7 @@ def render_params(request: Request, *, non_image_ok: bool = False) -> RenderPara
         if unknown:
             raise InvalidRequest(f"annotation {sorted(unknown)[0]!r}: patient or technique")
     return RenderParams(
-        media_type=media,
+        media_type=media or "",  # "": no image type acceptable (documents may still be)
         quality=parse_quality(quality) if quality is not None else 90,
         window=parse_window(window) if window is not None else None,
         viewport=parse_viewport(viewport) if viewport is not None else None,
