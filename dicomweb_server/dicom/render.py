@@ -37,7 +37,7 @@ class Window:
 class Viewport:
     width: int
     height: int
-    # Source region (sx, sy, sw, sh); a negative sw/sh flips (PS3.18 8.3.5.1.3).
+    # Source region (sx, sy, sw, sh); a negative sw/sh flips it (PS3.18 8.3.5.1.3).
     source: tuple[int, int, int, int] | None = None
 
 
@@ -187,10 +187,10 @@ def apply_viewport(image: Image.Image, viewport: Viewport | None) -> Image.Image
         return image
     if viewport.source is not None:
         sx, sy, sw, sh = viewport.source
-        sw = sw or image.width - sx
-        sh = sh or image.height - sy
-        box = (min(sx, sx + sw), min(sy, sy + sh), max(sx, sx + sw), max(sy, sy + sh))
-        box = (max(box[0], 0), max(box[1], 0), min(box[2], image.width), min(box[3], image.height))
+        # The region is sx, sy, |sw|, |sh|; a negative sw or sh flips it (8.3.5.1.3).
+        width = abs(sw) or image.width - sx
+        height = abs(sh) or image.height - sy
+        box = (sx, sy, min(sx + width, image.width), min(sy + height, image.height))
         if box[2] <= box[0] or box[3] <= box[1]:
             raise InvalidRequest("viewport source region lies outside the image")
         image = image.crop(box)
