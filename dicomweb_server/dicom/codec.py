@@ -72,12 +72,31 @@ def decode(table: FrameTable, data: bytes) -> np.ndarray:
     """
     ts = table.transfer_syntax
     native = ts in UNCOMPRESSED
+    pixel = table.pixel
+    if native and pixel.samples == 1 and pixel.bits_allocated in (8, 16):
+        return _native_grey(data, pixel)
     source = data if native else encapsulate([data])
     decoder = get_decoder(UID(EXPLICIT_VR_LITTLE_ENDIAN if native else ts))
     try:
         array, _ = decoder.as_array(source, **_options(table.pixel))  # type: ignore[arg-type]
     except Exception as exc:
         raise NotAcceptable(f"cannot decode pixel data stored as {UID(ts).name}: {exc}") from exc
+    return array
+
+
+def _native_grey(data: bytes, pixel: PixelInfo) -> np.ndarray:
+    """A native single-sample frame without pydicom's general machinery (hot path of
+    rendering): bits above Bits Stored are masked, signed values sign-extended (PS3.5 8.1.1)."""
+    import numpy as np
+
+    signed = pixel.pixel_representation == 1
+    dtype = np.dtype(f"<{'i' if signed else 'u'}{pixel.bits_allocated // 8}")
+    count = pixel.rows * pixel.columns
+    array = np.frombuffer(data, dtype=dtype, count=count).reshape(pixel.rows, pixel.columns)
+    spare = pixel.bits_allocated - pixel.bits_stored
+    if 0 < spare < pixel.bits_allocated:
+        # Signed: shift up, then arithmetically down, which sign-extends.
+        array = (array << spare) >> spare if signed else array & ((1 << pixel.bits_stored) - 1)
     return array
 
 

@@ -130,6 +130,19 @@ def apply_window(values: np.ndarray, window: Window, bits_out: int = 8) -> np.nd
 
 
 def _grey(frame: np.ndarray, ds: Dataset, photometric: str, window: Window | None) -> np.ndarray:
+    """Grey levels of a monochrome frame. Integer frames go through a lookup table built
+    over the frame's value range: the same pipeline, computed once per distinct value."""
+    if frame.dtype.kind in "iu" and frame.itemsize <= 2 and frame.size > 4096:
+        low, high = int(frame.min()), int(frame.max())
+        domain = np.arange(low, high + 1, dtype=np.int32)
+        table = _grey_values(domain.astype(frame.dtype), ds, photometric, window)
+        return table[frame.astype(np.int32) - low]
+    return _grey_values(frame, ds, photometric, window)
+
+
+def _grey_values(
+    frame: np.ndarray, ds: Dataset, photometric: str, window: Window | None
+) -> np.ndarray:
     values = apply_modality_lut(frame, ds)
     chosen = window
     if chosen is None:

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import orjson
 import pydicom
 from pydicom.dataset import Dataset
 
@@ -30,6 +31,21 @@ from dicomweb_server.services.retrieve import RetrieveService
 from dicomweb_server.storage.interfaces import StoredInstance
 
 log = logging.getLogger(__name__)
+# Presentation attributes read from the stored DICOM JSON (PS3.3 C.11.1, C.11.2).
+_PRESENTATION = {
+    "00280004": "PhotometricInterpretation",
+    "00280100": "BitsAllocated",
+    "00280101": "BitsStored",
+    "00280103": "PixelRepresentation",
+    "00281050": "WindowCenter",
+    "00281051": "WindowWidth",
+    "00281056": "VOILUTFunction",
+    "00281052": "RescaleIntercept",
+    "00281053": "RescaleSlope",
+    "00281054": "RescaleType",
+}
+# Modality LUT Sequence, VOI LUT Sequence: their LUT data may be bulk data.
+_NEEDS_FILE = ("00283000", "00283010")
 ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
 ENCAPSULATED_DOCUMENT = "00420011"
 THUMBNAIL_SIZE = 128
@@ -54,7 +70,19 @@ class RenderService:
         self.cache_dir = cache_dir
 
     def _header(self, located: Located) -> Dataset:
-        """The attributes the presentation pipeline needs (LUTs, windows, rescale)."""
+        """The attributes the presentation pipeline needs, from the metadata kept at
+        store time; the file's header is parsed only for LUT sequences and palettes."""
+        i = located.instance
+        rows = self.retrieve.metadata(i.study_uid, i.series_uid, i.sop_instance_uid)
+        meta = orjson.loads(rows[0])
+        photometric = (meta.get("00280004", {}).get("Value") or [""])[0]
+        if not any(tag in meta for tag in _NEEDS_FILE) and photometric != "PALETTE COLOR":
+            ds = Dataset()
+            for tag, keyword in _PRESENTATION.items():
+                values = meta.get(tag, {}).get("Value")
+                if values:
+                    setattr(ds, keyword, values if len(values) > 1 else values[0])
+            return ds
         if located.converted is not None:
             return pydicom.dcmread(
                 io.BytesIO(located.converted), stop_before_pixels=True, force=True

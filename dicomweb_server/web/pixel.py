@@ -48,6 +48,11 @@ def _parts(
     yield closing_delimiter(boundary)
 
 
+# Up to this many frames are read and framed in one worker-thread call and sent as one
+# body; longer lists are streamed frame by frame.
+_IN_ONE_GO = 8
+
+
 async def retrieve_frames(request: Request) -> Response:
     services: Services = request.app.state.services
     study, series, sop = path_uids(request)
@@ -55,22 +60,32 @@ async def retrieve_frames(request: Request) -> Response:
     numbers = parse_frame_list(request.path_params["frames"])
     wanted = wanted_from(request, single_allowed=len(numbers) == 1)
     pixels = services.pixels
-    located: Located = await anyio.to_thread.run_sync(pixels.locate, study, series, sop)
-    pixels.check_numbers(located, numbers)
-    out = pixels.output(located, wanted)
-    frames: Generator[bytes, None, None] = pixels.frames(located, numbers, out)
-    # The first frame is produced before the status line, so that a failure to decode
-    # or encode it is an error response, not a cut-off body.
-    first = await anyio.to_thread.run_sync(next, frames)
+
+    def start() -> tuple[Output, list[bytes], Generator[bytes, None, None]]:
+        # One thread hop for the common case. The first frame is always produced before
+        # the status line, so a failure to decode or encode it is an error response.
+        located: Located = pixels.locate(study, series, sop)
+        pixels.check_numbers(located, numbers)
+        out = pixels.output(located, wanted)
+        frames = pixels.frames(located, numbers, out)
+        ready = [next(frames)]
+        if len(numbers) <= _IN_ONE_GO:
+            ready += list(frames)
+        return out, ready, frames
+
+    out, ready, frames = await anyio.to_thread.run_sync(start)
     headers = {"Cache-Control": _PRIVATE}
     if not out.multipart:
         frames.close()
-        return Response(first, media_type=out.content_type, headers=headers)
+        return Response(ready[0], media_type=out.content_type, headers=headers)
     boundary = new_boundary()
     media = f'multipart/related; type="{out.media_type}"; boundary={boundary}'
     location = str(request.url.remove_query_params(["accept"]))
+    if len(numbers) <= _IN_ONE_GO:
+        body = b"".join(_parts(ready[0], iter(ready[1:]), out, boundary, location))
+        return Response(body, media_type=media, headers=headers)
     return StreamingResponse(
-        _parts(first, frames, out, boundary, location), media_type=media, headers=headers
+        _parts(ready[0], frames, out, boundary, location), media_type=media, headers=headers
     )
 
 
