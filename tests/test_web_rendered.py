@@ -11,6 +11,8 @@ import pydicom
 import pytest
 from PIL import Image
 from pydicom.dataset import Dataset
+from pydicom.encaps import encapsulate
+from pydicom.uid import UID
 
 from tests.conftest import Server, http
 from tests.dicomgen import make_dataset, uid
@@ -53,6 +55,18 @@ def pdf_instance(study: str) -> tuple[Dataset, bytes]:
     return ds, document
 
 
+def video_instance(study: str) -> tuple[Dataset, bytes]:
+    """An MPEG-4 AVC/H.264 object (PS3.5 A.4.6): the stream in two fragments."""
+    stream = b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 8
+    ds = make_dataset(study=study, sop_class="1.2.840.10008.5.1.4.1.1.77.1.4.1", frames=25)
+    ds.PhotometricInterpretation, ds.SamplesPerPixel = "YBR_PARTIAL_420", 3
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+    ds.PixelData = encapsulate([stream[:1000], stream[1000:]], has_bot=False)
+    ds["PixelData"].VR, ds["PixelData"].is_undefined_length = "OB", True
+    ds.file_meta.TransferSyntaxUID = UID("1.2.840.10008.1.2.4.102")
+    return ds, stream
+
+
 @dataclass
 class Archive:
     server: Server
@@ -62,6 +76,8 @@ class Archive:
     multi: Dataset
     pdf: Dataset
     document: bytes
+    video: Dataset
+    stream: bytes
 
 
 @pytest.fixture(scope="module")
@@ -72,8 +88,9 @@ def archive(shared_server: Server) -> Archive:
     multi = compressed("1.2.840.10008.1.2.5", frames=5, study=study, series=series)
     rgb = sample("SC_rgb_jpeg_dcmtk.dcm")
     pdf, document = pdf_instance(study)
-    store(shared_server, mono2, mono1, multi, rgb, pdf)
-    return Archive(shared_server, mono2, mono1, rgb, multi, pdf, document)
+    video, stream = video_instance(study)
+    store(shared_server, mono2, mono1, multi, rgb, pdf, video)
+    return Archive(shared_server, mono2, mono1, rgb, multi, pdf, document, video, stream)
 
 
 def image(response: httpx.Response) -> Image.Image:
@@ -153,6 +170,14 @@ def test_pdf_rendered_is_the_document_embeddable_cross_origin(archive: Archive) 
     assert response.headers["content-type"] == "application/pdf"
     assert response.headers["cross-origin-resource-policy"] == "cross-origin"
     assert response.content.rstrip(b"\0") == archive.document
+
+
+def test_video_rendered_is_the_stored_stream(archive: Archive) -> None:
+    response = get(archive, path_of(archive.video) + "/rendered")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "video/mp4"
+    assert response.headers["cross-origin-resource-policy"] == "cross-origin"
+    assert response.content == archive.stream
 
 
 @pytest.mark.parametrize(
