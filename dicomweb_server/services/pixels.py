@@ -84,11 +84,19 @@ class PixelService:
 
     # -- locating --------------------------------------------------------------------
 
-    def locate(self, study: str, series: str, sop: str) -> Located:
+    def lookup(self, study: str, series: str, sop: str) -> tuple[StoredInstance, bytes | None]:
+        """The instance and its encoded frame table (None: not computed yet); 404 if the
+        instance is not stored under this study and series."""
         found = self.index.frame_table(sop)
         if found is None or (found[0].study_uid, found[0].series_uid) != (study, series):
             raise NotFound(f"instance {sop} is not stored")
-        instance, encoded = found
+        return found
+
+    def locate(self, study: str, series: str, sop: str) -> Located:
+        return self.located(*self.lookup(study, series, sop))
+
+    def located(self, instance: StoredInstance, encoded: bytes | None) -> Located:
+        sop = instance.sop_instance_uid
         if encoded is None:
             encoded = self._compute(instance)
             self.index.set_frame_table(sop, instance.blob_key, encoded)

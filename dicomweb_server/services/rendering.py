@@ -129,10 +129,10 @@ class RenderService:
     ) -> Rendered:
         """One instance (its first frame, or ``frame``) rendered; documents and video
         in their own type."""
-        found = self.retrieve.instances(study, series, sop)[0]
+        found, encoded = self.pixels.lookup(study, series, sop)
         if found.sop_class_uid == ENCAPSULATED_PDF and frame is None:
             return self._document(found)
-        located = self.pixels.locate(study, series, sop)
+        located = self.pixels.located(found, encoded)
         if located.table.transfer_syntax in VIDEO_SYNTAXES and frame is None:
             return self._video(located)
         if not params.media_type:
