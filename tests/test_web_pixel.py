@@ -308,3 +308,18 @@ def test_instance_retrieve_transcodes_to_jpeg_2000(archive: Archive) -> None:
     assert got.file_meta.TransferSyntaxUID == J2K
     assert got.SOPInstanceUID == ds.SOPInstanceUID
     assert np.array_equal(got.pixel_array, ds.pixel_array)
+
+
+def test_deleted_or_replaced_instances_are_not_served_from_memory(shared_server: Server) -> None:
+    ds = make_dataset(frames=2, rows=16, columns=16)
+    store(shared_server, ds)
+    url = f"{shared_server.url}{path_of(ds)}"
+    assert http().get(f"{url}/frames/2", headers={"Accept": OCTET}).status_code == 200
+    assert http().get(f"{url}/rendered").status_code == 200
+    assert http().delete(url).status_code == 204
+    assert http().get(f"{url}/frames/2", headers={"Accept": OCTET}).status_code == 404
+    assert http().get(f"{url}/rendered").status_code == 404
+    ds.PixelData = bytes(len(ds.PixelData))  # stored again, other pixels: all zero
+    store(shared_server, ds)
+    response = http().get(f"{url}/frames/2", headers={"Accept": OCTET})
+    assert parts(response)[0][1] == bytes(512)

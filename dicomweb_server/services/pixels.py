@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import io
 import logging
+import threading
+from collections import OrderedDict
 from collections.abc import Generator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -27,7 +29,7 @@ from dicomweb_server.dicom.uids import (
     EXPLICIT_VR_LITTLE_ENDIAN,
     UNCOMPRESSED,
 )
-from dicomweb_server.errors import InvalidRequest, NotAcceptable, NotFound
+from dicomweb_server.errors import InvalidRequest, NotAcceptable, NotFound, StorageUnavailable
 from dicomweb_server.storage.interfaces import BlobStore, IndexStore, StoredInstance
 
 log = logging.getLogger(__name__)
@@ -78,9 +80,44 @@ def parse_frame_list(text: str) -> list[int]:
 
 
 class PixelService:
-    def __init__(self, index: IndexStore, blobs: BlobStore) -> None:
+    """Frames of stored instances.
+
+    Located instances are remembered (a bounded LRU) so that a viewer's run of frame
+    requests costs one index query, not one each. A remembered entry is only used while
+    its blob still exists: blobs are immutable under their key (a new store of an
+    instance gets a new key) and are removed when the instance is deleted or replaced,
+    so a missing blob sends the request back to the index.
+    """
+
+    def __init__(self, index: IndexStore, blobs: BlobStore, cache_size: int = 4096) -> None:
         self.index = index
         self.blobs = blobs
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, Located] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def remembered(self, study: str, series: str, sop: str) -> Located | None:
+        with self._lock:
+            hit = self._cache.get(sop)
+            if hit is not None:
+                self._cache.move_to_end(sop)
+        if hit is None or (hit.instance.study_uid, hit.instance.series_uid) != (study, series):
+            return None
+        try:
+            with self.blobs.open(hit.instance.blob_key):
+                return hit
+        except StorageUnavailable:
+            with self._lock:
+                self._cache.pop(sop, None)
+            return None
+
+    def remember(self, located: Located) -> Located:
+        if located.converted is None and self.cache_size > 0:
+            with self._lock:
+                self._cache[located.instance.sop_instance_uid] = located
+                while len(self._cache) > self.cache_size:
+                    self._cache.popitem(last=False)
+        return located
 
     # -- locating --------------------------------------------------------------------
 
@@ -93,7 +130,10 @@ class PixelService:
         return found
 
     def locate(self, study: str, series: str, sop: str) -> Located:
-        return self.located(*self.lookup(study, series, sop))
+        hit = self.remembered(study, series, sop)
+        if hit is not None:
+            return hit
+        return self.remember(self.located(*self.lookup(study, series, sop)))
 
     def located(self, instance: StoredInstance, encoded: bytes | None) -> Located:
         sop = instance.sop_instance_uid

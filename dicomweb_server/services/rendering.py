@@ -13,6 +13,8 @@ import hashlib
 import io
 import logging
 import os
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,8 +70,23 @@ class RenderService:
         self.retrieve = retrieve
         self.pixels = pixels
         self.cache_dir = cache_dir
+        # Presentation attributes by blob key: a key's content never changes.
+        self._headers: OrderedDict[str, Dataset] = OrderedDict()
+        self._lock = threading.Lock()
 
     def _header(self, located: Located) -> Dataset:
+        key = located.instance.blob_key
+        with self._lock:
+            ds = self._headers.get(key)
+        if ds is None:
+            ds = self._read_header(located)
+            with self._lock:
+                self._headers[key] = ds
+                while len(self._headers) > 1024:
+                    self._headers.popitem(last=False)
+        return ds
+
+    def _read_header(self, located: Located) -> Dataset:
         """The attributes the presentation pipeline needs, from the metadata kept at
         store time; the file's header is parsed only for LUT sequences and palettes."""
         i = located.instance
@@ -129,10 +146,12 @@ class RenderService:
     ) -> Rendered:
         """One instance (its first frame, or ``frame``) rendered; documents and video
         in their own type."""
-        found, encoded = self.pixels.lookup(study, series, sop)
-        if found.sop_class_uid == ENCAPSULATED_PDF and frame is None:
-            return self._document(found)
-        located = self.pixels.located(found, encoded)
+        located = self.pixels.remembered(study, series, sop)
+        if located is None:
+            found, encoded = self.pixels.lookup(study, series, sop)
+            if found.sop_class_uid == ENCAPSULATED_PDF and frame is None:
+                return self._document(found)
+            located = self.pixels.remember(self.pixels.located(found, encoded))
         if located.table.transfer_syntax in VIDEO_SYNTAXES and frame is None:
             return self._video(located)
         if not params.media_type:
