@@ -322,3 +322,19 @@ def test_wado_uri_bad_requests(archive: Archive, params: dict[str, str], status:
     response = wado(archive, archive.mono2, **params)
     assert response.status_code == status, response.text
     assert http().get(f"{archive.server.root}/health").status_code == 200
+
+
+def test_palette_colour_goes_through_its_lookup_tables(shared_server: Server) -> None:
+    from pydicom.pixels import apply_color_lut  # type: ignore[attr-defined]
+
+    ds = sample("examples_palette.dcm")
+    store(shared_server, ds)
+    response = http().get(
+        f"{shared_server.url}{path_of(ds)}/rendered", headers={"Accept": "image/png"}
+    )
+    rendered = np.asarray(image(response))
+    expected = apply_color_lut(ds.pixel_array, ds)
+    if expected.max() > 255:
+        expected = expected / 257.0
+    assert rendered.shape == expected.shape
+    assert np.abs(rendered.astype(int) - np.round(expected).astype(int)).max() <= 1
