@@ -11,6 +11,7 @@ import numpy as np
 import pydicom
 import pytest
 import sqlalchemy
+from PIL import Image
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate, generate_frames
@@ -323,3 +324,22 @@ def test_deleted_or_replaced_instances_are_not_served_from_memory(shared_server:
     store(shared_server, ds)
     response = http().get(f"{url}/frames/2", headers={"Accept": OCTET})
     assert parts(response)[0][1] == bytes(512)
+
+
+def test_dicomweb_client_frames_and_rendered(archive: Archive) -> None:
+    from dicomweb_client.api import DICOMwebClient
+
+    client = DICOMwebClient(archive.server.url)
+    ds = archive.sources["rle"]
+    uids = (ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+    frames = client.retrieve_instance_frames(*uids, frame_numbers=[3, 1])
+    assert [native_of(ds, f).tolist() for f in frames] == [
+        reference(ds)[2].tolist(),
+        reference(ds)[0].tolist(),
+    ]
+    stored = client.retrieve_instance_frames(
+        *uids, frame_numbers=[2], media_types=(("image/x-dicom-rle", RLE),)
+    )
+    assert stored[0] == list(generate_frames(ds.PixelData, number_of_frames=3))[1]
+    rendered = client.retrieve_instance_rendered(*uids, media_types=("image/png",))
+    assert Image.open(io.BytesIO(rendered)).size == (64, 64)
