@@ -95,6 +95,8 @@ class PixelService:
         self.cache_size = cache_size
         self._cache: OrderedDict[str, Located] = OrderedDict()
         self._lock = threading.Lock()
+        # openjpeg logs every tile it encodes at INFO: noise in a server log.
+        logging.getLogger("openjpeg").setLevel(logging.WARNING)
 
     def remembered(self, study: str, series: str, sop: str) -> Located | None:
         with self._lock:

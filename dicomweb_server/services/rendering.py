@@ -191,19 +191,25 @@ class RenderService:
         version = self.retrieve.version(study, series, sop)
         viewport = params.viewport or Viewport(THUMBNAIL_SIZE, THUMBNAIL_SIZE)
         params = RenderParams(params.media_type, params.quality, params.window, viewport)
-        key = hashlib.sha256(
-            repr((study, series, sop, version.updated_at, version.count, params)).encode()
-        ).hexdigest()
-        path = self.cache_dir / key[:2] / f"{key}.img"
+        # One folder per resource; file names start with its version, so a new version
+        # replaces (removes) the thumbnails of older ones.
+        folder = hashlib.sha256(repr((study, series, sop)).encode()).hexdigest()
+        stamp = hashlib.sha256(repr((version.updated_at, version.count)).encode()).hexdigest()
+        variant = hashlib.sha256(repr(params).encode()).hexdigest()[:16]
+        where = self.cache_dir / folder[:2] / folder
+        path = where / f"{stamp[:16]}-{variant}.img"
         try:
             return path.read_bytes()
         except FileNotFoundError:
             pass
         data = self._representative(study, series, sop, params)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temp = path.with_suffix(f".{os.getpid()}.tmp")
+        where.mkdir(parents=True, exist_ok=True)
+        temp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
         temp.write_bytes(data)
         os.replace(temp, path)  # readers see a whole file or none
+        for old in where.glob("*.img"):
+            if not old.name.startswith(stamp[:16]):
+                old.unlink(missing_ok=True)
         return data
 
     def _representative(
