@@ -12,7 +12,7 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import UID
 
-from dicomweb_server.dicom.frames import FrameTable, compute
+from dicomweb_server.dicom.frames import NO_PIXELS, FrameTable, compute
 from dicomweb_server.dicom.ingest import analyse
 from dicomweb_server.dicom.pixel_media import OCTET_STREAM, Wanted, choose_pixel
 from dicomweb_server.dicom.render import (
@@ -136,7 +136,7 @@ def test_stored_object_without_pixels_has_no_frames() -> None:
     del ds.PixelData
     out = io.BytesIO()
     pydicom.dcmwrite(out, ds, enforce_file_format=True)
-    assert analyse(io.BytesIO(out.getvalue())).instance["frames"] == b"{}"
+    assert analyse(io.BytesIO(out.getvalue())).instance["frames"] == NO_PIXELS
 
 
 # -- negotiation --------------------------------------------------------------------------

@@ -343,3 +343,29 @@ def test_dicomweb_client_frames_and_rendered(archive: Archive) -> None:
     assert stored[0] == list(generate_frames(ds.PixelData, number_of_frames=3))[1]
     rendered = client.retrieve_instance_rendered(*uids, media_types=("image/png",))
     assert Image.open(io.BytesIO(rendered)).size == (64, 64)
+
+
+def test_deflated_and_pixel_less_instances(shared_server: Server) -> None:
+    """Deflated frames cannot be read in place: served from an in-memory conversion.
+    Objects without pixels: frames 404, rendered 406, WADO-URI the object itself."""
+    deflated = make_dataset(frames=2, rows=16, columns=16)
+    deflated.file_meta.TransferSyntaxUID = UID("1.2.840.10008.1.2.1.99")
+    bare = make_dataset()
+    del bare.PixelData
+    store(shared_server, deflated, bare)
+    response = http().get(
+        f"{shared_server.url}{path_of(deflated)}/frames/2", headers={"Accept": OCTET}
+    )
+    assert response.status_code == 200
+    assert np.array_equal(native_of(deflated, parts(response)[0][1]), reference(deflated)[1])
+    assert http().get(f"{shared_server.url}{path_of(bare)}/frames/1").status_code == 404
+    assert http().get(f"{shared_server.url}{path_of(bare)}/rendered").status_code == 406
+    query = {
+        "requestType": "WADO",
+        "studyUID": bare.StudyInstanceUID,
+        "seriesUID": bare.SeriesInstanceUID,
+        "objectUID": bare.SOPInstanceUID,
+    }
+    natural = http().get(f"{shared_server.root}/wado", params=query)
+    assert natural.status_code == 200
+    assert natural.headers["content-type"].startswith("application/dicom")

@@ -21,7 +21,7 @@ import pydicom
 from pydicom.dataelem import RawDataElement
 
 from dicomweb_server.dicom import codec
-from dicomweb_server.dicom.frames import NO_FRAMES, FrameTable, compute, unshift
+from dicomweb_server.dicom.frames import NO_FRAMES, NO_PIXELS, FrameTable, compute, unshift
 from dicomweb_server.dicom.pixel_media import MEDIA_SYNTAXES, OCTET_STREAM, Wanted, media_type_of
 from dicomweb_server.dicom.transcode import to_explicit_little_endian
 from dicomweb_server.dicom.uids import (
@@ -142,6 +142,8 @@ class PixelService:
         if encoded is None:
             encoded = self._compute(instance)
             self.index.set_frame_table(sop, instance.blob_key, encoded)
+        if encoded == NO_PIXELS:
+            raise NotFound(f"instance {sop} has no pixel data")
         table = FrameTable.decode(encoded)
         if table is not None:
             return Located(instance, table)
@@ -156,7 +158,7 @@ class PixelService:
                 ds = pydicom.dcmread(fh, defer_size=1024, force=True)
                 raw = ds.get_item(PIXEL_DATA, keep_deferred=True)
                 if not isinstance(raw, RawDataElement):
-                    return NO_FRAMES
+                    return NO_PIXELS
                 length = -1 if raw.length == 0xFFFFFFFF else raw.length
                 table = compute(fh, ds, instance.transfer_syntax, raw.value_tell, length)
             except Exception as exc:  # unreadable: served (or refused) by the slow path

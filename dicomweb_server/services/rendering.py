@@ -151,7 +151,10 @@ class RenderService:
             found, encoded = self.pixels.lookup(study, series, sop)
             if found.sop_class_uid == ENCAPSULATED_PDF and frame is None:
                 return self._document(found)
-            located = self.pixels.remember(self.pixels.located(found, encoded))
+            try:
+                located = self.pixels.remember(self.pixels.located(found, encoded))
+            except NotFound as exc:  # stored, but nothing to render
+                raise NotAcceptable(f"{exc.message}: nothing to render") from exc
         if located.table.transfer_syntax in VIDEO_SYNTAXES and frame is None:
             return self._video(located)
         if not params.media_type:
