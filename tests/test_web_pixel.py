@@ -95,6 +95,7 @@ def archive(shared_server: Server) -> Archive:
         "j2k": compressed(J2K),
         "jpeg-lossless": sample("SC_rgb_jpeg_gdcm.dcm"),
         "jpeg-baseline": sample("SC_rgb_jpeg_dcmtk.dcm"),
+        "big-endian": sample("MR_small_bigendian.dcm"),
     }
     store(shared_server, *sources.values())
     return Archive(shared_server, sources)
@@ -114,7 +115,9 @@ def native_of(ds: Dataset, payload: bytes) -> np.ndarray:
     return np.frombuffer(payload, dtype=dtype).reshape(shape)
 
 
-@pytest.mark.parametrize("name", ["native", "rle", "jls", "j2k", "jpeg-lossless", "jpeg-baseline"])
+@pytest.mark.parametrize(
+    "name", ["native", "rle", "jls", "j2k", "jpeg-lossless", "jpeg-baseline", "big-endian"]
+)
 def test_octet_stream_frames_equal_the_source_pixels(archive: Archive, name: str) -> None:
     ds = archive.sources[name]
     count = int(ds.get("NumberOfFrames", 1) or 1)
