@@ -372,3 +372,16 @@ def test_deflated_and_pixel_less_instances(shared_server: Server) -> None:
     natural = http().get(f"{shared_server.root}/wado", params=query)
     assert natural.status_code == 200
     assert natural.headers["content-type"].startswith("application/dicom")
+
+
+def test_truncated_stored_file_is_a_server_error_not_a_short_frame(shared_server: Server) -> None:
+    ds = make_dataset(frames=4, rows=16, columns=16)
+    store(shared_server, ds)
+    (blob,) = (shared_server.data_dir / "blobs").rglob(f"{ds.SOPInstanceUID}-*.dcm")
+    data = blob.read_bytes()
+    blob.write_bytes(data[: len(data) - 700])  # frame 4 and part of frame 3 gone
+    url = f"{shared_server.url}{path_of(ds)}/frames"
+    response = http().get(f"{url}/4", headers={"Accept": OCTET})
+    assert response.status_code == 500
+    assert "shorter" in response.json()["message"]
+    assert http().get(f"{url}/1", headers={"Accept": OCTET}).status_code == 200

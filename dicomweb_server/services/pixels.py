@@ -239,7 +239,7 @@ class PixelService:
             fh.seek(start)
             data = fh.read(length)
             if len(data) < length:
-                raise NotFound(f"frame {number} is missing from the stored file")
+                raise StorageUnavailable(f"the stored file is shorter than frame {number} needs")
             if shift or table.pixel.bits_allocated == 1:
                 data = unshift(data, shift, table.native[1])
             if table.swap:
@@ -252,6 +252,8 @@ class PixelService:
         for offset, length in table.fragments[number - 1]:
             fh.seek(offset)
             pieces.append(fh.read(length))
+            if len(pieces[-1]) < length:
+                raise StorageUnavailable(f"the stored file is shorter than frame {number} needs")
         return b"".join(pieces)
 
     @staticmethod
@@ -269,6 +271,3 @@ class PixelService:
         with self.open_source(located) as fh:
             for number in numbers:
                 yield self.convert(located.table, self.stored_frame(fh, located.table, number), out)
-
-    def frame(self, located: Located, number: int, out: Output) -> bytes:
-        return next(self.frames(located, [number], out))
