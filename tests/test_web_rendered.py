@@ -178,6 +178,24 @@ def test_video_rendered_is_the_stored_stream(archive: Archive) -> None:
     assert response.headers["content-type"] == "video/mp4"
     assert response.headers["cross-origin-resource-policy"] == "cross-origin"
     assert response.content == archive.stream
+    assert response.headers["accept-ranges"] == "bytes"
+
+
+@pytest.mark.parametrize("which", ["video", "pdf"])
+def test_documents_and_video_answer_byte_ranges(archive: Archive, which: str) -> None:
+    """Browsers seek in video and pdf.js reads PDFs with Range requests."""
+    ds, whole = (archive.video, archive.stream) if which == "video" else (archive.pdf, None)
+    path = path_of(ds) + "/rendered"
+    full = get(archive, path).content
+    if whole is not None:
+        assert full == whole
+    for header, start, end in (("bytes=990-1009", 990, 1010), ("bytes=-7", len(full) - 7, None)):
+        response = http().get(f"{archive.server.url}{path}", headers={"Range": header})
+        assert response.status_code == 206
+        assert response.content == full[start:end]
+        assert response.headers["content-range"].endswith(f"/{len(full)}")
+    outside = http().get(f"{archive.server.url}{path}", headers={"Range": "bytes=999999-"})
+    assert outside.status_code == 416
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ import logging
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,6 +63,9 @@ class Rendered:
     length: int
     # Non-image objects may be embedded cross-origin by viewers (OHIF): CORP header.
     cross_origin: bool = False
+    # Documents and video: (start, length) -> those bytes, for Range requests (a
+    # browser's video element seeks with them, pdf.js loads large files with them).
+    part: Callable[[int, int], Iterator[bytes]] | None = None
 
 
 class RenderService:
@@ -124,22 +127,32 @@ class RenderService:
             i.study_uid, i.series_uid, i.sop_instance_uid, ENCAPSULATED_DOCUMENT
         )
         if isinstance(where, bytes):
-            return Rendered("application/pdf", where, len(where), True)
+            value = where
+            return Rendered(
+                "application/pdf", value, len(value), True, lambda s, n: iter([value[s : s + n]])
+            )
         key, offset, length = where
-        return Rendered(
-            "application/pdf", self.retrieve.read_range(key, offset, length), length, True
-        )
+
+        def part(start: int, count: int) -> Iterator[bytes]:
+            return self.retrieve.read_range(key, offset + start, count)
+
+        return Rendered("application/pdf", part(0, length), length, True, part)
 
     def _video(self, located: Located) -> Rendered:
         fragments = located.table.fragments[0]
         total = sum(length for _, length in fragments)
 
-        def stream() -> Iterator[bytes]:
+        def part(start: int, count: int) -> Iterator[bytes]:
+            position = 0  # of the current fragment within the stream
             for offset, length in fragments:
-                yield from self.retrieve.read_range(located.instance.blob_key, offset, length)
+                low, high = max(start, position), min(start + count, position + length)
+                if low < high:
+                    key = located.instance.blob_key
+                    yield from self.retrieve.read_range(key, offset + low - position, high - low)
+                position += length
 
         media = media_type_of(located.table.transfer_syntax)
-        return Rendered(media, stream(), total, True)
+        return Rendered(media, part(0, total), total, True, part)
 
     def instance(
         self, study: str, series: str, sop: str, frame: int | None, params: RenderParams

@@ -26,8 +26,14 @@ from dicomweb_server.dicom.render import (
     parse_window,
 )
 from dicomweb_server.errors import InvalidRequest, NotAcceptable
+from dicomweb_server.services.rendering import Rendered
+from dicomweb_server.web.errors import error_response
 from dicomweb_server.web.negotiate import query_values
 from dicomweb_server.web.urls import path_uids
+
+# The byte-range rules of bulk data (RFC 9110 14), shared rather than written twice.
+from dicomweb_server.web.wado import _RangeNotSatisfiable as RangeNotSatisfiable
+from dicomweb_server.web.wado import _single_range as single_range
 
 _ANNOTATIONS = frozenset({"patient", "technique"})
 _CACHE = "private, max-age=60"
@@ -86,9 +92,32 @@ async def rendered_instance(request: Request) -> Response:
     result = await anyio.to_thread.run_sync(
         services.rendering.instance, study, series, sop, frame, params
     )
+    return respond(request, result)
+
+
+def respond(request: Request, result: Rendered) -> Response:
+    """A rendered answer; documents and video also by single byte range (RFC 9110 14)."""
     headers = {"Cache-Control": _CACHE, "Content-Length": str(result.length)}
     if result.cross_origin:
         headers["Cross-Origin-Resource-Policy"] = "cross-origin"
+    if result.part is not None:
+        headers["Accept-Ranges"] = "bytes"
+        try:
+            span = single_range(request.headers.get("range"), result.length)
+        except RangeNotSatisfiable:
+            response = error_response(416, f"range outside the {result.length} bytes")
+            response.headers["Content-Range"] = f"bytes */{result.length}"
+            return response
+        if span is not None:
+            start, length = span
+            headers["Content-Length"] = str(length)
+            headers["Content-Range"] = f"bytes {start}-{start + length - 1}/{result.length}"
+            return StreamingResponse(
+                result.part(start, length),
+                status_code=206,
+                media_type=result.media_type,
+                headers=headers,
+            )
     if isinstance(result.body, bytes):
         return Response(result.body, media_type=result.media_type, headers=headers)
     return StreamingResponse(result.body, media_type=result.media_type, headers=headers)

@@ -25,6 +25,7 @@ from dicomweb_server.dicom.render import parse_quality as _quality
 from dicomweb_server.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, check_uid, is_valid_uid
 from dicomweb_server.errors import InvalidRequest, NotAcceptable
 from dicomweb_server.web.negotiate import query_values
+from dicomweb_server.web.rendered import respond
 
 _REQUIRED = ("requestType", "studyUID", "seriesUID", "objectUID")
 _UNSUPPORTED = ("region", "presentationUID", "presentationSeriesUID")
@@ -143,9 +144,4 @@ async def wado(request: Request) -> Response:
         return await _dicom(request, services, study, series, sop)
     if media is not None and result.media_type != media:
         raise NotAcceptable(f"this object is available as {result.media_type}, not {media}")
-    headers = {"Cache-Control": _CACHE, "Content-Length": str(result.length)}
-    if result.cross_origin:
-        headers["Cross-Origin-Resource-Policy"] = "cross-origin"
-    if isinstance(result.body, bytes):
-        return Response(result.body, media_type=result.media_type, headers=headers)
-    return StreamingResponse(result.body, media_type=result.media_type, headers=headers)
+    return respond(request, result)
