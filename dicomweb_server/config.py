@@ -52,6 +52,13 @@ class Settings:
     insecure: bool = False
     log_level: str = "info"
     thread_limit: int = 64
+    # --- viewer ---
+    # The bundled OHIF viewer at "/". viewer_dir None means the repository's
+    # viewer_static/dist (filled by scripts/fetch-viewer.py); viewer_app_config None
+    # means our committed viewer_static/app-config.js.
+    viewer_enabled: bool = True
+    viewer_dir: Path | None = None
+    viewer_app_config: Path | None = None
 
     @property
     def sqlite_path(self) -> Path:
@@ -133,7 +140,7 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         if text in _FALSE:
             return False
         raise ValueError(f"{source}: {name} must be true or false, not {value!r}")
-    if kind == "Path":
+    if kind in ("Path", "Path | None"):
         if not isinstance(value, (str, Path)) or not str(value):
             raise ValueError(f"{source}: {name} must be a non-empty path, not {value!r}")
         return Path(value)
