@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import report
+from . import pixels, report
 from .baseline import run_static
 from .corpus import CACHE_DIR, FULL, QUICK, Corpus, load_or_generate
 from .pgtemp import TempPostgres
@@ -75,6 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="scale mode: load N generated instances (default 100000)",
     )
     r.add_argument("--scale-clients", type=int, default=8)
+    # --- pixel workloads (issue #3) ---
+    x = sub.add_parser("pixels", help="frames/s and rendered images/s, 1 and 8 clients")
+    x.add_argument("--quick", action="store_true", help="small corpus")
+    x.add_argument("--compare", action="append", default=[], choices=["orthanc"])
+    x.add_argument("--seconds", type=float, default=15.0, help="duration of each workload")
+    x.add_argument("--workers", type=int, default=2, help="--workers for our server")
+    x.set_defaults(targets="ours", url=[], database_url=None, ours_root="/dicom-web")
     return p
 
 
@@ -193,6 +200,27 @@ def corpus_info(corpus: Corpus) -> dict[str, Any]:
     }
 
 
+def run_pixels_command(args: argparse.Namespace) -> int:
+    corpus = load_or_generate(QUICK if args.quick else FULL)
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="pixels-", dir=CACHE_DIR))
+    try:
+        targets = make_targets(args, work)
+        payload: dict[str, Any] = {
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "machine": {**machine_facts(), "loadavg_at_start": os.getloadavg()},
+            "corpus": corpus_info(corpus),
+        }
+        payload["pixels"] = pixels.run_pixels(targets, corpus, args.seconds)
+        payload["machine"]["loadavg_at_end"] = os.getloadavg()
+        path = report.write_json(CACHE_DIR, payload)
+        print(pixels.render_table(payload["pixels"], [t.name for t in targets]))
+        print(f"raw disk frames: {payload['pixels']['raw_disk_frames']}\nresults: {path}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
 def _terminate(signum: int, _frame: object) -> None:
     raise SystemExit(128 + signum)  # unwinds through the finally blocks that stop servers
 
@@ -200,6 +228,8 @@ def _terminate(signum: int, _frame: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     args = build_parser().parse_args(argv)
+    if args.command == "pixels":
+        return run_pixels_command(args)
     if args.command == "corpus":
         c = load_or_generate(QUICK if args.quick else FULL)
         print(corpus_info(c))

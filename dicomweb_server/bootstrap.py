@@ -11,7 +11,9 @@ from dicomweb_server.config import Settings
 from dicomweb_server.dicom.ingest import configure_pydicom
 from dicomweb_server.errors import StorageUnavailable
 from dicomweb_server.services.delete import DeleteService
+from dicomweb_server.services.pixels import PixelService
 from dicomweb_server.services.query import QueryService
+from dicomweb_server.services.rendering import RenderService
 from dicomweb_server.services.retrieve import RetrieveService
 from dicomweb_server.services.store import StoreService
 from dicomweb_server.storage.blob_fs import FileBlobStore
@@ -29,6 +31,8 @@ class Services:
     delete: DeleteService
     index: SqlIndex
     blobs: FileBlobStore
+    pixels: PixelService
+    rendering: RenderService
 
     def close(self) -> None:
         self.index.close()
@@ -62,12 +66,16 @@ def build_services(settings: Settings) -> Services:
     # Held for the life of the process: a concurrent `prepare` must not clean our spool.
     blobs.hold_spool()
     index = SqlIndex(settings.effective_database_url)
+    retrieve = RetrieveService(index, blobs)
+    pixels = PixelService(index, blobs)
     return Services(
         settings=settings,
         store=StoreService(index, blobs, settings),
         query=QueryService(index),
-        retrieve=RetrieveService(index, blobs),
+        retrieve=retrieve,
         delete=DeleteService(index, blobs),
         index=index,
         blobs=blobs,
+        pixels=pixels,
+        rendering=RenderService(retrieve, pixels, settings.data_dir / "cache" / "thumbnails"),
     )

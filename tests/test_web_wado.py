@@ -33,6 +33,7 @@ IMPLICIT = "1.2.840.10008.1.2"
 J2K = "1.2.840.10008.1.2.4.91"
 RLE = "1.2.840.10008.1.2.5"
 JPEG_LS = "1.2.840.10008.1.2.4.80"
+MPEG2 = "1.2.840.10008.1.2.4.100"  # no encoder: a syntax the server can never produce
 DICOM_ANY = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 
 
@@ -215,17 +216,34 @@ def test_default_decompresses_to_explicit_little_endian(archive: Archive, which:
 
 
 def test_impossible_transfer_syntax_is_406_before_any_body(archive: Archive) -> None:
-    accept = f'multipart/related; type="application/dicom"; transfer-syntax={JPEG_LS}'
+    accept = f'multipart/related; type="application/dicom"; transfer-syntax={MPEG2}'
     for path in (instance_path(archive.native[0]), f"/studies/{archive.study}"):
         response = get(archive.server, path, accept)
         assert response.status_code == 406
         assert response.headers["content-type"] == "application/json"
-        assert JPEG_LS in response.json()["message"]
+        assert MPEG2 in response.json()["message"]
     # With "*" as a lower-q alternative, every instance gets a syntax it can be sent in.
     accept += ', multipart/related; type="application/dicom"; transfer-syntax=*; q=0.5'
     response = get(archive.server, f"/studies/{archive.study}", accept)
     assert response.status_code == 200
     assert len(parse_multipart(response)) == len(archive.stored)
+
+
+@pytest.mark.parametrize("ts", [JPEG_LS, RLE])
+def test_retrieve_transcodes_to_lossless_compression(archive: Archive, ts: str) -> None:
+    """Instance and series retrieve re-encode on request; part headers say so."""
+    ds = archive.native[0]
+    accept = f'multipart/related; type="application/dicom"; transfer-syntax={ts}'
+    response = get(archive.server, f"/studies/{archive.study}/series/{archive.series}", accept)
+    assert response.status_code == 200
+    received = parse_multipart(response)
+    assert len(received) == 2
+    for headers, body in received:
+        assert headers["content-type"] == f"application/dicom; transfer-syntax={ts}"
+        got = pydicom.dcmread(io.BytesIO(body))
+        assert got.file_meta.TransferSyntaxUID == ts
+        if got.SOPInstanceUID == ds.SOPInstanceUID:
+            assert np.array_equal(got.pixel_array, ds.pixel_array)
 
 
 def test_single_part_application_dicom_for_an_instance(archive: Archive) -> None:

@@ -80,9 +80,7 @@ def multiframe(frames: int, *, patient_name: str, patient_id: str, accession: st
     )
     ds.BitsStored = 16
     ds.HighBit = 15
-    pixels = np.stack(
-        [_disc(size, 8 + 30 * i / max(frames - 1, 1), 3000) for i in range(frames)]
-    )
+    pixels = np.stack([_disc(size, 8 + 30 * i / max(frames - 1, 1), 3000) for i in range(frames)])
     ds.PixelData = pixels.astype(np.uint16).tobytes()
     ds.WindowCenter = 1500
     ds.WindowWidth = 3000

@@ -26,6 +26,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
+from dicomweb_server.dicom import frames as frame_index
 from dicomweb_server.dicom import status
 from dicomweb_server.dicom.attributes import Level, level_of, tag_hex, vr_of
 from dicomweb_server.dicom.fastjson import codec_for, element_json
@@ -339,6 +340,18 @@ def _inflated(fp: BinaryIO) -> bytes:
         raise DicomRejected(f"deflated data set cannot be inflated: {exc}") from exc
 
 
+def _frame_table(fp: BinaryIO, ds: Dataset, ts: str, pixel: list[int] | None) -> bytes:
+    """The encoded frame table (schema v3), or frame_index.NO_FRAMES when frames cannot be
+    read in place (no Pixel Data, deflated, unrecognised fragments)."""
+    if pixel is None or ts == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
+        return frame_index.NO_FRAMES
+    try:
+        table = frame_index.compute(fp, ds, ts, pixel[0], pixel[1])
+    except Exception:  # a frame table is an optimisation: never refuse an object for it
+        table = None
+    return table.encode() if table is not None else frame_index.NO_FRAMES
+
+
 def read_dataset(fp: BinaryIO, defer_size: int) -> Dataset:
     """Parse a Part 10 file or a bare dataset, without loading large values."""
     try:
@@ -433,6 +446,7 @@ def analyse(
     study_json, series_json = _split_levels(metadata)
 
     attrs = _Attributes(metadata)
+    frame_table = _frame_table(fp, ds, ts, builder.bulk.get(tag_hex(PIXEL_DATA)))
     patient_name = attrs.text("PatientName")
     referring = attrs.text("ReferringPhysicianName")
     return InstanceRecord(
@@ -474,6 +488,7 @@ def analyse(
             "columns": attrs.integer("Columns"),
             "bits_allocated": attrs.integer("BitsAllocated"),
             "number_of_frames": attrs.integer("NumberOfFrames"),
+            "frames": frame_table,
         },
         metadata=orjson.dumps(metadata),
         study_attrs=orjson.dumps(study_json),

@@ -17,6 +17,7 @@ from pydicom.dataset import Dataset
 from pydicom.pixels.decoders.base import get_decoder
 from pydicom.uid import UID
 
+from dicomweb_server.dicom.codec import can_encode, encodable
 from dicomweb_server.dicom.uids import (
     EXPLICIT_VR_BIG_ENDIAN,
     EXPLICIT_VR_LITTLE_ENDIAN,
@@ -48,6 +49,8 @@ def _possible(stored: str, requested: str) -> str | None:
         return stored
     if requested == EXPLICIT_VR_LITTLE_ENDIAN and can_decompress(stored):
         return requested
+    if can_encode(requested) and can_decompress(stored):
+        return requested  # re-encoded: JPEG 2000, JPEG-LS or RLE, as the plugins allow
     return None
 
 
@@ -67,6 +70,7 @@ def output_syntax(stored: str, requested: str | Sequence[str]) -> str:
         f"cannot provide transfer syntax {', '.join(wanted)} for an instance stored as "
         f"{stored}; available: {available}"
         + (f", {EXPLICIT_VR_LITTLE_ENDIAN}" if available != EXPLICIT_VR_LITTLE_ENDIAN else "")
+        + "".join(f", {ts}" for ts in encodable() if ts != available)
         + " or *"
     )
 
@@ -107,4 +111,26 @@ def to_explicit_little_endian(fp: BinaryIO) -> bytes:
     ds.file_meta.TransferSyntaxUID = UID(EXPLICIT_VR_LITTLE_ENDIAN)
     out = io.BytesIO()
     ds.save_as(out, implicit_vr=False, little_endian=True, enforce_file_format=True)
+    return out.getvalue()
+
+
+def to_transfer_syntax(fp: BinaryIO, transfer_syntax: str) -> bytes:
+    """Rewrite one Part 10 object in ``transfer_syntax``: Explicit VR Little Endian, or
+    a compressed syntax an installed encoder writes (pixels decoded first if needed)."""
+    if transfer_syntax == EXPLICIT_VR_LITTLE_ENDIAN:
+        return to_explicit_little_endian(fp)
+    ds = pydicom.dcmread(io.BytesIO(to_explicit_little_endian(fp)), force=True)
+    if "PixelData" in ds:
+        try:
+            # Same instance, another encoding: keep its SOP Instance UID (see above).
+            ds.compress(UID(transfer_syntax), generate_instance_uid=False)
+        except Exception as exc:
+            raise NotAcceptable(
+                f"cannot encode this instance as {UID(transfer_syntax).name}: "
+                f"{str(exc).strip()[-200:]}"
+            ) from exc
+    else:
+        ds.file_meta.TransferSyntaxUID = UID(transfer_syntax)
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
     return out.getvalue()

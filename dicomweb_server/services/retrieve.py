@@ -10,7 +10,11 @@ from dataclasses import dataclass
 
 import pydicom
 
-from dicomweb_server.dicom.transcode import output_syntax, to_explicit_little_endian
+from dicomweb_server.dicom.transcode import (
+    output_syntax,
+    to_explicit_little_endian,
+    to_transfer_syntax,
+)
 from dicomweb_server.dicom.uids import EXPLICIT_VR_BIG_ENDIAN
 from dicomweb_server.errors import NotAcceptable, NotFound, StorageUnavailable
 from dicomweb_server.storage.interfaces import BlobStore, IndexStore, StoredInstance, Version
@@ -79,7 +83,7 @@ class RetrieveService:
                 while chunk := fh.read(CHUNK):
                     yield chunk
             else:
-                yield to_explicit_little_endian(fh)
+                yield to_transfer_syntax(fh, item.transfer_syntax)
 
     def converted(self, item: Planned) -> bytes:
         """The whole instance in its planned (not stored) syntax, in memory."""

@@ -117,6 +117,15 @@ class IndexStore(Protocol):
         self, sop_instance_uid: str
     ) -> tuple[StoredInstance, dict[str, list[int]]] | None: ...
 
+    def frame_table(self, sop_instance_uid: str) -> tuple[StoredInstance, bytes | None] | None:
+        """The instance and its encoded frame table (dicom/frames.py), None if not yet
+        computed; None for an unknown instance."""
+        ...
+
+    def set_frame_table(self, sop_instance_uid: str, blob_key: str, table: bytes) -> None:
+        """Store a lazily computed frame table for the instance still at ``blob_key``."""
+        ...
+
     def version(
         self, study_uid: str, series_uid: str | None = None, sop_instance_uid: str | None = None
     ) -> Version | None:

@@ -12,7 +12,7 @@ from sqlmodel import SQLModel
 
 from dicomweb_server.storage.sql import models
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def is_sqlite(url: str) -> bool:
@@ -86,7 +86,15 @@ def _v2(conn: Connection) -> None:
     )
 
 
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1, 2: _v2}
+def _v3(conn: Connection) -> None:
+    """Frame table per instance; instances stored earlier get theirs on first use."""
+    columns = {c["name"] for c in inspect(conn).get_columns("instance")}
+    if "frames" not in columns:
+        kind = "BYTEA" if conn.dialect.name == "postgresql" else "BLOB"
+        conn.execute(text(f"ALTER TABLE instance ADD COLUMN frames {kind}"))
+
+
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1, 2: _v2, 3: _v3}
 
 
 def current_version(engine: Engine) -> int:

@@ -434,6 +434,29 @@ class SqlIndex:
             return None
         return _stored(row), orjson.loads(row[9])
 
+    def frame_table(self, sop_instance_uid: str) -> tuple[StoredInstance, bytes | None] | None:
+        """The instance and its encoded frame table (None: not computed yet)."""
+        stmt = self._joined(*_STORED_COLUMNS, INSTANCE.frames).where(
+            INSTANCE.sop_uid == sop_instance_uid
+        )
+        with self.read_engine.connect() as conn:
+            row = conn.execute(stmt).first()
+        if row is None:
+            return None
+        return _stored(row), None if row[9] is None else bytes(row[9])
+
+    def set_frame_table(self, sop_instance_uid: str, blob_key: str, table: bytes) -> None:
+        """Keep a lazily computed frame table, unless the instance changed meanwhile."""
+
+        def work(conn: Connection) -> None:
+            conn.execute(
+                update(_INSTANCE_T)
+                .where(INSTANCE.sop_uid == sop_instance_uid, INSTANCE.blob_key == blob_key)
+                .values(frames=table)
+            )
+
+        self._write(work)
+
     def version(
         self, study_uid: str, series_uid: str | None = None, sop_instance_uid: str | None = None
     ) -> Version | None:

@@ -81,6 +81,9 @@ class Instance(SQLModel, table=True):
     metadata_json: bytes = Field(sa_column=Column("metadata", LargeBinary, nullable=False))
     bulk: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     stored_at: float = Field(default=0.0)
+    # Each frame's place in the stored file (dicom/frames.py; schema v3); NULL until
+    # computed for instances stored before v3.
+    frames: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
 
 
 class SchemaVersion(SQLModel, table=True):

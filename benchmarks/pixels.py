@@ -1,0 +1,163 @@
+"""Pixel workloads (issue #3): random single frames and rendered JPEGs, 1 and N clients.
+
+``python -m benchmarks pixels [--quick] [--compare orthanc]`` stores the multiframe
+instance and the CT series of the corpus in each target, then measures for a fixed
+time each: frames/s of random frames of the multiframe instance, of frame 1 of random
+CT slices (both ``application/octet-stream; transfer-syntax=*``), and rendered JPEG
+images/s of random CT slices. Every answer is checked (status, one part, frame size;
+JPEG magic). A raw disk read of the same frames (pread of each frame's bytes from
+the stored file) is measured as the ceiling of the octet-stream path.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+from typing import Any
+
+from .corpus import Corpus, Record
+from .httpio import ACCEPT_FRAMES, BaseUrl, Client, split_multipart
+from .stats import summary_ms
+from .stow import make_batches, run_stow
+from .targets import Target
+
+
+def _frame_request(client: Client, path: str, size: int) -> str | None:
+    resp = client.request("GET", path, {"Accept": ACCEPT_FRAMES})
+    if resp.status != 200:
+        return f"HTTP {resp.status}: {resp.body[:120]!r}"
+    parts = split_multipart(resp.body, resp.headers.get("content-type", ""))
+    if len(parts) != 1 or len(parts[0]) != size:
+        return f"{len(parts)} parts of {[len(p) for p in parts][:2]} bytes, expected {size}"
+    return None
+
+
+def _rendered_request(client: Client, path: str, _size: int) -> str | None:
+    resp = client.request("GET", path, {"Accept": "image/jpeg"})
+    if resp.status != 200:
+        return f"HTTP {resp.status}: {resp.body[:120]!r}"
+    return None if resp.body[:2] == b"\xff\xd8" else "not a JPEG"
+
+
+def _load(base: BaseUrl, paths: list[bytes], seconds: float) -> int:
+    result = run_stow(
+        base, make_batches(paths, 10), list(range((len(paths) + 9) // 10)), 2, seconds
+    )
+    return len(result.completed)
+
+
+def _run(
+    base: BaseUrl, paths: list[str], size: int, clients: int, seconds: float, kind: str
+) -> dict[str, Any]:
+    """Requests of random ``paths`` from ``clients`` threads for ``seconds``."""
+    check = _frame_request if kind == "frames" else _rendered_request
+    latencies: list[float] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    deadline = time.monotonic() + seconds
+
+    def worker(seed: int) -> None:
+        rng = random.Random(seed)
+        client = Client(base)
+        try:
+            while time.monotonic() < deadline and len(errors) < 5:
+                t0 = time.perf_counter()
+                problem = check(client, rng.choice(paths), size)
+                elapsed = time.perf_counter() - t0
+                with lock:
+                    if problem:
+                        errors.append(problem)
+                    else:
+                        latencies.append(elapsed)
+        finally:
+            client.close()
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    return {
+        "clients": clients,
+        "per_second": round(len(latencies) / wall, 1) if wall else None,
+        **summary_ms(latencies),
+        "errors": errors[:5],
+    }
+
+
+def raw_disk_frames(record: Record, corpus: Corpus, seconds: float) -> dict[str, Any]:
+    """pread of random frames of the multiframe file: the octet-stream path's ceiling."""
+    path = corpus.path(record)
+    size = record.rows * record.cols * record.bits // 8
+    data_end = path.stat().st_size
+    first = data_end - size * record.frames
+    rng = random.Random(3)
+    count = 0
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            k = rng.randrange(record.frames)
+            if len(os.pread(fd, size, first + k * size)) != size:
+                raise RuntimeError("short read")
+            count += 1
+        wall = time.perf_counter() - t0
+    finally:
+        os.close(fd)
+    return {"per_second": round(count / wall, 1), "mb_per_s": round(count * size / wall / 1e6, 1)}
+
+
+def run_pixels(
+    targets: list[Target], corpus: Corpus, seconds: float, clients: tuple[int, ...] = (1, 8)
+) -> dict[str, Any]:
+    mf = corpus.group("mf")[0]
+    ct = corpus.group("ct")
+    out: dict[str, Any] = {"raw_disk_frames": raw_disk_frames(mf, corpus, min(seconds, 5.0))}
+    for target in targets:
+        result: dict[str, Any] = {}
+        try:
+            target.start()
+            base = BaseUrl.parse(target.base_url)
+            files = [corpus.path(r).read_bytes() for r in [mf, *ct]]
+            result["stored_batches"] = _load(base, files, 600.0)
+            mf_path = f"/studies/{mf.study}/series/{mf.series}/instances/{mf.sop}"
+            mf_frames = [f"{mf_path}/frames/{k}" for k in range(1, mf.frames + 1)]
+            ct_paths = [f"/studies/{r.study}/series/{r.series}/instances/{r.sop}" for r in ct]
+            frame_size = mf.rows * mf.cols * mf.bits // 8
+            ct_size = ct[0].rows * ct[0].cols * ct[0].bits // 8
+            for n in clients:
+                result[f"mf_frames_{n}c"] = _run(base, mf_frames, frame_size, n, seconds, "frames")
+                result[f"ct_frames_{n}c"] = _run(
+                    base, [p + "/frames/1" for p in ct_paths], ct_size, n, seconds, "frames"
+                )
+                result[f"ct_rendered_{n}c"] = _run(
+                    base, [p + "/rendered" for p in ct_paths], 0, n, seconds, "rendered"
+                )
+        except Exception as exc:  # report and go on with the next target
+            result["error"] = f"{type(exc).__name__}: {exc}"
+        finally:
+            target.stop()
+        out[target.name] = result
+    return out
+
+
+def render_table(results: dict[str, Any], names: list[str]) -> str:
+    keys = sorted({k for n in names for k in results.get(n, {}) if k.endswith("c")})
+    lines = ["| workload | " + " | ".join(f"{n} /s (p50 ms)" for n in names) + " | ratio |"]
+    lines.append("|---" * (len(names) + 2) + "|")
+    for key in keys:
+        cells, rates = [], []
+        for n in names:
+            r = results.get(n, {}).get(key, {})
+            rate = r.get("per_second")
+            rates.append(rate)
+            p50 = r.get("p50_ms")
+            errs = " (errors)" if r.get("errors") else ""
+            cells.append(f"{rate} ({p50:.1f}){errs}" if rate and p50 else f"-{errs}")
+        ratio = f"{rates[0] / rates[1]:.2f}x" if len(rates) > 1 and rates[0] and rates[1] else ""
+        lines.append(f"| {key} | " + " | ".join(cells) + f" | {ratio} |")
+    return "\n".join(lines)
