@@ -78,12 +78,15 @@ _INLINE_SCRIPT = re.compile(rb"<script(?![^>]*\bsrc=)[^>]*>(.*?)</script>", re.S
 def content_security_policy(script_hashes: tuple[str, ...] = ()) -> str:
     """The minimum OHIF 3 runs under, found with the browser tests.
 
-    Scripts only from this origin plus index.html's own inline scripts (by hash);
-    ``'wasm-unsafe-eval'`` for the image codecs (WebAssembly); workers from blob: URLs;
-    inline styles (React sets style attributes); images from data:/blob: (thumbnails,
-    canvases). ``connect-src 'self'``: the viewer can reach nothing but this server.
+    Scripts only from this origin plus index.html's own inline scripts (by hash).
+    ``'wasm-unsafe-eval'`` compiles the image codecs (WebAssembly); ``'unsafe-eval'``
+    too, because the codecs' Emscripten bindings build their call wrappers with
+    ``new Function`` (the JPEG 2000 browser test fails without it). Workers from
+    this origin and blob: URLs; inline styles (React sets style attributes); images
+    from data:/blob: (thumbnails, canvases). ``connect-src 'self'``: the viewer can
+    reach nothing but this server.
     """
-    scripts = " ".join(["'self'", "'wasm-unsafe-eval'", *script_hashes])
+    scripts = " ".join(["'self'", "'unsafe-eval'", "'wasm-unsafe-eval'", *script_hashes])
     return "; ".join(
         [
             "default-src 'self'",
