@@ -231,6 +231,7 @@ def test_open_link_shows_ct_and_scrolling_changes_the_slice(
     # The disc's radius differs per slice, so the lit area changes, not only noise.
     assert after["lit"] != first["lit"]
     assert any("/frames/" in url for url in viewer.dicomweb_calls)
+    assert any("/thumbnail" in url for url in viewer.dicomweb_calls)
 
 
 def test_multiframe_study_shows_frames(viewer: Watched, archive: Archive) -> None:

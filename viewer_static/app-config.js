@@ -5,7 +5,7 @@
 //
 // One data source: this server, same origin. Only options the server backs are on:
 //   - QIDO-RS includefield, wildcard (*, ?) and fuzzy person-name matching;
-//   - WADO-RS frames for images and thumbnails (imageRendering/thumbnailRendering);
+//   - WADO-RS frames for images, server-rendered series thumbnails;
 //   - series-level metadata on demand (enableStudyLazyLoad), BulkDataURIs;
 //   - STOW-RS upload from the browser (dicomUploadEnabled).
 // No third-party origins: no demo servers, no CDN, no local-file or ?url= data sources.
@@ -52,7 +52,11 @@
           supportsWildcard: true,
           supportsFuzzyMatching: true,
           imageRendering: 'wadors',
-          thumbnailRendering: 'wadors',
+          // Series thumbnails from the server (PS3.18 10.4.1.1.6), fetched with the same
+          // headers as every DICOMweb call, so they work when authentication is on
+          // ('thumbnailDirect' would use plain <img src> without the bearer token).
+          thumbnailRendering: 'thumbnail',
+          thumbnailRequestStrategy: 'fetch',
           enableStudyLazyLoad: true,
           supportsReject: false,
           staticWado: false,
