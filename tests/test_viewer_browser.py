@@ -149,7 +149,7 @@ def viewer(browser: Any, archive: Archive, request: pytest.FixtureRequest) -> It
 
     def on_response(response: Any) -> None:
         if response.url.startswith(dicomweb):
-            watched.dicomweb_calls.append(response.url)
+            watched.dicomweb_calls.append(f"{response.request.method} {response.url}")
             if response.status >= 400:
                 watched.problems.append(f"{response.status} from {response.url}")
 
@@ -252,3 +252,34 @@ def test_jpeg2000_study_is_decoded_in_the_browser(viewer: Watched, archive: Arch
     stats = _wait_for_image(page)
     # A disc of radius 40 on 128x128: about 30% of the image area is lit.
     assert 0.05 < stats["lit"] / stats["total"] < 0.9, stats
+
+
+def test_upload_from_the_browser_stores_through_stow(
+    viewer: Watched, archive: Archive, tmp_path: Path
+) -> None:
+    files = []
+    for index, data in enumerate(
+        ct_series(3, patient_name="Upload^Test", patient_id="P-UP", accession="ACC-UP", size=32)
+    ):
+        path = tmp_path / f"{index}.dcm"
+        path.write_bytes(data)
+        files.append(str(path))
+    page = viewer.page
+    page.goto(archive.server.root + "/")
+    page.locator("tr", has_text="Phantom, Disc").first.wait_for()
+    _dismiss_overlays(page)
+    page.get_by_text("Upload", exact=True).click()
+    # OHIF's upload dialog: the first file input takes files, the second a folder.
+    page.locator("input[type=file]").first.set_input_files(files)
+    page.get_by_text("3 files completed.").wait_for()
+    page.wait_for_timeout(500)  # let the last response events arrive
+    stows = [c for c in viewer.dicomweb_calls if c.startswith("POST ")]
+    assert stows == [f"POST {archive.server.url}/studies"] * 3, viewer.dicomweb_calls
+    found = http().get(
+        f"{archive.server.url}/studies",
+        params={"AccessionNumber": "ACC-UP"},
+        headers={"Accept": "application/dicom+json"},
+    )
+    assert found.status_code == 200
+    (study,) = found.json()
+    assert study["00201208"]["Value"] == [3]
