@@ -67,6 +67,7 @@ def _serve(args: argparse.Namespace) -> int:
         viewer_enabled=False if args.no_viewer else None,
         viewer_dir=args.viewer_dir,
         viewer_app_config=args.viewer_app_config,
+        viewer_allowed_origins=args.viewer_allowed_origins,
     )
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -230,6 +231,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="OHIF app-config.js served in place of the build's (default: "
         f"viewer_static/app-config.js) [env {env_name('viewer_app_config')}]",
+    )
+    serve.add_argument(
+        "--viewer-allowed-origins",
+        help="comma-separated origins the viewer may also reach, e.g. your OpenID Connect "
+        "provider (added to its Content-Security-Policy) "
+        f"[env {env_name('viewer_allowed_origins')}]",
     )
     serve.add_argument(
         "--no-viewer",

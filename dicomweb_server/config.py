@@ -59,6 +59,9 @@ class Settings:
     viewer_enabled: bool = True
     viewer_dir: Path | None = None
     viewer_app_config: Path | None = None
+    # Origins (scheme://host[:port]) the viewer may also reach, e.g. an OpenID Connect
+    # provider; added to the CSP's connect-src and frame-src.
+    viewer_allowed_origins: tuple[str, ...] = ()
 
     @property
     def sqlite_path(self) -> Path:
@@ -111,6 +114,11 @@ class Settings:
             raise ValueError(
                 f"log_level must be one of {', '.join(LOG_LEVELS)}, not {self.log_level!r}"
             )
+        for origin in self.viewer_allowed_origins:
+            if not re.fullmatch(r"https?://[A-Za-z0-9.\-\[\]:]+", origin):
+                raise ValueError(
+                    f"viewer_allowed_origins: {origin!r} is not an origin (scheme://host[:port])"
+                )
         for peer in self.trusted_proxies:
             try:
                 ipaddress.ip_network(peer, strict=False)

@@ -355,3 +355,21 @@ def test_serve_help_documents_the_viewer_flags() -> None:
         assert flag in text
     assert "DICOMWEB_VIEWER_DIR" in text
     assert "DICOMWEB_VIEWER_ENABLED=false" in text
+
+
+def test_allowed_origins_extend_connect_and_frame_src_only() -> None:
+    from dicomweb_server.config import load_settings
+    from dicomweb_server.web.viewer import content_security_policy
+
+    env = {"DICOMWEB_VIEWER_ALLOWED_ORIGINS": "https://idp.example.org:8443"}
+    origins = load_settings(environ=env).viewer_allowed_origins
+    assert origins == ("https://idp.example.org:8443",)
+    directives = dict(
+        d.strip().split(" ", 1) for d in content_security_policy((), origins).split(";")
+    )
+    assert "https://idp.example.org:8443" in directives["connect-src"]
+    assert "https://idp.example.org:8443" in directives["frame-src"]
+    assert "idp" not in directives["script-src"]
+    for bad in ("https://idp.example.org/path", "idp.example.org", "javascript:alert(1)"):
+        with pytest.raises(ValueError, match="is not an origin"):
+            load_settings(environ={"DICOMWEB_VIEWER_ALLOWED_ORIGINS": bad})

@@ -75,7 +75,9 @@ REVALIDATE = "no-cache"
 _INLINE_SCRIPT = re.compile(rb"<script(?![^>]*\bsrc=)[^>]*>(.*?)</script>", re.S)
 
 
-def content_security_policy(script_hashes: tuple[str, ...] = ()) -> str:
+def content_security_policy(
+    script_hashes: tuple[str, ...] = (), allowed_origins: tuple[str, ...] = ()
+) -> str:
     """The minimum OHIF 3 runs under, found with the browser tests.
 
     Scripts only from this origin plus index.html's own inline scripts (by hash).
@@ -84,8 +86,10 @@ def content_security_policy(script_hashes: tuple[str, ...] = ()) -> str:
     ``new Function`` (the JPEG 2000 browser test fails without it). Workers from
     this origin and blob: URLs; inline styles (React sets style attributes); images
     from data:/blob: (thumbnails, canvases). ``connect-src 'self'``: the viewer can
-    reach nothing but this server.
+    reach nothing but this server, plus ``allowed_origins`` (an OpenID Connect
+    provider: token calls, and its silent-renew iframe).
     """
+    extra = "".join(" " + origin for origin in allowed_origins)
     scripts = " ".join(["'self'", "'unsafe-eval'", "'wasm-unsafe-eval'", *script_hashes])
     return "; ".join(
         [
@@ -95,7 +99,8 @@ def content_security_policy(script_hashes: tuple[str, ...] = ()) -> str:
             "style-src 'self' 'unsafe-inline'",
             "img-src 'self' data: blob:",
             "font-src 'self' data:",
-            "connect-src 'self' data: blob:",
+            f"connect-src 'self' data: blob:{extra}",
+            f"frame-src 'self'{extra}",
             "media-src 'self' blob:",
             "object-src 'none'",
             "base-uri 'self'",
@@ -178,7 +183,7 @@ def load_bundle(settings: Settings) -> ViewerBundle:
             root,
         )
     headers = {
-        "Content-Security-Policy": content_security_policy(hashes),
+        "Content-Security-Policy": content_security_policy(hashes, settings.viewer_allowed_origins),
         "X-Content-Type-Options": "nosniff",
         "Referrer-Policy": "no-referrer",
         "X-Frame-Options": "DENY",
