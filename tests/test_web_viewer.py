@@ -373,3 +373,21 @@ def test_allowed_origins_extend_connect_and_frame_src_only() -> None:
     for bad in ("https://idp.example.org/path", "idp.example.org", "javascript:alert(1)"):
         with pytest.raises(ValueError, match="is not an origin"):
             load_settings(environ={"DICOMWEB_VIEWER_ALLOWED_ORIGINS": bad})
+
+
+def test_unreadable_app_config_disables_the_viewer_not_the_api(tmp_path: Path) -> None:
+    build = make_build(tmp_path / "build")
+    server = start_server(
+        tmp_path / "data",
+        f"sqlite:///{tmp_path / 'index.sqlite3'}",
+        "--viewer-dir",
+        str(build),
+        "--viewer-app-config",
+        str(tmp_path / "missing-app-config.js"),
+    )
+    try:
+        assert "viewer is not installed" in get(server, "/").text
+        assert get(server, "/dicom-web/studies").status_code == 200
+        assert "cannot read" in server.log()
+    finally:
+        server.stop()

@@ -171,9 +171,16 @@ def load_bundle(settings: Settings) -> ViewerBundle:
     app_config = b""
     hashes: tuple[str, ...] = ()
     if files:
+        try:
+            config_text = config_path.read_bytes()
+        except OSError as exc:
+            # The API must still serve; '/' then says the viewer is not usable.
+            log.error("viewer: cannot read %s (%s); viewer disabled", config_path, exc.strerror)
+            files = {}
+    if files:
         # One line ahead of the committed file: the DICOMweb root is a setting.
         prelude = f"window.dicomwebServerRoot = {json.dumps(settings.dicomweb_root)};\n"
-        app_config = prelude.encode() + config_path.read_bytes()
+        app_config = prelude.encode() + config_text
         hashes = _inline_script_hashes(root / "index.html")
         log.info("viewer: OHIF from %s (%d files) at /", root, len(files))
     else:
@@ -187,7 +194,7 @@ def load_bundle(settings: Settings) -> ViewerBundle:
         "X-Content-Type-Options": "nosniff",
         "Referrer-Policy": "no-referrer",
         "X-Frame-Options": "DENY",
-        # Not a cross-origin isolated app: OHIF must not need SharedArrayBuffer.
+        # No page of another origin that opened the viewer keeps a handle on it.
         "Cross-Origin-Opener-Policy": "same-origin",
     }
     return ViewerBundle(root, files, app_config, headers)
