@@ -12,7 +12,7 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import UID
 
-from dicomweb_server.dicom.frames import FrameTable, compute
+from dicomweb_server.dicom.frames import NO_PIXELS, FrameTable, compute
 from dicomweb_server.dicom.ingest import analyse
 from dicomweb_server.dicom.pixel_media import OCTET_STREAM, Wanted, choose_pixel
 from dicomweb_server.dicom.render import (
@@ -136,7 +136,7 @@ def test_stored_object_without_pixels_has_no_frames() -> None:
     del ds.PixelData
     out = io.BytesIO()
     pydicom.dcmwrite(out, ds, enforce_file_format=True)
-    assert analyse(io.BytesIO(out.getvalue())).instance["frames"] == b"{}"
+    assert analyse(io.BytesIO(out.getvalue())).instance["frames"] == NO_PIXELS
 
 
 # -- negotiation --------------------------------------------------------------------------
@@ -222,3 +222,18 @@ def test_viewport_keeps_aspect_and_flips() -> None:
     assert apply_viewport(image, Viewport(10, 10)).size == (10, 5)
     flipped = np.asarray(apply_viewport(image, Viewport(40, 20, (0, 0, -40, 20))))
     assert flipped[0, 0] == 0 and flipped[0, 39] == 255
+
+
+def test_native_decode_masks_and_sign_extends_bits_stored() -> None:
+    """Bits Stored 12 of 16, signed: the 4 high bits are not part of the value (PS3.5 8.1.1)."""
+    from dicomweb_server.dicom.codec import decode
+    from dicomweb_server.dicom.frames import PixelInfo
+
+    values = np.array([[-2048, -1], [0, 2047]], np.int16)
+    stored = (values.astype(np.uint16) & 0x0FFF) | 0xA000  # garbage above bit 11
+    pixel = PixelInfo(2, 2, 1, 16, 12, 1, "MONOCHROME2", 0, 1)
+    table = FrameTable("1.2.840.10008.1.2.1", pixel, (0, 64))
+    assert np.array_equal(decode(table, stored.astype("<u2").tobytes()), values)
+    unsigned = PixelInfo(2, 2, 1, 16, 12, 0, "MONOCHROME2", 0, 1)
+    table = FrameTable("1.2.840.10008.1.2.1", unsigned, (0, 64))
+    assert np.array_equal(decode(table, stored.astype("<u2").tobytes()), stored & 0x0FFF)

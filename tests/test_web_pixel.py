@@ -11,6 +11,7 @@ import numpy as np
 import pydicom
 import pytest
 import sqlalchemy
+from PIL import Image
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate, generate_frames
@@ -94,6 +95,7 @@ def archive(shared_server: Server) -> Archive:
         "j2k": compressed(J2K),
         "jpeg-lossless": sample("SC_rgb_jpeg_gdcm.dcm"),
         "jpeg-baseline": sample("SC_rgb_jpeg_dcmtk.dcm"),
+        "big-endian": sample("MR_small_bigendian.dcm"),
     }
     store(shared_server, *sources.values())
     return Archive(shared_server, sources)
@@ -113,7 +115,9 @@ def native_of(ds: Dataset, payload: bytes) -> np.ndarray:
     return np.frombuffer(payload, dtype=dtype).reshape(shape)
 
 
-@pytest.mark.parametrize("name", ["native", "rle", "jls", "j2k", "jpeg-lossless", "jpeg-baseline"])
+@pytest.mark.parametrize(
+    "name", ["native", "rle", "jls", "j2k", "jpeg-lossless", "jpeg-baseline", "big-endian"]
+)
 def test_octet_stream_frames_equal_the_source_pixels(archive: Archive, name: str) -> None:
     ds = archive.sources[name]
     count = int(ds.get("NumberOfFrames", 1) or 1)
@@ -308,3 +312,76 @@ def test_instance_retrieve_transcodes_to_jpeg_2000(archive: Archive) -> None:
     assert got.file_meta.TransferSyntaxUID == J2K
     assert got.SOPInstanceUID == ds.SOPInstanceUID
     assert np.array_equal(got.pixel_array, ds.pixel_array)
+
+
+def test_deleted_or_replaced_instances_are_not_served_from_memory(shared_server: Server) -> None:
+    ds = make_dataset(frames=2, rows=16, columns=16)
+    store(shared_server, ds)
+    url = f"{shared_server.url}{path_of(ds)}"
+    assert http().get(f"{url}/frames/2", headers={"Accept": OCTET}).status_code == 200
+    assert http().get(f"{url}/rendered").status_code == 200
+    assert http().delete(url).status_code == 204
+    assert http().get(f"{url}/frames/2", headers={"Accept": OCTET}).status_code == 404
+    assert http().get(f"{url}/rendered").status_code == 404
+    ds.PixelData = bytes(len(ds.PixelData))  # stored again, other pixels: all zero
+    store(shared_server, ds)
+    response = http().get(f"{url}/frames/2", headers={"Accept": OCTET})
+    assert parts(response)[0][1] == bytes(512)
+
+
+def test_dicomweb_client_frames_and_rendered(archive: Archive) -> None:
+    from dicomweb_client.api import DICOMwebClient
+
+    client = DICOMwebClient(archive.server.url)
+    ds = archive.sources["rle"]
+    uids = (ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+    frames = client.retrieve_instance_frames(*uids, frame_numbers=[3, 1])
+    assert [native_of(ds, f).tolist() for f in frames] == [
+        reference(ds)[2].tolist(),
+        reference(ds)[0].tolist(),
+    ]
+    stored = client.retrieve_instance_frames(
+        *uids, frame_numbers=[2], media_types=(("image/x-dicom-rle", RLE),)
+    )
+    assert stored[0] == list(generate_frames(ds.PixelData, number_of_frames=3))[1]
+    rendered = client.retrieve_instance_rendered(*uids, media_types=("image/png",))
+    assert Image.open(io.BytesIO(rendered)).size == (64, 64)
+
+
+def test_deflated_and_pixel_less_instances(shared_server: Server) -> None:
+    """Deflated frames cannot be read in place: served from an in-memory conversion.
+    Objects without pixels: frames 404, rendered 406, WADO-URI the object itself."""
+    deflated = make_dataset(frames=2, rows=16, columns=16)
+    deflated.file_meta.TransferSyntaxUID = UID("1.2.840.10008.1.2.1.99")
+    bare = make_dataset()
+    del bare.PixelData
+    store(shared_server, deflated, bare)
+    response = http().get(
+        f"{shared_server.url}{path_of(deflated)}/frames/2", headers={"Accept": OCTET}
+    )
+    assert response.status_code == 200
+    assert np.array_equal(native_of(deflated, parts(response)[0][1]), reference(deflated)[1])
+    assert http().get(f"{shared_server.url}{path_of(bare)}/frames/1").status_code == 404
+    assert http().get(f"{shared_server.url}{path_of(bare)}/rendered").status_code == 406
+    query = {
+        "requestType": "WADO",
+        "studyUID": bare.StudyInstanceUID,
+        "seriesUID": bare.SeriesInstanceUID,
+        "objectUID": bare.SOPInstanceUID,
+    }
+    natural = http().get(f"{shared_server.root}/wado", params=query)
+    assert natural.status_code == 200
+    assert natural.headers["content-type"].startswith("application/dicom")
+
+
+def test_truncated_stored_file_is_a_server_error_not_a_short_frame(shared_server: Server) -> None:
+    ds = make_dataset(frames=4, rows=16, columns=16)
+    store(shared_server, ds)
+    (blob,) = (shared_server.data_dir / "blobs").rglob(f"{ds.SOPInstanceUID}-*.dcm")
+    data = blob.read_bytes()
+    blob.write_bytes(data[: len(data) - 700])  # frame 4 and part of frame 3 gone
+    url = f"{shared_server.url}{path_of(ds)}/frames"
+    response = http().get(f"{url}/4", headers={"Accept": OCTET})
+    assert response.status_code == 500
+    assert "shorter" in response.json()["message"]
+    assert http().get(f"{url}/1", headers={"Accept": OCTET}).status_code == 200

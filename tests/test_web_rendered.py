@@ -11,6 +11,8 @@ import pydicom
 import pytest
 from PIL import Image
 from pydicom.dataset import Dataset
+from pydicom.encaps import encapsulate
+from pydicom.uid import UID
 
 from tests.conftest import Server, http
 from tests.dicomgen import make_dataset, uid
@@ -53,6 +55,18 @@ def pdf_instance(study: str) -> tuple[Dataset, bytes]:
     return ds, document
 
 
+def video_instance(study: str) -> tuple[Dataset, bytes]:
+    """An MPEG-4 AVC/H.264 object (PS3.5 A.4.6): the stream in two fragments."""
+    stream = b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 8
+    ds = make_dataset(study=study, sop_class="1.2.840.10008.5.1.4.1.1.77.1.4.1", frames=25)
+    ds.PhotometricInterpretation, ds.SamplesPerPixel = "YBR_PARTIAL_420", 3
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+    ds.PixelData = encapsulate([stream[:1000], stream[1000:]], has_bot=False)
+    ds["PixelData"].VR, ds["PixelData"].is_undefined_length = "OB", True
+    ds.file_meta.TransferSyntaxUID = UID("1.2.840.10008.1.2.4.102")
+    return ds, stream
+
+
 @dataclass
 class Archive:
     server: Server
@@ -62,6 +76,8 @@ class Archive:
     multi: Dataset
     pdf: Dataset
     document: bytes
+    video: Dataset
+    stream: bytes
 
 
 @pytest.fixture(scope="module")
@@ -72,8 +88,9 @@ def archive(shared_server: Server) -> Archive:
     multi = compressed("1.2.840.10008.1.2.5", frames=5, study=study, series=series)
     rgb = sample("SC_rgb_jpeg_dcmtk.dcm")
     pdf, document = pdf_instance(study)
-    store(shared_server, mono2, mono1, multi, rgb, pdf)
-    return Archive(shared_server, mono2, mono1, rgb, multi, pdf, document)
+    video, stream = video_instance(study)
+    store(shared_server, mono2, mono1, multi, rgb, pdf, video)
+    return Archive(shared_server, mono2, mono1, rgb, multi, pdf, document, video, stream)
 
 
 def image(response: httpx.Response) -> Image.Image:
@@ -155,6 +172,14 @@ def test_pdf_rendered_is_the_document_embeddable_cross_origin(archive: Archive) 
     assert response.content.rstrip(b"\0") == archive.document
 
 
+def test_video_rendered_is_the_stored_stream(archive: Archive) -> None:
+    response = get(archive, path_of(archive.video) + "/rendered")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "video/mp4"
+    assert response.headers["cross-origin-resource-policy"] == "cross-origin"
+    assert response.content == archive.stream
+
+
 @pytest.mark.parametrize(
     ("params", "accept", "status"),
     [
@@ -196,8 +221,10 @@ def test_thumbnails_are_cached_until_the_series_changes(archive: Archive) -> Non
         archive.server,
         ct(study=archive.mono2.StudyInstanceUID, series=archive.mono2.SeriesInstanceUID),
     )
-    image(get(archive, series + "/thumbnail"))
-    assert len(set(cache.rglob("*.img")) - before) == 2
+    second = get(archive, series + "/thumbnail")
+    assert image(second).format == "JPEG"
+    now = set(cache.rglob("*.img")) - before
+    assert len(now) == 1 and now != made  # the old version's thumbnail is gone
     for path in (f"/studies/{archive.mono2.StudyInstanceUID}", path_of(archive.multi)):
         assert image(get(archive, path + "/thumbnail")).format == "JPEG"
 
@@ -297,3 +324,19 @@ def test_wado_uri_bad_requests(archive: Archive, params: dict[str, str], status:
     response = wado(archive, archive.mono2, **params)
     assert response.status_code == status, response.text
     assert http().get(f"{archive.server.root}/health").status_code == 200
+
+
+def test_palette_colour_goes_through_its_lookup_tables(shared_server: Server) -> None:
+    from pydicom.pixels import apply_color_lut  # type: ignore[attr-defined]
+
+    ds = sample("examples_palette.dcm")
+    store(shared_server, ds)
+    response = http().get(
+        f"{shared_server.url}{path_of(ds)}/rendered", headers={"Accept": "image/png"}
+    )
+    rendered = np.asarray(image(response))
+    expected = apply_color_lut(ds.pixel_array, ds)
+    if expected.max() > 255:
+        expected = expected / 257.0
+    assert rendered.shape == expected.shape
+    assert np.abs(rendered.astype(int) - np.round(expected).astype(int)).max() <= 1

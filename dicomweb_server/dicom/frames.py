@@ -118,7 +118,7 @@ class FrameTable:
     def decode(cls, data: bytes) -> FrameTable | None:
         """The stored table; None when the stored value says "no frames" (``{}``)."""
         raw = orjson.loads(data)
-        if not raw:
+        if "px" not in raw:
             return None
         px = raw["px"]
         pixel = PixelInfo(*px)
@@ -130,7 +130,10 @@ class FrameTable:
         return cls(raw["ts"], pixel, native, fragments, raw.get("s", 0))
 
 
+# Stored instead of a table: frames exist but cannot be read in place (deflated,
+# unrecognised fragments), or the object has no Pixel Data at all.
 NO_FRAMES = b"{}"
+NO_PIXELS = b'{"none":1}'
 
 
 def _int(ds: Dataset, keyword: str, default: int) -> int:

@@ -341,10 +341,12 @@ def _inflated(fp: BinaryIO) -> bytes:
 
 
 def _frame_table(fp: BinaryIO, ds: Dataset, ts: str, pixel: list[int] | None) -> bytes:
-    """The encoded frame table (schema v3), or frame_index.NO_FRAMES when frames cannot be
-    read in place (no Pixel Data, deflated, unrecognised fragments)."""
-    if pixel is None or ts == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
-        return frame_index.NO_FRAMES
+    """The encoded frame table (schema v3), NO_PIXELS, or NO_FRAMES when frames cannot be
+    read in place (deflated, unrecognised fragments)."""
+    if ts == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
+        return frame_index.NO_FRAMES  # positions are in the inflated data set, not the file
+    if pixel is None:
+        return frame_index.NO_PIXELS
     try:
         table = frame_index.compute(fp, ds, ts, pixel[0], pixel[1])
     except Exception:  # a frame table is an optimisation: never refuse an object for it

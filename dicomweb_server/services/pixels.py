@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import io
 import logging
+import threading
+from collections import OrderedDict
 from collections.abc import Generator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -19,7 +21,7 @@ import pydicom
 from pydicom.dataelem import RawDataElement
 
 from dicomweb_server.dicom import codec
-from dicomweb_server.dicom.frames import NO_FRAMES, FrameTable, compute, unshift
+from dicomweb_server.dicom.frames import NO_FRAMES, NO_PIXELS, FrameTable, compute, unshift
 from dicomweb_server.dicom.pixel_media import MEDIA_SYNTAXES, OCTET_STREAM, Wanted, media_type_of
 from dicomweb_server.dicom.transcode import to_explicit_little_endian
 from dicomweb_server.dicom.uids import (
@@ -27,7 +29,7 @@ from dicomweb_server.dicom.uids import (
     EXPLICIT_VR_LITTLE_ENDIAN,
     UNCOMPRESSED,
 )
-from dicomweb_server.errors import InvalidRequest, NotAcceptable, NotFound
+from dicomweb_server.errors import InvalidRequest, NotAcceptable, NotFound, StorageUnavailable
 from dicomweb_server.storage.interfaces import BlobStore, IndexStore, StoredInstance
 
 log = logging.getLogger(__name__)
@@ -78,20 +80,70 @@ def parse_frame_list(text: str) -> list[int]:
 
 
 class PixelService:
-    def __init__(self, index: IndexStore, blobs: BlobStore) -> None:
+    """Frames of stored instances.
+
+    Located instances are remembered (a bounded LRU) so that a viewer's run of frame
+    requests costs one index query, not one each. A remembered entry is only used while
+    its blob still exists: blobs are immutable under their key (a new store of an
+    instance gets a new key) and are removed when the instance is deleted or replaced,
+    so a missing blob sends the request back to the index.
+    """
+
+    def __init__(self, index: IndexStore, blobs: BlobStore, cache_size: int = 4096) -> None:
         self.index = index
         self.blobs = blobs
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, Located] = OrderedDict()
+        self._lock = threading.Lock()
+        # openjpeg logs every tile it encodes at INFO: noise in a server log.
+        logging.getLogger("openjpeg").setLevel(logging.WARNING)
+
+    def remembered(self, study: str, series: str, sop: str) -> Located | None:
+        with self._lock:
+            hit = self._cache.get(sop)
+            if hit is not None:
+                self._cache.move_to_end(sop)
+        if hit is None or (hit.instance.study_uid, hit.instance.series_uid) != (study, series):
+            return None
+        try:
+            with self.blobs.open(hit.instance.blob_key):
+                return hit
+        except StorageUnavailable:
+            with self._lock:
+                self._cache.pop(sop, None)
+            return None
+
+    def remember(self, located: Located) -> Located:
+        if located.converted is None and self.cache_size > 0:
+            with self._lock:
+                self._cache[located.instance.sop_instance_uid] = located
+                while len(self._cache) > self.cache_size:
+                    self._cache.popitem(last=False)
+        return located
 
     # -- locating --------------------------------------------------------------------
 
-    def locate(self, study: str, series: str, sop: str) -> Located:
+    def lookup(self, study: str, series: str, sop: str) -> tuple[StoredInstance, bytes | None]:
+        """The instance and its encoded frame table (None: not computed yet); 404 if the
+        instance is not stored under this study and series."""
         found = self.index.frame_table(sop)
         if found is None or (found[0].study_uid, found[0].series_uid) != (study, series):
             raise NotFound(f"instance {sop} is not stored")
-        instance, encoded = found
+        return found
+
+    def locate(self, study: str, series: str, sop: str) -> Located:
+        hit = self.remembered(study, series, sop)
+        if hit is not None:
+            return hit
+        return self.remember(self.located(*self.lookup(study, series, sop)))
+
+    def located(self, instance: StoredInstance, encoded: bytes | None) -> Located:
+        sop = instance.sop_instance_uid
         if encoded is None:
             encoded = self._compute(instance)
             self.index.set_frame_table(sop, instance.blob_key, encoded)
+        if encoded == NO_PIXELS:
+            raise NotFound(f"instance {sop} has no pixel data")
         table = FrameTable.decode(encoded)
         if table is not None:
             return Located(instance, table)
@@ -106,7 +158,7 @@ class PixelService:
                 ds = pydicom.dcmread(fh, defer_size=1024, force=True)
                 raw = ds.get_item(PIXEL_DATA, keep_deferred=True)
                 if not isinstance(raw, RawDataElement):
-                    return NO_FRAMES
+                    return NO_PIXELS
                 length = -1 if raw.length == 0xFFFFFFFF else raw.length
                 table = compute(fh, ds, instance.transfer_syntax, raw.value_tell, length)
             except Exception as exc:  # unreadable: served (or refused) by the slow path
@@ -187,7 +239,7 @@ class PixelService:
             fh.seek(start)
             data = fh.read(length)
             if len(data) < length:
-                raise NotFound(f"frame {number} is missing from the stored file")
+                raise StorageUnavailable(f"the stored file is shorter than frame {number} needs")
             if shift or table.pixel.bits_allocated == 1:
                 data = unshift(data, shift, table.native[1])
             if table.swap:
@@ -200,6 +252,8 @@ class PixelService:
         for offset, length in table.fragments[number - 1]:
             fh.seek(offset)
             pieces.append(fh.read(length))
+            if len(pieces[-1]) < length:
+                raise StorageUnavailable(f"the stored file is shorter than frame {number} needs")
         return b"".join(pieces)
 
     @staticmethod
@@ -217,6 +271,3 @@ class PixelService:
         with self.open_source(located) as fh:
             for number in numbers:
                 yield self.convert(located.table, self.stored_frame(fh, located.table, number), out)
-
-    def frame(self, located: Located, number: int, out: Output) -> bytes:
-        return next(self.frames(located, [number], out))

@@ -13,6 +13,8 @@ import hashlib
 import io
 import logging
 import os
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,8 +70,23 @@ class RenderService:
         self.retrieve = retrieve
         self.pixels = pixels
         self.cache_dir = cache_dir
+        # Presentation attributes by blob key: a key's content never changes.
+        self._headers: OrderedDict[str, Dataset] = OrderedDict()
+        self._lock = threading.Lock()
 
     def _header(self, located: Located) -> Dataset:
+        key = located.instance.blob_key
+        with self._lock:
+            ds = self._headers.get(key)
+        if ds is None:
+            ds = self._read_header(located)
+            with self._lock:
+                self._headers[key] = ds
+                while len(self._headers) > 1024:
+                    self._headers.popitem(last=False)
+        return ds
+
+    def _read_header(self, located: Located) -> Dataset:
         """The attributes the presentation pipeline needs, from the metadata kept at
         store time; the file's header is parsed only for LUT sequences and palettes."""
         i = located.instance
@@ -129,10 +146,15 @@ class RenderService:
     ) -> Rendered:
         """One instance (its first frame, or ``frame``) rendered; documents and video
         in their own type."""
-        found = self.retrieve.instances(study, series, sop)[0]
-        if found.sop_class_uid == ENCAPSULATED_PDF and frame is None:
-            return self._document(found)
-        located = self.pixels.locate(study, series, sop)
+        located = self.pixels.remembered(study, series, sop)
+        if located is None:
+            found, encoded = self.pixels.lookup(study, series, sop)
+            if found.sop_class_uid == ENCAPSULATED_PDF and frame is None:
+                return self._document(found)
+            try:
+                located = self.pixels.remember(self.pixels.located(found, encoded))
+            except NotFound as exc:  # stored, but nothing to render
+                raise NotAcceptable(f"{exc.message}: nothing to render") from exc
         if located.table.transfer_syntax in VIDEO_SYNTAXES and frame is None:
             return self._video(located)
         if not params.media_type:
@@ -172,19 +194,25 @@ class RenderService:
         version = self.retrieve.version(study, series, sop)
         viewport = params.viewport or Viewport(THUMBNAIL_SIZE, THUMBNAIL_SIZE)
         params = RenderParams(params.media_type, params.quality, params.window, viewport)
-        key = hashlib.sha256(
-            repr((study, series, sop, version.updated_at, version.count, params)).encode()
-        ).hexdigest()
-        path = self.cache_dir / key[:2] / f"{key}.img"
+        # One folder per resource; file names start with its version, so a new version
+        # replaces (removes) the thumbnails of older ones.
+        folder = hashlib.sha256(repr((study, series, sop)).encode()).hexdigest()
+        stamp = hashlib.sha256(repr((version.updated_at, version.count)).encode()).hexdigest()
+        variant = hashlib.sha256(repr(params).encode()).hexdigest()[:16]
+        where = self.cache_dir / folder[:2] / folder
+        path = where / f"{stamp[:16]}-{variant}.img"
         try:
             return path.read_bytes()
         except FileNotFoundError:
             pass
         data = self._representative(study, series, sop, params)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temp = path.with_suffix(f".{os.getpid()}.tmp")
+        where.mkdir(parents=True, exist_ok=True)
+        temp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
         temp.write_bytes(data)
         os.replace(temp, path)  # readers see a whole file or none
+        for old in where.glob("*.img"):
+            if not old.name.startswith(stamp[:16]):
+                old.unlink(missing_ok=True)
         return data
 
     def _representative(

@@ -23,7 +23,7 @@ from dicomweb_server.dicom.negotiation import parse_accept
 from dicomweb_server.dicom.render import RENDERED_TYPES, RenderParams, Viewport, Window
 from dicomweb_server.dicom.render import parse_quality as _quality
 from dicomweb_server.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, check_uid, is_valid_uid
-from dicomweb_server.errors import InvalidRequest, NotAcceptable, NotFound
+from dicomweb_server.errors import InvalidRequest, NotAcceptable
 from dicomweb_server.web.negotiate import query_values
 
 _REQUIRED = ("requestType", "studyUID", "seriesUID", "objectUID")
@@ -136,7 +136,7 @@ async def wado(request: Request) -> Response:
         result = await anyio.to_thread.run_sync(
             services.rendering.instance, study, series, sop, frame, params
         )
-    except NotFound:
+    except NotAcceptable:
         if types or frame is not None:
             raise
         # No pixel data and no contentType asked: the object itself is its natural type.
