@@ -21,7 +21,7 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 
 from tests.conftest import REPO, Server, http, start_server
-from tests.dicomgen import multipart
+from tests.dicomgen import make_dataset, multipart, to_part10
 from tests.viewer_studies import ct_series, jpeg2000, multiframe
 
 pytestmark = pytest.mark.browser
@@ -106,6 +106,9 @@ def archive(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Archive]:
             server,
             [jpeg2000(patient_name="Phantom^Jtwok", patient_id="P-J2K", accession="ACC-J2K")],
         )
+        for name in ("Pair^One", "Pair^Two"):
+            pair = make_dataset(patient_name=name, patient_id="P-PAIR", accession="ACC-PAIR")
+            _stow(server, [to_part10(pair)])
         yield archive
     finally:
         server.stop()
@@ -232,6 +235,19 @@ def test_open_link_shows_ct_and_scrolling_changes_the_slice(
     assert after["lit"] != first["lit"]
     assert any("/frames/" in url for url in viewer.dicomweb_calls)
     assert any("/thumbnail" in url for url in viewer.dicomweb_calls)
+
+
+def test_open_link_with_several_studies_lands_on_the_filtered_list(
+    viewer: Watched, archive: Archive
+) -> None:
+    page = viewer.page
+    page.goto(archive.server.root + "/open?AccessionNumber=ACC-PAIR")
+    url = urlparse(page.url)
+    assert (url.path, parse_qs(url.query)) == ("/", {"accession": ["ACC-PAIR"]})
+    page.locator("tr", has_text="Pair, Two").first.wait_for()
+    page.locator("tr", has_text="Pair, One").first.wait_for()
+    assert page.locator("tr", has_text="Phantom, Disc").count() == 0
+    assert any("AccessionNumber=" in call for call in viewer.dicomweb_calls)
 
 
 def test_multiframe_study_shows_frames(viewer: Watched, archive: Archive) -> None:
