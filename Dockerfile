@@ -20,6 +20,13 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY dicomweb_server ./dicomweb_server
 RUN pip install .
+# The OHIF viewer: pinned build from npm, integrity-checked (scripts/fetch-viewer.py).
+COPY scripts/fetch-viewer.py ./scripts/
+COPY viewer_static/app-config.js ./viewer_static/
+RUN python scripts/fetch-viewer.py --dest /app/viewer_static/dist --cache /tmp/ohif \
+    && rm -rf /tmp/ohif
+ENV DICOMWEB_VIEWER_DIR=/app/viewer_static/dist \
+    DICOMWEB_VIEWER_APP_CONFIG=/app/viewer_static/app-config.js
 
 USER pacs
 VOLUME ["/data"]

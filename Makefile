@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint typecheck pytest bench clean
+.PHONY: install viewer run test lint typecheck pytest bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -12,7 +12,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP)
+# The pinned OHIF build (npm registry, integrity-checked, cached); never committed.
+VIEWER := viewer_static/dist/.ohif-version
+$(VIEWER): scripts/fetch-viewer.py
+	$(PYTHON) scripts/fetch-viewer.py
+	touch $@
+
+viewer: $(VIEWER)
+
+install: $(STAMP) $(VIEWER)
 
 run: $(STAMP)
 	$(BIN)/dicomweb-server serve $(ARGS)
@@ -24,7 +32,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP)
+pytest: $(STAMP) $(VIEWER)
 	scripts/ensure-postgres.sh
 	$(BIN)/pytest $(PYTEST_ARGS)
 
@@ -34,4 +42,4 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks run $(ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info viewer_static/dist test-artifacts

@@ -65,6 +65,10 @@ def _serve(args: argparse.Namespace) -> int:
         trusted_proxies=args.trusted_proxies,
         insecure=True if args.insecure else None,
         log_level=args.log_level,
+        viewer_enabled=False if args.no_viewer else None,
+        viewer_dir=args.viewer_dir,
+        viewer_app_config=args.viewer_app_config,
+        viewer_allowed_origins=args.viewer_allowed_origins,
     )
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -249,6 +253,29 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="allow serving a non-loopback address without authentication "
         f"[env {env_name('insecure')}]",
+    )
+    serve.add_argument(
+        "--viewer-dir",
+        type=Path,
+        help="folder of the OHIF build served at / (default: viewer_static/dist of this "
+        f"checkout, filled by `make viewer`) [env {env_name('viewer_dir')}]",
+    )
+    serve.add_argument(
+        "--viewer-app-config",
+        type=Path,
+        help="OHIF app-config.js served in place of the build's (default: "
+        f"viewer_static/app-config.js) [env {env_name('viewer_app_config')}]",
+    )
+    serve.add_argument(
+        "--viewer-allowed-origins",
+        help="comma-separated origins the viewer may also reach, e.g. your OpenID Connect "
+        "provider (added to its Content-Security-Policy) "
+        f"[env {env_name('viewer_allowed_origins')}]",
+    )
+    serve.add_argument(
+        "--no-viewer",
+        action="store_true",
+        help=f"serve the API only, nothing at / [env {env_name('viewer_enabled')}=false]",
     )
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--access-log", action="store_true", help="log every request")

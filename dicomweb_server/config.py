@@ -52,6 +52,16 @@ class Settings:
     insecure: bool = False
     log_level: str = "info"
     thread_limit: int = 64
+    # --- viewer ---
+    # The bundled OHIF viewer at "/". viewer_dir None means the repository's
+    # viewer_static/dist (filled by scripts/fetch-viewer.py); viewer_app_config None
+    # means our committed viewer_static/app-config.js.
+    viewer_enabled: bool = True
+    viewer_dir: Path | None = None
+    viewer_app_config: Path | None = None
+    # Origins (scheme://host[:port]) the viewer may also reach, e.g. an OpenID Connect
+    # provider; added to the CSP's connect-src and frame-src.
+    viewer_allowed_origins: tuple[str, ...] = ()
 
     @property
     def sqlite_path(self) -> Path:
@@ -104,6 +114,11 @@ class Settings:
             raise ValueError(
                 f"log_level must be one of {', '.join(LOG_LEVELS)}, not {self.log_level!r}"
             )
+        for origin in self.viewer_allowed_origins:
+            if not re.fullmatch(r"https?://[A-Za-z0-9.\-\[\]:]+", origin):
+                raise ValueError(
+                    f"viewer_allowed_origins: {origin!r} is not an origin (scheme://host[:port])"
+                )
         for peer in self.trusted_proxies:
             try:
                 ipaddress.ip_network(peer, strict=False)
@@ -133,7 +148,7 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         if text in _FALSE:
             return False
         raise ValueError(f"{source}: {name} must be true or false, not {value!r}")
-    if kind == "Path":
+    if kind in ("Path", "Path | None"):
         if not isinstance(value, (str, Path)) or not str(value):
             raise ValueError(f"{source}: {name} must be a non-empty path, not {value!r}")
         return Path(value)

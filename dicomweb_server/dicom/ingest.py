@@ -447,8 +447,8 @@ def analyse(
         builder.bulk.clear()
     study_json, series_json = _split_levels(metadata)
 
-    frame_table = _frame_table(fp, ds, ts, builder.bulk.get(tag_hex(PIXEL_DATA)))
     attrs = _Attributes(metadata)
+    frame_table = _frame_table(fp, ds, ts, builder.bulk.get(tag_hex(PIXEL_DATA)))
     patient_name = attrs.text("PatientName")
     referring = attrs.text("ReferringPhysicianName")
     return InstanceRecord(

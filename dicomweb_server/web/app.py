@@ -18,7 +18,9 @@ from dicomweb_server.config import Settings
 from dicomweb_server.errors import DicomWebError
 from dicomweb_server.web import qido, stow, wado, wado_uri
 from dicomweb_server.web.errors import handle_domain_error, handle_os_error
+from dicomweb_server.web.open_link import open_routes
 from dicomweb_server.web.pixel import pixel_routes
+from dicomweb_server.web.viewer import viewer_routes
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +87,9 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
         Route("/wado", wado_uri.wado, methods=["GET"]),
         Mount(settings.dicomweb_root, routes=dicomweb_routes() + pixel_routes()),
     ]
+    routes += open_routes(settings)
+    # The viewer's catch-all ("/{path}", SPA fallback) must stay the LAST route.
+    routes += viewer_routes(settings)
     return Starlette(
         routes=routes,
         lifespan=lifespan,

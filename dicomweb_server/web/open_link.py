@@ -1,0 +1,109 @@
+"""``GET /open``: a stable link an HIS can open to show a study in the bundled viewer.
+
+``/open?AccessionNumber=A`` (or ``StudyInstanceUID=`` or ``PatientID=``) looks the
+studies up with the QIDO query engine, by exact value (no wildcards: a deep link names
+a study, it does not search), then:
+
+- one study: 302 to OHIF's viewer route, ``/viewer?StudyInstanceUIDs=<uid>``;
+- several: 302 to OHIF's study list filtered the same way (its URL keys ``accession``
+  and ``mrn``);
+- none: a 404 page; a missing, repeated, unknown or malformed parameter: a 400 page.
+"""
+
+from __future__ import annotations
+
+import html
+from urllib.parse import urlencode
+
+import anyio.to_thread
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from dicomweb_server.bootstrap import Services
+from dicomweb_server.config import Settings
+from dicomweb_server.dicom.attributes import Level
+from dicomweb_server.dicom.matching import STUDY_INSTANCE_UID, Condition, Kind, QueryRequest
+from dicomweb_server.dicom.uids import is_valid_uid
+from dicomweb_server.errors import InvalidRequest
+from dicomweb_server.web.qido import query_pairs
+from dicomweb_server.web.urls import base_url
+
+ACCESSION_NUMBER = 0x00080050
+PATIENT_ID = 0x00100020
+# parameter -> (tag, maximum length of its VR (PS3.5 6.2), OHIF study-list URL key)
+KEYS: dict[str, tuple[int, int, str | None]] = {
+    "AccessionNumber": (ACCESSION_NUMBER, 16, "accession"),
+    "PatientID": (PATIENT_ID, 64, "mrn"),
+    "StudyInstanceUID": (STUDY_INSTANCE_UID, 64, None),
+}
+
+
+def parse_open_params(pairs: list[tuple[str, str]]) -> tuple[str, str]:
+    """The one (parameter, value) of a deep link; InvalidRequest says what is wrong."""
+    if len(pairs) != 1:
+        raise InvalidRequest(
+            "give exactly one of AccessionNumber, StudyInstanceUID or PatientID "
+            f"(got {len(pairs)} parameters)"
+        )
+    name, value = pairs[0]
+    if name not in KEYS:
+        raise InvalidRequest(
+            f"unknown parameter {name!r}: use AccessionNumber, StudyInstanceUID or PatientID"
+        )
+    _, max_len, _ = KEYS[name]
+    value = value.strip()
+    if not value:
+        raise InvalidRequest(f"{name} must not be empty")
+    if len(value) > max_len:
+        raise InvalidRequest(f"{name} is longer than {max_len} characters")
+    if any(c in value for c in "\\*?") or any(ord(c) < 0x20 for c in value):
+        raise InvalidRequest(f"{name} must be one exact value (no wildcards, '\\' or controls)")
+    if name == "StudyInstanceUID" and not is_valid_uid(value):
+        raise InvalidRequest(f"StudyInstanceUID {value!r} is not a valid DICOM UID")
+    return name, value
+
+
+_HEADERS = {
+    "Cache-Control": "no-store",
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+def _page(status: int, title: str, message: str) -> HTMLResponse:
+    text = (
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+        f"<title>{html.escape(title)}</title></head><body><h1>{html.escape(title)}</h1>"
+        f"<p>{html.escape(message)}</p><p><a href='/'>Study list</a></p></body></html>"
+    )
+    return HTMLResponse(text, status_code=status, headers=_HEADERS)
+
+
+async def open_study(request: Request) -> Response:
+    services: Services = request.app.state.services
+    try:
+        name, value = parse_open_params(query_pairs(request.scope.get("query_string", b"")))
+    except InvalidRequest as exc:
+        return _page(400, "Bad link", exc.message)
+    tag, _, list_key = KEYS[name]
+    query = QueryRequest(level=Level.STUDY, conditions=[Condition(tag, Kind.SINGLE, (value,))])
+    query.limit = 2  # enough to tell one study from several
+    base = base_url(request, services.settings)
+    outcome = await anyio.to_thread.run_sync(services.query.search, query, base)
+    uids = [r["0020000D"]["Value"][0] for r in outcome.results if "0020000D" in r]
+    headers = _HEADERS
+    if not uids:
+        return _page(404, "No study found", f"No study has {name} {value}.")
+    if len(uids) == 1:
+        target = "/viewer?" + urlencode({"StudyInstanceUIDs": uids[0]})
+        return RedirectResponse(target, status_code=302, headers=headers)
+    assert list_key is not None  # a StudyInstanceUID names one study
+    return RedirectResponse("/?" + urlencode({list_key: value}), status_code=302, headers=headers)
+
+
+def open_routes(settings: Settings) -> list[BaseRoute]:
+    if not settings.viewer_enabled:
+        return []
+    return [Route("/open", open_study, methods=["GET", "HEAD"])]
