@@ -22,8 +22,10 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-# A worker that dies this soon after it started failed to start: do not loop on it.
+# A worker that dies this soon after it started, this many times in a row, cannot start
+# (bad settings, index unreachable): stop rather than restart it forever.
 _STARTUP_SECONDS = 5.0
+_QUICK_DEATHS = 3
 _STOP_SECONDS = 30.0
 
 
@@ -67,14 +69,22 @@ def run_workers(app: str, host: str, port: int, workers: int, **options: Any) ->
         return proc, time.monotonic()
 
     procs = [start(sock) for sock in socks]
+    quick_deaths = [0] * workers
     status = 0
     try:
         while not stop.wait(0.5):
             for i, (proc, started) in enumerate(procs):
                 if proc.is_alive():
                     continue
-                if time.monotonic() - started < _STARTUP_SECONDS:
-                    log.error("worker %d exited (%s) while starting", proc.pid, proc.exitcode)
+                quick = time.monotonic() - started < _STARTUP_SECONDS
+                quick_deaths[i] = quick_deaths[i] + 1 if quick else 0
+                if quick_deaths[i] >= _QUICK_DEATHS:
+                    log.error(
+                        "worker %d exited (%s) %d times right after starting; stopping",
+                        proc.pid,
+                        proc.exitcode,
+                        _QUICK_DEATHS,
+                    )
                     status = 1
                     stop.set()
                     break

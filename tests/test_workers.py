@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from dicomweb_server.workers import run_workers
 from tests.conftest import Server, start_server
 
 
@@ -106,3 +107,11 @@ def test_sigterm_stops_every_worker(two_workers: Server) -> None:
             not Path(f"/proc/{pid}").exists()
             or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
         )
+
+
+def test_a_worker_that_cannot_start_stops_the_server() -> None:
+    # uvicorn in the worker cannot import the app: it exits at once, every time.
+    started = time.monotonic()
+    status = run_workers("tests.no_such_module:app", "127.0.0.1", 0, 2, log_level="critical")
+    assert status == 1
+    assert time.monotonic() - started < 60
