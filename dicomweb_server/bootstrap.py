@@ -10,6 +10,7 @@ from sqlalchemy.exc import OperationalError
 from dicomweb_server.config import Settings
 from dicomweb_server.dicom.ingest import configure_pydicom
 from dicomweb_server.errors import StorageUnavailable
+from dicomweb_server.services.audit import AuditSink, AuditTrail, JsonlFileSink, SyslogSink
 from dicomweb_server.services.delete import DeleteService
 from dicomweb_server.services.query import QueryService
 from dicomweb_server.services.retrieve import RetrieveService
@@ -29,10 +30,19 @@ class Services:
     delete: DeleteService
     index: SqlIndex
     blobs: FileBlobStore
+    audit: AuditTrail
 
     def close(self) -> None:
         self.index.close()
         self.blobs.close()
+        self.audit.close()
+
+
+def build_audit(settings: Settings) -> AuditTrail:
+    sinks: list[AuditSink] = [JsonlFileSink(settings.audit_path)]
+    if settings.audit_syslog:
+        sinks.append(SyslogSink(settings.audit_syslog))
+    return AuditTrail(sinks)
 
 
 def prepare(settings: Settings) -> None:
@@ -70,4 +80,5 @@ def build_services(settings: Settings) -> Services:
         delete=DeleteService(index, blobs),
         index=index,
         blobs=blobs,
+        audit=build_audit(settings),
     )
