@@ -92,25 +92,32 @@ class SecurityMiddleware:
             scope["state"]["audit_event"] = event
             if method == "DELETE" and event.study_uids:
                 await self._patient_before_delete(services, event)
-        status = {"code": 500}
-        try:
-            await self._run(scope, self._timed(receive), send, status)
-        finally:
-            if event is not None:
-                event.status = status["code"]
-                event.outcome = outcome_of(status["code"])
-                services.audit.record(event)
+        await self._run(scope, self._timed(receive), send, event, services)
 
     async def _run(
-        self, scope: Scope, receive: Receive, send: Send, status: dict[str, int]
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        event: AuditEvent | None,
+        services: Services,
     ) -> None:
-        started = False
+        status = 500
+        recorded = started = False
+
+        def record() -> None:
+            nonlocal recorded
+            if event is not None and not recorded:
+                recorded = True
+                event.status, event.outcome = status, outcome_of(status)
+                services.audit.record(event)
 
         async def tracking(message: Message) -> None:
-            nonlocal started
+            nonlocal status, started
             if message["type"] == "http.response.start":
-                started = True
-                status["code"] = message["status"]
+                status, started = message["status"], True
+                # Before the client can see the outcome: a 204 is complete with its headers.
+                record()
             await send(message)
 
         try:
@@ -118,8 +125,10 @@ class SecurityMiddleware:
         except _SlowBody:
             if started:
                 raise
-            status["code"] = 408
+            status = 408
             await _reply(send, 408, "request body not received in time")
+        finally:
+            record()
 
     def _timed(self, receive: Receive) -> Receive:
         limit = self.settings.body_timeout_seconds
