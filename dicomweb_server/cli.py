@@ -110,6 +110,7 @@ def _serve(args: argparse.Namespace) -> int:
         log_level=settings.log_level,
         timeout_keep_alive=settings.keep_alive_seconds,
         h11_max_incomplete_event_size=settings.max_header_bytes,
+        http="dicomweb_server.web.limits:LimitedHttpToolsProtocol",
         ssl_certfile=settings.tls_cert,
         ssl_keyfile=settings.tls_key,
     )
