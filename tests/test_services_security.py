@@ -7,6 +7,7 @@ import json
 import os
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -158,3 +159,43 @@ def test_security_settings_from_toml(tmp_path: Path) -> None:
     assert settings.auth_enabled and settings.cors_origins == ("https://ohif.example",)
     assert settings.audit_path == Path("data/audit/audit.jsonl")
     assert not load_settings(environ={}).auth_enabled
+
+
+def test_websockets_pass_the_same_gate(tmp_path: Path) -> None:
+    import anyio
+    from starlette.types import Message, Receive, Scope, Send
+
+    from dicomweb_server.web.guard import SecurityMiddleware
+
+    reached: list[str] = []
+
+    async def inner(scope: Scope, receive: Receive, send: Send) -> None:
+        reached.append(scope["state"]["principal"].name)
+
+    key = "dwk_ws-0123456789"
+    settings = load_settings(
+        environ={"DICOMWEB_AUTH_API_KEYS": f"v:reader:{hash_secret(key, fast=True)}"},
+        data_dir=tmp_path,
+    )
+    gate = SecurityMiddleware(inner, settings)
+    audit_path = tmp_path / "audit.jsonl"
+    services = SimpleNamespace(audit=AuditTrail([JsonlFileSink(audit_path)]))
+    app = SimpleNamespace(state=SimpleNamespace(services=services))
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "websocket.connect"}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    def connect(headers: list[tuple[bytes, bytes]]) -> None:
+        scope = {"type": "websocket", "path": "/dicom-web/events", "headers": headers,
+                 "app": app, "client": ("127.0.0.1", 5000), "query_string": b""}  # fmt: skip
+        anyio.run(gate, scope, receive, send)
+
+    connect([])
+    assert sent == [{"type": "websocket.close", "code": 1008}] and reached == []
+    assert b"websocket needs reader" in audit_path.read_bytes()
+    connect([(b"x-api-key", key.encode())])
+    assert reached == ["v"] and len(sent) == 1

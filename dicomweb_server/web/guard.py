@@ -52,6 +52,9 @@ class SecurityMiddleware:
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            await self._websocket(scope, receive, send)
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -93,6 +96,25 @@ class SecurityMiddleware:
             if method == "DELETE" and event.study_uids:
                 await self._patient_before_delete(services, event)
         await self._run(scope, self._timed(receive), send, event, services)
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """WebSockets pass the same policy (as GET); refused ones are closed with 1008."""
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        required = policy.required_role(self.rules, "GET", scope["path"])
+        try:
+            principal = await self.auth.authenticate(headers) or NOBODY
+        except AuthFailed:
+            principal = NOBODY
+        if not policy.allows(principal.roles, required):
+            services: Services = scope["app"].state.services
+            ip = scope["client"][0] if scope.get("client") else None
+            _ws = {**scope, "method": "GET"}
+            self._security_event(services, principal, ip, _ws, 403, f"websocket needs {required}")
+            await receive()  # websocket.connect
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        scope.setdefault("state", {})["principal"] = principal
+        await self.app(scope, receive, send)
 
     async def _run(
         self,
