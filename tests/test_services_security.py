@@ -199,3 +199,18 @@ def test_websockets_pass_the_same_gate(tmp_path: Path) -> None:
     assert b"websocket needs reader" in audit_path.read_bytes()
     connect([(b"x-api-key", key.encode())])
     assert reached == ["v"] and len(sent) == 1
+
+
+def test_verified_tokens_are_remembered_until_they_expire(tmp_path: Path) -> None:
+    k1 = authgen.rsa_key("k1")
+    path = tmp_path / "jwks.json"
+    path.write_text(json.dumps({"keys": [k1.jwk()]}))
+    verifier = _verifier(path, leeway=0)
+    fresh, ending = authgen.token(k1), authgen.token(k1, exp=int(time.time()) + 1)
+    assert verifier.cached(fresh) is None
+    verifier.verify(fresh)
+    verifier.verify(ending)
+    cached = verifier.cached(fresh)
+    assert cached is not None and cached.name == "alice"
+    time.sleep(1.2)
+    assert verifier.cached(ending) is None and verifier.cached(fresh) is not None

@@ -106,9 +106,19 @@ class StaticCredentials:
                 found = entry
         return Principal(found.name, "api-key", frozenset({found.role})) if found else None
 
+    @staticmethod
+    def _cache_key(user: str, password: str) -> bytes:
+        # Binds user and password; a digest, so no password stays in memory.
+        return hashlib.sha256(f"{len(user)}:{user}:{password}".encode()).digest()
+
+    def cached_basic(self, user: str, password: str) -> Principal | None:
+        """A Basic user verified before (no hashing), else None."""
+        with self._lock:
+            hit = self._verified.get(self._cache_key(user, password))
+        return Principal(hit.name, "basic", frozenset({hit.role})) if hit else None
+
     def check_basic(self, user: str, password: str) -> Principal | None:
-        # The cache key binds user and password; a digest, so no password stays in memory.
-        key = hashlib.sha256(f"{len(user)}:{user}:{password}".encode()).digest()
+        key = self._cache_key(user, password)
         with self._lock:
             hit = self._verified.get(key)
         if hit is None:

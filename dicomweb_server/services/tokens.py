@@ -10,6 +10,7 @@ no ``none``, no HMAC with a public key as the secret.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -29,6 +30,8 @@ ALGORITHMS = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
 )
 ROLES = ("reader", "writer", "admin")
+CACHE_SECONDS = 60.0
+CACHE_SIZE = 4096
 
 
 class TokenRejected(Exception):
@@ -134,9 +137,31 @@ class TokenVerifier:
         self.issuer, self.audience = issuer, audience
         self.roles_claim, self.user_claim, self.leeway = roles_claim, user_claim, leeway
         self.role_map = dict(pair.split("=", 1) for pair in role_map)
+        # Verified tokens (by digest) -> (principal, accept until); signature checks cost
+        # about a millisecond, and a viewer sends the same token with every request.
+        self._verified: dict[bytes, tuple[Principal, float]] = {}
+        self._lock = threading.Lock()
+
+    def cached(self, token: str) -> Principal | None:
+        """The principal of a token verified recently and not expired since; else None."""
+        with self._lock:
+            hit = self._verified.get(hashlib.sha256(token.encode()).digest())
+        if hit is not None and time.time() < hit[1]:
+            return hit[0]
+        return None
 
     def verify(self, token: str) -> Principal:
         """The principal of a valid token; TokenRejected (with a reason) otherwise."""
+        principal, claims = self._verify(token)
+        # Kept at most CACHE_SECONDS, so a key withdrawn from the JWKS stops working soon.
+        until = min(float(claims["exp"]) + self.leeway, time.time() + CACHE_SECONDS)
+        with self._lock:
+            if len(self._verified) >= CACHE_SIZE:
+                self._verified.clear()
+            self._verified[hashlib.sha256(token.encode()).digest()] = (principal, until)
+        return principal
+
+    def _verify(self, token: str) -> tuple[Principal, dict[str, Any]]:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
@@ -163,7 +188,7 @@ class TokenVerifier:
             )
         except jwt.PyJWTError as exc:
             raise TokenRejected(f"{type(exc).__name__}: {exc}") from None
-        return Principal(self._name(claims), "jwt", self._roles(claims))
+        return Principal(self._name(claims), "jwt", self._roles(claims)), claims
 
     def _name(self, claims: dict[str, Any]) -> str:
         name = claim_at(claims, self.user_claim) or claims.get("sub") or "unknown"

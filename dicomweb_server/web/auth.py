@@ -82,6 +82,8 @@ class Authenticator:
         scheme, value = scheme.lower(), value.strip()
         if scheme == "bearer" and value:
             if value.count(".") == 2 and self.tokens is not None:
+                if (known := self.tokens.cached(value)) is not None:
+                    return known
                 try:
                     return await anyio.to_thread.run_sync(self.tokens.verify, value)
                 except TokenRejected as exc:
@@ -94,7 +96,9 @@ class Authenticator:
                 raise AuthFailed("malformed Basic credentials") from None
             if not sep:
                 raise AuthFailed("malformed Basic credentials")
-            found = await anyio.to_thread.run_sync(self.static.check_basic, user, password)
+            found = self.static.cached_basic(user, password) or await anyio.to_thread.run_sync(
+                self.static.check_basic, user, password
+            )
             if found is None:
                 raise AuthFailed(f"Basic: wrong user or password for {user[:100]!r}")
             return found
