@@ -212,3 +212,17 @@ def test_a_stalled_body_is_answered_408(tls_server: TlsServer) -> None:
     assert 1.5 < waited < 20
     with tls_server.client() as client:
         assert client.get(tls_server.root + "/health").status_code == 200
+
+
+def test_anonymous_uploads_are_refused_without_reading_them(tls_server: TlsServer) -> None:
+    content_type = 'multipart/related; type="application/dicom"; boundary=x'
+    with tls_server.client() as client:
+        started = time.monotonic()
+        response = client.post(
+            tls_server.root + "/dicom-web/studies",
+            headers={"Content-Type": content_type},
+            content=_stow_chunks(48, 64 * 1024),  # 3 MiB, chunked
+        )
+        assert response.status_code == 401
+        assert time.monotonic() - started < 20
+        assert client.get(tls_server.root + "/health").status_code == 200
