@@ -113,6 +113,11 @@ def test_traversal_and_injection_on_every_path_parameter(fuzzed: Server) -> None
     assert found.status_code == 200 and len(found.json()) == 1
 
 
+def test_without_authentication_unknown_paths_stay_404(fuzzed: Server) -> None:
+    assert _raw(fuzzed, "GET", "/no-such-route")[0] == 404
+    assert _raw(fuzzed, "PATCH", "/dicom-web/studies")[0] == 405
+
+
 def _qido_names() -> list[str]:
     names = [keyword_for_tag(tag) or f"{tag:08X}" for tag in sorted(SUPPORTED_TAGS)]
     return [*names, "limit", "offset", "includefield", "fuzzymatching", "accept", "charset"]

@@ -80,7 +80,9 @@ class SecurityMiddleware:
                 await _reply(send, 401, "authentication required", self.auth.challenges())
                 return
             principal = NOBODY
-        if not policy.allows(principal.roles, required):
+        # Without authentication (loopback only) there is nothing to enforce: unknown
+        # paths keep their plain 404/405.
+        if self.auth.enabled and not policy.allows(principal.roles, required):
             self._security_event(
                 services, principal, ip, scope, 403, f"needs role {required}", forbidden=True
             )
@@ -105,7 +107,7 @@ class SecurityMiddleware:
             principal = await self.auth.authenticate(headers) or NOBODY
         except AuthFailed:
             principal = NOBODY
-        if not policy.allows(principal.roles, required):
+        if self.auth.enabled and not policy.allows(principal.roles, required):
             services: Services = scope["app"].state.services
             ip = scope["client"][0] if scope.get("client") else None
             _ws = {**scope, "method": "GET"}

@@ -5,7 +5,8 @@ string Starlette routes on, so no route can be reached by a path the policy read
 differently. A request no rule matches needs ``DENY``, which no one has: a route added
 later is closed until a rule opens it.
 
-Roles are ordered: admin implies writer implies reader.
+Roles are ordered: admin implies writer implies reader. With authentication off
+(allowed on loopback only) the table is not enforced.
 
 - ``/health`` is anonymous: it tells only whether the index answers, the version and a
   count of instances, no patient data (load balancers probe it without credentials).
