@@ -10,6 +10,7 @@ from sqlalchemy.exc import OperationalError
 from dicomweb_server.config import Settings
 from dicomweb_server.dicom.ingest import configure_pydicom
 from dicomweb_server.errors import StorageUnavailable
+from dicomweb_server.services.audit import AuditSink, AuditTrail, JsonlFileSink, SyslogSink
 from dicomweb_server.services.check import CheckService
 from dicomweb_server.services.delete import DeleteService
 from dicomweb_server.services.pixels import PixelService
@@ -35,10 +36,19 @@ class Services:
     blobs: FileBlobStore
     pixels: PixelService
     rendering: RenderService
+    audit: AuditTrail
 
     def close(self) -> None:
         self.index.close()
         self.blobs.close()
+        self.audit.close()
+
+
+def build_audit(settings: Settings) -> AuditTrail:
+    sinks: list[AuditSink] = [JsonlFileSink(settings.audit_path)]
+    if settings.audit_syslog:
+        sinks.append(SyslogSink(settings.audit_syslog))
+    return AuditTrail(sinks)
 
 
 def prepare(settings: Settings) -> None:
@@ -81,4 +91,5 @@ def build_services(settings: Settings) -> Services:
         blobs=blobs,
         pixels=pixels,
         rendering=RenderService(retrieve, pixels, settings.data_dir / "cache" / "thumbnails"),
+        audit=build_audit(settings),
     )

@@ -69,24 +69,33 @@ def _serve(args: argparse.Namespace) -> int:
         viewer_dir=args.viewer_dir,
         viewer_app_config=args.viewer_app_config,
         viewer_allowed_origins=args.viewer_allowed_origins,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        cors_origins=args.cors_origins,
     )
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    if not settings.is_loopback_bind():
+    if not settings.is_loopback_bind() and not settings.auth_enabled:
         if not settings.insecure:
             log.error(
                 "refusing to serve on %s: only loopback addresses may be served without "
-                "authentication; pass --insecure to override (not for patient data)",
+                "authentication; configure auth_jwks_url/auth_jwks_file, auth_api_keys or "
+                "auth_basic_users, or pass --insecure to override (not for patient data)",
                 settings.host,
             )
             return 2
         log.warning("SERVING WITHOUT AUTHENTICATION ON %s (--insecure)", settings.host)
+    if not settings.auth_enabled:
+        log.warning(
+            "authentication is off: anyone who can reach %s may read and change data", settings.host
+        )
     prepare(settings)
     os.environ.update(to_environ(settings))
     log.info(
-        "dicomweb-server %s on http://%s:%d%s (data %s, index %s, %d worker(s))",
+        "dicomweb-server %s on %s://%s:%d%s (data %s, index %s, %d worker(s))",
         __version__,
+        "https" if settings.tls_enabled else "http",
         settings.host,
         settings.port,
         settings.dicomweb_root,
@@ -101,7 +110,12 @@ def _serve(args: argparse.Namespace) -> int:
         "server_header": False,
         "access_log": args.access_log,
         "log_level": settings.log_level,
-        "timeout_keep_alive": 30,
+        "timeout_keep_alive": settings.keep_alive_seconds,
+        "h11_max_incomplete_event_size": settings.max_header_bytes,
+        # httptools has no header size limit of its own (see web/limits.py).
+        "http": "dicomweb_server.web.limits:LimitedHttpToolsProtocol",
+        "ssl_certfile": settings.tls_cert,
+        "ssl_keyfile": settings.tls_key,
     }
     if settings.workers > 1:
         return run_workers(app, settings.host, settings.port, settings.workers, **options)
@@ -222,6 +236,81 @@ def _check(args: argparse.Namespace) -> int:
     return 0 if report.clean else 1
 
 
+# --- security: hash-password, audit search ---
+
+
+def _hash_password(args: argparse.Namespace) -> int:
+    import getpass
+
+    from dicomweb_server.services.credentials import hash_secret
+
+    if args.generate_key:
+        import secrets
+
+        secret = "dwk_" + secrets.token_urlsafe(32)
+        print(f"key (give to the client, shown once): {secret}", file=sys.stderr)
+    elif sys.stdin.isatty():
+        secret = getpass.getpass("password: ")
+        if secret != getpass.getpass("again: "):
+            print("dicomweb-server: the two entries differ", file=sys.stderr)
+            return 2
+    else:
+        secret = sys.stdin.readline().rstrip("\r\n")
+    if not secret:
+        print("dicomweb-server: empty secret", file=sys.stderr)
+        return 2
+    print(hash_secret(secret, fast=args.generate_key or args.fast))
+    return 0
+
+
+def _audit_search(args: argparse.Namespace) -> int:
+    import orjson
+
+    from dicomweb_server.bootstrap import build_services, prepare
+    from dicomweb_server.services.audit import search_params
+
+    settings = _settings(args, audit_file=args.audit_file)
+    logging.basicConfig(level=logging.WARNING)
+    prepare(settings)
+    services = build_services(settings)
+    try:
+        params = {
+            "patient": args.patient or "",
+            "user": args.user or "",
+            "since": args.since or "",
+            "until": args.until or "",
+            "limit": str(args.limit),
+        }
+        for record in search_params(services.query, settings.audit_path, params):
+            sys.stdout.write(orjson.dumps(record).decode() + "\n")
+    finally:
+        services.close()
+    return 0
+
+
+def _security_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    hp = sub.add_parser(
+        "hash-password",
+        help="hash a password (read from the terminal or stdin) or make a new API key, for "
+        "auth_basic_users / auth_api_keys entries name:role:HASH",
+    )
+    hp.add_argument("--generate-key", action="store_true", help="make a random API key")
+    hp.add_argument("--fast", action="store_true", help="sha256 instead of scrypt (long keys)")
+    hp.set_defaults(func=_hash_password)
+
+    audit = sub.add_parser("audit", help="the audit trail")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    search = audit_sub.add_parser("search", help="print matching audit records as JSON lines")
+    _common(search)
+    search.add_argument("--audit-file", help=f"audit file [env {env_name('audit_file')}]")
+    search.add_argument("--patient", help="Patient ID (exact)")
+    search.add_argument("--user", help="user, API key or AE title name")
+    search.add_argument("--since", help="ISO 8601 time or date, UTC (inclusive)")
+    search.add_argument("--until", help="ISO 8601 time or date, UTC (records before it)")
+    search.add_argument("--limit", type=int, default=100, help="newest N records (default 100)")
+    search.set_defaults(func=_audit_search)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dicomweb-server", description="A DICOMweb-first medical imaging archive."
@@ -277,6 +366,15 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help=f"serve the API only, nothing at / [env {env_name('viewer_enabled')}=false]",
     )
+    serve.add_argument(
+        "--tls-cert", help=f"PEM certificate (chain) for HTTPS [env {env_name('tls_cert')}]"
+    )
+    serve.add_argument("--tls-key", help=f"PEM private key for HTTPS [env {env_name('tls_key')}]")
+    serve.add_argument(
+        "--cors-origins",
+        help="comma-separated origins allowed by CORS, e.g. https://viewer.example.org "
+        f"(default: none, CORS off) [env {env_name('cors_origins')}]",
+    )
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--access-log", action="store_true", help="log every request")
     serve.set_defaults(func=_serve)
@@ -305,6 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
         "one may be a store in flight",
     )
     chk.set_defaults(func=_check)
+    _security_commands(sub)
     return parser
 
 

@@ -20,6 +20,7 @@ ENV_PREFIX = "DICOMWEB_"
 DUPLICATE_POLICIES = ("keep-first", "replace", "reject")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 _TRUE = ("1", "true", "yes", "on")
+ROLES = ("reader", "writer", "admin")
 _FALSE = ("0", "false", "no", "off", "")
 
 
@@ -62,6 +63,50 @@ class Settings:
     # Origins (scheme://host[:port]) the viewer may also reach, e.g. an OpenID Connect
     # provider; added to the CSP's connect-src and frame-src.
     viewer_allowed_origins: tuple[str, ...] = ()
+    # --- security (access control, audit trail, transport) ---
+    # OIDC/OAuth2 bearer tokens: keys from a JWKS URL or file; iss/aud checked when set.
+    auth_jwks_url: str | None = None
+    auth_jwks_file: str | None = None
+    auth_issuer: str | None = None
+    auth_audience: str | None = None
+    # Dotted path of the claim holding the roles (Keycloak: realm_access.roles).
+    auth_roles_claim: str = "roles"
+    # "external=internal" pairs, e.g. "pacs-admins=admin"; unmapped names are kept as is.
+    auth_role_map: tuple[str, ...] = ()
+    auth_user_claim: str = "preferred_username"
+    auth_leeway_seconds: int = 30
+    # A token with an unknown key id refetches the JWKS at most this often (key rotation).
+    auth_jwks_refresh_seconds: int = 10
+    # "name:role:hash" entries; hashes from `dicomweb-server hash-password`.
+    auth_api_keys: tuple[str, ...] = ()
+    auth_basic_users: tuple[str, ...] = ()
+    auth_realm: str = "dicomweb"
+    # JSON lines file; None means <data_dir>/audit/audit.jsonl.
+    audit_file: str | None = None
+    # RFC 5424 syslog copy of every audit record: udp://host:514 or tcp://host:601.
+    audit_syslog: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    hsts_max_age: int = 31_536_000
+    cors_origins: tuple[str, ...] = ()
+    max_header_bytes: int = 64 * 1024
+    # A request body that sends nothing for this long is refused (408).
+    body_timeout_seconds: int = 60
+    keep_alive_seconds: int = 30
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(
+            self.auth_jwks_url or self.auth_jwks_file or self.auth_api_keys or self.auth_basic_users
+        )
+
+    @property
+    def tls_enabled(self) -> bool:
+        return bool(self.tls_cert and self.tls_key)
+
+    @property
+    def audit_path(self) -> Path:
+        return Path(self.audit_file) if self.audit_file else self.data_dir / "audit" / "audit.jsonl"
 
     @property
     def sqlite_path(self) -> Path:
@@ -124,6 +169,36 @@ class Settings:
                 ipaddress.ip_network(peer, strict=False)
             except ValueError as exc:
                 raise ValueError(f"trusted_proxies: {exc}") from None
+        _validate_security(self)
+
+
+def _validate_security(s: Settings) -> None:
+    if s.auth_jwks_url and s.auth_jwks_file:
+        raise ValueError("give auth_jwks_url or auth_jwks_file, not both")
+    if s.auth_jwks_url and not s.auth_jwks_url.startswith(("https://", "http://")):
+        raise ValueError("auth_jwks_url must be an http(s) URL")
+    for name in ("auth_api_keys", "auth_basic_users"):
+        for entry in getattr(s, name):
+            parts = entry.split(":", 2)
+            if len(parts) != 3 or not parts[0] or parts[1] not in ROLES or "$" not in parts[2]:
+                raise ValueError(
+                    f"{name}: entries are name:role:hash with role one of {', '.join(ROLES)} "
+                    "and a hash from `dicomweb-server hash-password`"
+                )
+    for pair in s.auth_role_map:
+        if pair.count("=") != 1 or pair.split("=")[1] not in ROLES:
+            raise ValueError(f"auth_role_map: {pair!r} is not external=reader|writer|admin")
+    if bool(s.tls_cert) != bool(s.tls_key):
+        raise ValueError("tls_cert and tls_key go together")
+    if s.audit_syslog and not re.match(r"^(udp|tcp)://[^:/]+:\d+$", s.audit_syslog):
+        raise ValueError("audit_syslog must be udp://host:port or tcp://host:port")
+    for name in ("max_header_bytes", "body_timeout_seconds", "keep_alive_seconds"):
+        if getattr(s, name) < 1:
+            raise ValueError(f"{name} must be at least 1")
+    if min(s.auth_leeway_seconds, s.hsts_max_age, s.auth_jwks_refresh_seconds) < 0:
+        raise ValueError(
+            "auth_leeway_seconds, auth_jwks_refresh_seconds and hsts_max_age must not be negative"
+        )
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}

@@ -8,6 +8,8 @@ from collections.abc import AsyncIterator
 
 import anyio.to_thread
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
@@ -17,6 +19,7 @@ from dicomweb_server.bootstrap import Services, build_services
 from dicomweb_server.config import Settings
 from dicomweb_server.errors import DicomWebError
 from dicomweb_server.web import qido, stow, wado, wado_uri
+from dicomweb_server.web.audit import audit_routes
 from dicomweb_server.web.errors import handle_domain_error, handle_os_error
 from dicomweb_server.web.open_link import open_routes
 from dicomweb_server.web.pixel import pixel_routes
@@ -67,6 +70,26 @@ async def health(request: Request) -> Response:
     return JSONResponse({"status": "ok", "version": __version__, "instances": count})
 
 
+def security_middleware(settings: Settings) -> list[Middleware]:
+    """CORS outermost (preflights carry no credentials), then the one security gate."""
+    from dicomweb_server.web.guard import SecurityMiddleware
+
+    stack = []
+    if settings.cors_origins:
+        stack.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(settings.cors_origins),
+                allow_methods=["GET", "HEAD", "POST", "PUT", "DELETE"],
+                allow_headers=["Authorization", "X-API-Key", "Accept", "Content-Type", "Range"],
+                expose_headers=["Warning", "Content-Location", "WWW-Authenticate", "ETag"],
+                max_age=600,
+            )
+        )
+    stack.append(Middleware(SecurityMiddleware, settings=settings))
+    return stack
+
+
 def create_app(settings: Settings, services: Services | None = None) -> Starlette:
     """Build the app; services are created in the lifespan unless given (tests)."""
 
@@ -87,11 +110,13 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
         Route("/wado", wado_uri.wado, methods=["GET"]),
         Mount(settings.dicomweb_root, routes=dicomweb_routes() + pixel_routes()),
     ]
+    routes += audit_routes()
     routes += open_routes(settings)
     # The viewer's catch-all ("/{path}", SPA fallback) must stay the LAST route.
     routes += viewer_routes(settings)
     return Starlette(
         routes=routes,
+        middleware=security_middleware(settings),
         lifespan=lifespan,
         exception_handlers={DicomWebError: handle_domain_error, OSError: handle_os_error},
     )

@@ -28,6 +28,7 @@ from dicomweb_server.errors import (
     is_no_space,
 )
 from dicomweb_server.services.store import StoreOutcome, StoreService
+from dicomweb_server.web.audit import note
 from dicomweb_server.web.responses import dataset_response
 from dicomweb_server.web.urls import base_url, path_uids
 
@@ -234,6 +235,19 @@ def stow_response_dataset(
     return dataset, code
 
 
+def _note_stored(request: Request, outcomes: list[StoreOutcome]) -> None:
+    """What the audit record of this request names: the instances actually stored."""
+    event = note(request)
+    if event is None:
+        return
+    stored = [o for o in outcomes if o.stored]
+    event.study_uids = sorted({o.study_uid for o in stored if o.study_uid})
+    event.series_uids = sorted({o.series_uid for o in stored if o.series_uid})
+    event.sop_instance_uids = [o.sop_instance_uid for o in stored if o.sop_instance_uid]
+    if len(stored) < len(outcomes):
+        event.detail = f"{len(outcomes) - len(stored)} of {len(outcomes)} part(s) not stored"
+
+
 async def stow(request: Request) -> Response:
     services: Services = request.app.state.services
     study = path_uids(request)[0] if "study" in request.path_params else None
@@ -255,6 +269,7 @@ async def stow(request: Request) -> Response:
         outcomes = await anyio.to_thread.run_sync(_store_parts, services.store, sink.parts, study)
     finally:
         sink.discard()  # whatever the store did not consume
+    _note_stored(request, outcomes)
     base = base_url(request, services.settings)
     dataset, code = stow_response_dataset(list(outcomes), base, study)
     response = dataset_response(choice, dataset, code)
