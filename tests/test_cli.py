@@ -186,33 +186,16 @@ def test_serve_refuses_a_public_address_without_insecure(tmp_path: Path, how: st
     assert not data_dir.exists()  # not even prepared
 
 
-def _listening_on_any(port: int) -> bool:
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            local, state = line.split()[1], line.split()[3]
-            address, port_hex = local.rsplit(":", 1)
-            if int(port_hex, 16) == port and state == "0A" and set(address) == {"0"}:
-                return True
-    return False
-
-
-def test_serve_insecure_binds_every_address(tmp_path: Path) -> None:
-    server = start_server(
-        tmp_path / "data", f"sqlite:///{tmp_path / 'i.sqlite3'}", "--host", "0.0.0.0", "--insecure"
-    )
-    try:
-        health = httpx.get(f"{server.root}/health", timeout=5)
-        assert health.status_code == 200
-        assert health.json()["status"] == "ok"
-        assert _listening_on_any(server.port)
-        assert "SERVING WITHOUT AUTHENTICATION ON 0.0.0.0" in server.log()
-    finally:
-        server.stop()
-    assert "Application shutdown complete" in server.log()
+def test_serve_insecure_passes_the_bind_check_loudly(tmp_path: Path) -> None:
+    # 192.0.2.1 (TEST-NET-1) is never ours: --insecure gets the start past the check,
+    # then the bind itself fails, so nothing ever listens beyond loopback in tests.
+    result = run_cli(
+        "serve", "--host", "192.0.2.1", "--port", "8999", "--insecure",
+        "--data-dir", str(tmp_path / "d"), timeout=60,
+    )  # fmt: skip
+    assert "SERVING WITHOUT AUTHENTICATION ON 192.0.2.1" in result.stderr
+    assert "refusing to serve" not in result.stderr
+    assert result.returncode != 0
 
 
 def test_serve_with_a_bad_setting_exits_with_a_message(tmp_path: Path) -> None:
