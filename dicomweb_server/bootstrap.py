@@ -9,13 +9,16 @@ from sqlalchemy.exc import OperationalError
 
 from dicomweb_server.config import Settings
 from dicomweb_server.dicom.ingest import configure_pydicom
+from dicomweb_server.dimse.scu import PynetdicomNetwork
 from dicomweb_server.errors import StorageUnavailable
 from dicomweb_server.services.delete import DeleteService
+from dicomweb_server.services.modalities import ModalityService
 from dicomweb_server.services.query import QueryService
 from dicomweb_server.services.retrieve import RetrieveService
 from dicomweb_server.services.store import StoreService
 from dicomweb_server.storage.blob_fs import FileBlobStore
 from dicomweb_server.storage.sql.index import SqlIndex
+from dicomweb_server.storage.sql.modalities import SqlModalities
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +32,8 @@ class Services:
     delete: DeleteService
     index: SqlIndex
     blobs: FileBlobStore
+    # --- dimse ---
+    modalities: ModalityService
 
     def close(self) -> None:
         self.index.close()
@@ -62,12 +67,16 @@ def build_services(settings: Settings) -> Services:
     # Held for the life of the process: a concurrent `prepare` must not clean our spool.
     blobs.hold_spool()
     index = SqlIndex(settings.effective_database_url)
+    retrieve = RetrieveService(index, blobs)
     return Services(
         settings=settings,
         store=StoreService(index, blobs, settings),
         query=QueryService(index),
-        retrieve=RetrieveService(index, blobs),
+        retrieve=retrieve,
         delete=DeleteService(index, blobs),
         index=index,
         blobs=blobs,
+        modalities=ModalityService(
+            settings, SqlModalities(index), PynetdicomNetwork(settings, retrieve)
+        ),
     )

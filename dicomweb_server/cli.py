@@ -18,6 +18,7 @@ from dicomweb_server.errors import DicomWebError
 
 if TYPE_CHECKING:
     from dicomweb_server.bootstrap import Services
+    from dicomweb_server.dimse.scp import Listener as DimseListener
 
 # bootstrap (SQLAlchemy, pydicom) is imported by the commands that need it, so that
 # --help, --version and settings errors answer at once.
@@ -51,8 +52,6 @@ def _settings(args: argparse.Namespace, **extra: object) -> Settings:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from dicomweb_server.bootstrap import prepare
 
     settings = _settings(
@@ -64,6 +63,7 @@ def _serve(args: argparse.Namespace) -> int:
         trusted_proxies=args.trusted_proxies,
         insecure=True if args.insecure else None,
         log_level=args.log_level,
+        **_dimse_overrides(args),
     )
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -89,6 +89,19 @@ def _serve(args: argparse.Namespace) -> int:
         settings.database_url_for_display,
         settings.workers,
     )
+    listener = _start_dimse(settings)
+    try:
+        _run_uvicorn(settings, args)
+    finally:
+        if listener is not None:
+            listener.stop()
+            listener.services.close()
+    return 0
+
+
+def _run_uvicorn(settings: Settings, args: argparse.Namespace) -> None:
+    import uvicorn
+
     uvicorn.run(
         "dicomweb_server.web.asgi:app_from_environment",
         factory=True,
@@ -101,7 +114,79 @@ def _serve(args: argparse.Namespace) -> int:
         log_level=settings.log_level,
         timeout_keep_alive=30,
     )
-    return 0
+
+
+# --- dimse ---
+def _dimse_overrides(args: argparse.Namespace) -> dict[str, object]:
+    return {
+        "dimse_enabled": False if args.no_dimse else None,
+        "dimse_aet": args.dimse_aet,
+        "dimse_port": args.dimse_port,
+        "dimse_max_associations": args.dimse_max_associations,
+        "dimse_timeout": args.dimse_timeout,
+        "dimse_max_pdu": args.dimse_max_pdu,
+        "dimse_reject_unknown": True if args.dimse_reject_unknown else None,
+    }
+
+
+def _start_dimse(settings: Settings) -> DimseListener | None:
+    """Exactly one DIMSE listener per `serve`, in this (parent) process: uvicorn's
+    worker processes are spawned, so they never inherit it."""
+    if not settings.dimse_enabled:
+        return None
+    from dicomweb_server.bootstrap import build_services
+    from dicomweb_server.dimse import scp
+
+    services = build_services(settings)
+    try:
+        return scp.start(services)
+    except OSError as exc:
+        services.close()
+        raise OSError(
+            exc.errno,
+            f"DIMSE port {settings.dimse_port}: {exc.strerror or exc} "
+            "(address already in use?); choose another with --dimse-port or --no-dimse",
+        ) from exc
+
+
+def _add_dimse_flags(serve: argparse.ArgumentParser) -> None:
+    group = serve.add_argument_group("DIMSE gateway")
+    group.add_argument(
+        "--no-dimse",
+        action="store_true",
+        help=f"do not start the DIMSE listener [env {env_name('dimse_enabled')}=false]",
+    )
+    group.add_argument(
+        "--dimse-aet", help=f"our AE title (default DICOMWEB) [env {env_name('dimse_aet')}]"
+    )
+    group.add_argument(
+        "--dimse-port",
+        type=int,
+        help=f"DIMSE port, on the same host as HTTP (default 11112) [env {env_name('dimse_port')}]",
+    )
+    group.add_argument(
+        "--dimse-max-associations",
+        type=int,
+        help=f"concurrent associations (default 10) [env {env_name('dimse_max_associations')}]",
+    )
+    group.add_argument(
+        "--dimse-timeout",
+        type=int,
+        help="ACSE/DIMSE/network timeout in seconds (default 60) "
+        f"[env {env_name('dimse_timeout')}]",
+    )
+    group.add_argument(
+        "--dimse-max-pdu",
+        type=int,
+        help=f"maximum PDU size we receive, 0 = unlimited (default 116794) "
+        f"[env {env_name('dimse_max_pdu')}]",
+    )
+    group.add_argument(
+        "--dimse-reject-unknown",
+        action="store_true",
+        help="refuse associations from AE titles that are not known modalities "
+        f"[env {env_name('dimse_reject_unknown')}]",
+    )
 
 
 def _files(paths: Sequence[Path]) -> Iterator[Path]:
@@ -218,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--access-log", action="store_true", help="log every request")
+    _add_dimse_flags(serve)
     serve.set_defaults(func=_serve)
 
     imp = sub.add_parser("import", help="bulk-load DICOM files and folders")

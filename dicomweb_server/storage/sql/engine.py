@@ -12,7 +12,7 @@ from sqlmodel import SQLModel
 
 from dicomweb_server.storage.sql import models
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 4
 
 
 def is_sqlite(url: str) -> bool:
@@ -86,7 +86,12 @@ def _v2(conn: Connection) -> None:
     )
 
 
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1, 2: _v2}
+def _v4(conn: Connection) -> None:
+    """Known remote AEs of the DIMSE gateway, managed through /admin/modalities."""
+    models.RemoteAE.__table__.create(conn, checkfirst=True)  # type: ignore[attr-defined]
+
+
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1, 2: _v2, 4: _v4}
 
 
 def current_version(engine: Engine) -> int:
