@@ -14,6 +14,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pydicom
@@ -21,15 +22,6 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pynetdicom import AE, build_role
-from pynetdicom.sop_class import (
-    CTImageStorage,
-    MRImageStorage,
-    PatientRootQueryRetrieveInformationModelFind,
-    PatientRootQueryRetrieveInformationModelGet,
-    StudyRootQueryRetrieveInformationModelFind,
-    StudyRootQueryRetrieveInformationModelGet,
-    StudyRootQueryRetrieveInformationModelMove,
-)
 
 from tests.conftest import (
     BACKENDS,
@@ -42,6 +34,12 @@ from tests.conftest import (
 )
 from tests.dicomgen import make_dataset, multipart, to_part10, uid
 
+CTImageStorage = "1.2.840.10008.5.1.4.1.1.2"
+MRImageStorage = "1.2.840.10008.5.1.4.1.1.4"
+PatientRootQueryRetrieveInformationModelFind = "1.2.840.10008.5.1.4.1.2.1.1"
+PatientRootQueryRetrieveInformationModelGet = "1.2.840.10008.5.1.4.1.2.1.3"
+StudyRootQueryRetrieveInformationModelFind = "1.2.840.10008.5.1.4.1.2.2.1"
+StudyRootQueryRetrieveInformationModelMove = "1.2.840.10008.5.1.4.1.2.2.2"
 AET = "DICOMWEB"
 DEST = "STORESCP"
 RUN_TIMEOUT = 120
@@ -170,6 +168,7 @@ def c_find_status(gw: Gateway, model: str, **keys: object) -> tuple[list[Dataset
         for rsp, ds in assoc.send_c_find(ident, model):
             code = int(rsp.Status)
             if code in (0xFF00, 0xFF01):
+                assert ds is not None
                 found.append(ds)
             else:
                 final = code
@@ -463,7 +462,10 @@ def test_c_get_with_pynetdicom_counts_and_stow_stored(gateway: Gateway) -> None:
     ae = scu(PatientRootQueryRetrieveInformationModelGet)
     ae.add_requested_context(MRImageStorage)
     ae.add_requested_context(CTImageStorage)
-    roles = [build_role(CTImageStorage, scp_role=True), build_role(MRImageStorage, scp_role=True)]
+    roles: list[Any] = [
+        build_role(CTImageStorage, scp_role=True),
+        build_role(MRImageStorage, scp_role=True),
+    ]
     assoc = ae.associate(
         "127.0.0.1",
         gateway.port,
