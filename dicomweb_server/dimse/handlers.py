@@ -47,7 +47,11 @@ class Gateway:
 
 def _caller(event: Event) -> tuple[str, str]:
     requestor = event.assoc.requestor
-    return str(requestor.ae_title).strip(), str(requestor.address)
+    aet = requestor.ae_title
+    if not aet.strip() and requestor.primitive is not None:
+        # At EVT_REQUESTED only the A-ASSOCIATE-RQ primitive carries the title.
+        aet = requestor.primitive.calling_ae_title
+    return str(aet).strip(), str(requestor.address)
 
 
 def _permitted(event: Event, gateway: Gateway, operation: str) -> bool:
@@ -74,6 +78,7 @@ def on_requested(event: Event, gateway: Gateway) -> None:
         log.warning("DIMSE: rejected association from unknown AE %r at %s", aet, ip)
         event.assoc.acse.send_reject(0x01, 0x01, 0x03)
         event.assoc.is_rejected = True
+        event.assoc.kill()  # as pynetdicom's own rejections do: lets the A-ASSOCIATE-RJ out
 
 
 def on_echo(event: Event, gateway: Gateway) -> int:

@@ -17,6 +17,7 @@ from dicomweb_server.bootstrap import Services, build_services
 from dicomweb_server.config import Settings
 from dicomweb_server.errors import DicomWebError
 from dicomweb_server.web import qido, stow, wado
+from dicomweb_server.web.admin_modalities import admin_modality_routes
 from dicomweb_server.web.errors import handle_domain_error, handle_os_error
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
         Route("/health", health, methods=["GET"]),
         Mount(settings.dicomweb_root, routes=dicomweb_routes()),
     ]
+    routes += admin_modality_routes()
     return Starlette(
         routes=routes,
         lifespan=lifespan,
