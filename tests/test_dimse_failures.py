@@ -107,7 +107,9 @@ def test_connection_dropped_mid_transfer_stores_nothing(server: Server) -> None:
     assoc = _ae().associate("127.0.0.1", server.dimse_port, ae_title="DICOMWEB")
     assert assoc.is_established
     context = next(cx for cx in assoc.accepted_contexts if cx.abstract_syntax == CT)
-    raw: socket.socket = assoc.dul.socket.socket  # type: ignore[union-attr]
+    assert assoc.dul.socket is not None and context.context_id is not None
+    raw = assoc.dul.socket.socket
+    assert isinstance(raw, socket.socket)
     raw.sendall(_p_data(context.context_id, 0x03, _command(str(ds.SOPInstanceUID))))
     raw.sendall(_p_data(context.context_id, 0x00, data[: len(data) // 2]))
     raw.shutdown(socket.SHUT_RDWR)
