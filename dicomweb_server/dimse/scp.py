@@ -23,13 +23,11 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from dicomweb_server.bootstrap import Services
 from dicomweb_server.config import Settings
-from dicomweb_server.dimse import handlers
+from dicomweb_server.dimse import commitment, handlers
 from dicomweb_server.dimse.handlers import Gateway
 from dicomweb_server.dimse.syntaxes import STORAGE_SYNTAXES, UNCOMPRESSED
 
 log = logging.getLogger(__name__)
-
-STORAGE_COMMITMENT_PUSH = "1.2.840.10008.1.20.1"
 
 
 def build_ae(settings: Settings) -> AE:
@@ -48,6 +46,7 @@ def build_ae(settings: Settings) -> AE:
         )
     for cx in QueryRetrievePresentationContexts:
         ae.add_supported_context(str(cx.abstract_syntax), UNCOMPRESSED)
+    ae.add_supported_context(commitment.PUSH_MODEL, UNCOMPRESSED)
     return ae
 
 
@@ -86,6 +85,7 @@ def start(services: Services, ssl_context: ssl.SSLContext | None = None) -> List
         (evt.EVT_C_FIND, handlers.on_find, [gateway]),
         (evt.EVT_C_MOVE, handlers.on_move, [gateway]),
         (evt.EVT_C_GET, handlers.on_get, [gateway]),
+        (evt.EVT_N_ACTION, commitment.on_action, [gateway]),
     ]
     server = ae.start_server(
         (settings.host, settings.dimse_port),
