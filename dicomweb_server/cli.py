@@ -77,6 +77,7 @@ def _serve(args: argparse.Namespace) -> int:
             )
             return 2
         log.warning("SERVING WITHOUT AUTHENTICATION ON %s (--insecure)", settings.host)
+    _check_modalities(settings)
     prepare(settings)
     os.environ.update(to_environ(settings))
     log.info(
@@ -127,6 +128,14 @@ def _dimse_overrides(args: argparse.Namespace) -> dict[str, object]:
         "dimse_max_pdu": args.dimse_max_pdu,
         "dimse_reject_unknown": True if args.dimse_reject_unknown else None,
     }
+
+
+def _check_modalities(settings: Settings) -> None:
+    """Bad dimse_modalities entries stop `serve` at once (exit 2), not in a worker."""
+    from dicomweb_server.services.modalities import parse_modality
+
+    for spec in settings.dimse_modalities:
+        parse_modality(spec)
 
 
 def _start_dimse(settings: Settings) -> DimseListener | None:
