@@ -72,6 +72,21 @@ def test_invalid_dataset_fails_and_stores_nothing(server: Server) -> None:
     _still_serving(server)
 
 
+def test_duplicates_follow_the_duplicate_policy(server: Server) -> None:
+    """Same bytes again: success; other content under the same UID: the keep-first
+    warning B111 (the policy's STOW-RS code), and the first stays stored."""
+    first = make_dataset(pixel_seed=1)
+    other = make_dataset(sop=str(first.SOPInstanceUID), pixel_seed=2)
+    assoc = _ae().associate("127.0.0.1", server.dimse_port, ae_title="DICOMWEB")
+    assert assoc.is_established
+    try:
+        codes = [int(assoc.send_c_store(ds).Status) for ds in (first, first, other)]
+    finally:
+        assoc.release()
+    assert codes == [0x0000, 0x0000, 0xB111]
+    assert len(qido_instances(server, SOPInstanceUID=str(first.SOPInstanceUID))) == 1
+
+
 def _command(sop: str, message_id: int = 1) -> bytes:
     """A C-STORE-RQ command set (PS3.7 9.3.1.1), Implicit VR Little Endian."""
     cmd = Dataset()

@@ -39,6 +39,7 @@ MRImageStorage = "1.2.840.10008.5.1.4.1.1.4"
 PatientRootQueryRetrieveInformationModelFind = "1.2.840.10008.5.1.4.1.2.1.1"
 PatientRootQueryRetrieveInformationModelGet = "1.2.840.10008.5.1.4.1.2.1.3"
 StudyRootQueryRetrieveInformationModelFind = "1.2.840.10008.5.1.4.1.2.2.1"
+StudyRootQueryRetrieveInformationModelGet = "1.2.840.10008.5.1.4.1.2.2.3"
 StudyRootQueryRetrieveInformationModelMove = "1.2.840.10008.5.1.4.1.2.2.2"
 AET = "DICOMWEB"
 DEST = "STORESCP"
@@ -487,8 +488,9 @@ def test_c_get_with_pynetdicom_counts_and_stow_stored(gateway: Gateway) -> None:
     assert [d.StudyInstanceUID for d in got] == [gateway.stowed]
 
 
-def test_c_find_cancel(gateway: Gateway) -> None:
-    """C-CANCEL-FIND (PS3.7 9.3.2.3): the SCP stops sending matches and answers FE00."""
+@pytest.fixture(scope="module")
+def big_study(gateway: Gateway) -> str:
+    """A study of 300 tiny instances (STOW-RS), enough to cancel in the middle."""
     study, series = uid(), uid()
     parts = [
         to_part10(make_dataset(study=study, series=series, instance_number=n, rows=2, columns=2))
@@ -499,12 +501,17 @@ def test_c_find_cancel(gateway: Gateway) -> None:
         f"{gateway.server.url}/studies", content=body, headers={"Content-Type": header}, timeout=120
     )
     assert response.status_code == 200
+    return study
+
+
+def test_c_find_cancel(gateway: Gateway, big_study: str) -> None:
+    """C-CANCEL-FIND (PS3.7 9.3.2.3): the SCP stops sending matches and answers FE00."""
     ae = scu(StudyRootQueryRetrieveInformationModelFind)
     assoc = ae.associate("127.0.0.1", gateway.port, ae_title=AET)
     assert assoc.is_established
     ident = Dataset()
     ident.QueryRetrieveLevel = "IMAGE"
-    ident.StudyInstanceUID = study
+    ident.StudyInstanceUID = big_study
     ident.SOPInstanceUID = ""
     statuses = []
     try:
@@ -517,6 +524,84 @@ def test_c_find_cancel(gateway: Gateway) -> None:
         assoc.release()
     assert statuses[-1] == 0xFE00, [hex(s) for s in statuses[-3:]]
     assert len(statuses) < 300  # it stopped before the end
+
+
+def _get_association(gateway: Gateway, on_store: Any, *syntaxes: str) -> Any:
+    from pynetdicom import evt
+
+    ae = scu(StudyRootQueryRetrieveInformationModelGet)
+    for sop_class in (CTImageStorage, MRImageStorage):
+        ae.add_requested_context(sop_class, list(syntaxes) or None)
+    roles: list[Any] = [
+        build_role(CTImageStorage, scp_role=True),
+        build_role(MRImageStorage, scp_role=True),
+    ]
+    assoc = ae.associate(
+        "127.0.0.1",
+        gateway.port,
+        ae_title=AET,
+        ext_neg=roles,
+        evt_handlers=[(evt.EVT_C_STORE, on_store)],
+    )
+    assert assoc.is_established
+    return assoc
+
+
+def test_c_get_cancel(gateway: Gateway, big_study: str) -> None:
+    """C-CANCEL-GET: sub-operations stop; the final response is FE00 with counts."""
+    received: list[str] = []
+    assoc: Any = None
+
+    def on_store(event: Any) -> int:
+        received.append(str(event.dataset.SOPInstanceUID))
+        if len(received) == 3:
+            assoc.send_c_cancel(9, query_model=StudyRootQueryRetrieveInformationModelGet)
+        return 0x0000
+
+    assoc = _get_association(gateway, on_store)
+    ident = Dataset()
+    ident.QueryRetrieveLevel = "STUDY"
+    ident.StudyInstanceUID = big_study
+    try:
+        responses = list(
+            assoc.send_c_get(ident, StudyRootQueryRetrieveInformationModelGet, msg_id=9)
+        )
+    finally:
+        assoc.release()
+    final = responses[-1][0]
+    assert final.Status == 0xFE00, hex(final.Status)
+    assert 3 <= final.NumberOfCompletedSuboperations < 300
+    assert final.NumberOfRemainingSuboperations == 300 - final.NumberOfCompletedSuboperations
+
+
+def test_c_get_decompresses_what_the_requester_cannot_take(gateway: Gateway) -> None:
+    rle = next(
+        pydicom.dcmread(p)
+        for p in gateway.files.values()
+        if pydicom.dcmread(p, stop_before_pixels=True).file_meta.TransferSyntaxUID
+        == "1.2.840.10008.1.2.5"
+    )
+    got: list[tuple[str, Any]] = []
+
+    def on_store(event: Any) -> int:
+        ds = event.dataset
+        ds.file_meta = event.file_meta
+        got.append((str(event.context.transfer_syntax), ds.pixel_array))
+        return 0x0000
+
+    assoc = _get_association(gateway, on_store, "1.2.840.10008.1.2.1")
+    ident = Dataset()
+    ident.QueryRetrieveLevel = "IMAGE"
+    ident.StudyInstanceUID = rle.StudyInstanceUID
+    ident.SeriesInstanceUID = rle.SeriesInstanceUID
+    ident.SOPInstanceUID = rle.SOPInstanceUID
+    try:
+        responses = list(assoc.send_c_get(ident, StudyRootQueryRetrieveInformationModelGet))
+    finally:
+        assoc.release()
+    assert responses[-1][0].Status == 0x0000
+    assert len(got) == 1 and got[0][0] == "1.2.840.10008.1.2.1"
+    assert (got[0][1] == rle.pixel_array).all()
 
 
 def test_unknown_sop_class_is_not_accepted(gateway: Gateway) -> None:
