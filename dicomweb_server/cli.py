@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import ssl
 import sys
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -77,7 +78,7 @@ def _serve(args: argparse.Namespace) -> int:
             )
             return 2
         log.warning("SERVING WITHOUT AUTHENTICATION ON %s (--insecure)", settings.host)
-    _check_modalities(settings)
+    _check_dimse(settings)
     prepare(settings)
     os.environ.update(to_environ(settings))
     log.info(
@@ -127,15 +128,22 @@ def _dimse_overrides(args: argparse.Namespace) -> dict[str, object]:
         "dimse_timeout": args.dimse_timeout,
         "dimse_max_pdu": args.dimse_max_pdu,
         "dimse_reject_unknown": True if args.dimse_reject_unknown else None,
+        "dimse_tls_cert": args.dimse_tls_cert,
+        "dimse_tls_key": args.dimse_tls_key,
+        "dimse_tls_ca": args.dimse_tls_ca,
     }
 
 
-def _check_modalities(settings: Settings) -> None:
-    """Bad dimse_modalities entries stop `serve` at once (exit 2), not in a worker."""
+def _check_dimse(settings: Settings) -> None:
+    """Bad DIMSE settings stop `serve` at once (exit 2), not later in a worker."""
     from dicomweb_server.services.modalities import parse_modality
 
     for spec in settings.dimse_modalities:
         parse_modality(spec)
+    for name in ("dimse_tls_cert", "dimse_tls_key", "dimse_tls_ca"):
+        path = getattr(settings, name)
+        if path is not None and not path.is_file():
+            raise ValueError(f"{name}: {path} is not a file")
 
 
 def _start_dimse(settings: Settings) -> DimseListener | None:
@@ -149,6 +157,9 @@ def _start_dimse(settings: Settings) -> DimseListener | None:
     services = build_services(settings)
     try:
         return scp.start(services)
+    except ssl.SSLError as exc:
+        services.close()
+        raise ValueError(f"DIMSE TLS: cannot use the certificate or key: {exc}") from exc
     except OSError as exc:
         services.close()
         raise OSError(
@@ -196,6 +207,14 @@ def _add_dimse_flags(serve: argparse.ArgumentParser) -> None:
         help="refuse associations from AE titles that are not known modalities "
         f"[env {env_name('dimse_reject_unknown')}]",
     )
+    for name, what in (
+        ("cert", "PEM certificate: DIMSE over TLS"),
+        ("key", "PEM private key of the certificate"),
+        ("ca", "PEM CA file: callers must present a certificate it signed"),
+    ):
+        group.add_argument(
+            f"--dimse-tls-{name}", type=Path, help=f"{what} [env {env_name('dimse_tls_' + name)}]"
+        )
 
 
 def _files(paths: Sequence[Path]) -> Iterator[Path]:

@@ -69,6 +69,11 @@ class Settings:
     # Known remote AEs from the configuration: "AET@host:port" or
     # "AET@host:port/echo+store+find+move+get+commit" (allowed operations; default all).
     dimse_modalities: tuple[str, ...] = ()
+    # DIMSE over TLS (PS3.15 B.1): PEM certificate and key turn the listener to TLS;
+    # with a CA file, callers must present a certificate it signed.
+    dimse_tls_cert: Path | None = None
+    dimse_tls_key: Path | None = None
+    dimse_tls_ca: Path | None = None
 
     @property
     def sqlite_path(self) -> Path:
@@ -139,6 +144,10 @@ class Settings:
             raise ValueError("dimse_max_associations must be at least 1")
         if self.dimse_timeout < 1:
             raise ValueError("dimse_timeout must be at least 1 second")
+        if (self.dimse_tls_cert is None) != (self.dimse_tls_key is None):
+            raise ValueError("dimse_tls_cert and dimse_tls_key must be given together")
+        if self.dimse_tls_ca is not None and self.dimse_tls_cert is None:
+            raise ValueError("dimse_tls_ca needs dimse_tls_cert and dimse_tls_key")
         if self.dimse_max_pdu != 0 and not 4096 <= self.dimse_max_pdu <= 2**32 - 1:
             raise ValueError("dimse_max_pdu must be 0 (unlimited) or 4096 to 4294967295")
 
@@ -165,7 +174,7 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         if text in _FALSE:
             return False
         raise ValueError(f"{source}: {name} must be true or false, not {value!r}")
-    if kind == "Path":
+    if kind in ("Path", "Path | None"):
         if not isinstance(value, (str, Path)) or not str(value):
             raise ValueError(f"{source}: {name} must be a non-empty path, not {value!r}")
         return Path(value)

@@ -211,10 +211,15 @@ def _sub_operations(
 def on_move(event: Event, gateway: Gateway) -> Iterator[Any]:
     """C-MOVE (PS3.4 C.4.2): sub-operations to a destination known by AE title."""
     destination: Modality | None = gateway.modalities.find(str(event.move_destination).strip())
-    if not _permitted(event, gateway, "move") or destination is None:
-        if destination is None:
-            log.warning("C-MOVE: unknown destination %r", event.move_destination)
+    if destination is None:
+        log.warning("C-MOVE: unknown destination %r", event.move_destination)
         yield None, None  # pynetdicom answers A801 Move Destination unknown
+        return
+    if not _permitted(event, gateway, "move"):
+        # pynetdicom takes a failure status only after the destination and a count.
+        yield destination.host, destination.port
+        yield 1
+        yield status.with_comment(status.NOT_AUTHORIZED, "this AE may not retrieve"), None
         return
     try:
         instances = _matched_instances(gateway, event)

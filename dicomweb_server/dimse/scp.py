@@ -9,7 +9,6 @@ Query/Retrieve FIND, MOVE and GET, and Storage Commitment Push Model.
 from __future__ import annotations
 
 import logging
-import ssl
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +25,7 @@ from dicomweb_server.config import Settings
 from dicomweb_server.dimse import commitment, handlers
 from dicomweb_server.dimse.handlers import Gateway
 from dicomweb_server.dimse.syntaxes import STORAGE_SYNTAXES, UNCOMPRESSED
+from dicomweb_server.dimse.tls import server_context
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +67,12 @@ class Listener:
         self.server.shutdown()
 
 
-def start(services: Services, ssl_context: ssl.SSLContext | None = None) -> Listener:
-    """Start listening on (host, dimse_port) in background threads.
+def start(services: Services) -> Listener:
+    """Start listening on (host, dimse_port) in background threads, over TLS when
+    a certificate is configured.
 
-    Raises OSError (e.g. address already in use) when the port cannot be bound.
+    Raises OSError (e.g. address already in use, unreadable certificate) when the
+    listener cannot start.
     """
     settings = services.settings
     if settings.log_level.lower() not in ("debug", "trace"):
@@ -91,13 +93,14 @@ def start(services: Services, ssl_context: ssl.SSLContext | None = None) -> List
         (settings.host, settings.dimse_port),
         block=False,
         evt_handlers=events,
-        ssl_context=ssl_context,
+        ssl_context=server_context(settings),
     )
     assert server is not None  # block=False returns the server
     log.info(
-        "DIMSE gateway %s listening on %s:%d",
+        "DIMSE gateway %s listening on %s:%d%s",
         settings.dimse_aet,
         settings.host,
         settings.dimse_port,
+        " over TLS" if settings.dimse_tls_cert else "",
     )
     return Listener(server, gateway)
