@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import io
 import logging
+import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pydicom
@@ -19,13 +20,20 @@ from pydicom.uid import UID
 from pynetdicom.events import Event
 
 from dicomweb_server.bootstrap import Services
+from dicomweb_server.dicom import status as reasons
 from dicomweb_server.dicom.attributes import Level
 from dicomweb_server.dicom.matching import SERIES_INSTANCE_UID, SOP_INSTANCE_UID, STUDY_INSTANCE_UID
 from dicomweb_server.dimse import query as q
 from dicomweb_server.dimse import status
 from dicomweb_server.dimse.query import first
 from dicomweb_server.dimse.scu import storage_contexts
-from dicomweb_server.errors import DicomWebError, InvalidRequest, NotFound, OutOfResources
+from dicomweb_server.errors import (
+    DicomWebError,
+    InvalidRequest,
+    NotFound,
+    OutOfResources,
+    is_no_space,
+)
 from dicomweb_server.services.modalities import Modality, ModalityService, StoredInstance
 from dicomweb_server.services.retrieve import Planned
 
@@ -35,14 +43,31 @@ log = logging.getLogger(__name__)
 MAX_SUBOPS = 65535
 
 
+# Known-AE lookups are cached this long, so a C-STORE does not read the index each
+# time; a change made through /admin/modalities applies within this many seconds.
+AE_CACHE_SECONDS = 2.0
+
+
 @dataclass
 class Gateway:
     services: Services
     modalities: ModalityService
+    _seen: dict[str, tuple[float, Modality | None]] = field(default_factory=dict)
 
     @property
     def aet(self) -> str:
         return self.services.settings.dimse_aet
+
+    def known(self, ae_title: str) -> Modality | None:
+        now = time.monotonic()
+        hit = self._seen.get(ae_title)
+        if hit is not None and now - hit[0] < AE_CACHE_SECONDS:
+            return hit[1]
+        found = self.modalities.find(ae_title)
+        if len(self._seen) > 10_000:  # bounded: titles are chosen by callers
+            self._seen.clear()
+        self._seen[ae_title] = (now, found)
+        return found
 
 
 def _caller(event: Event) -> tuple[str, str]:
@@ -58,7 +83,7 @@ def _permitted(event: Event, gateway: Gateway, operation: str) -> bool:
     """Known AEs may do only their listed operations, from their listed addresses;
     unknown AEs may do everything unless they are rejected at association time."""
     aet, ip = _caller(event)
-    modality = gateway.modalities.find(aet)
+    modality = gateway.known(aet)
     if modality is None:
         return not gateway.services.settings.dimse_reject_unknown
     allowed = modality.allows(operation, ip)
@@ -73,7 +98,7 @@ def on_requested(event: Event, gateway: Gateway) -> None:
     if not gateway.services.settings.dimse_reject_unknown:
         return
     aet, ip = _caller(event)
-    modality = gateway.modalities.find(aet)
+    modality = gateway.known(aet)
     if modality is None or (modality.allowed_ips and ip not in modality.allowed_ips):
         log.warning("DIMSE: rejected association from unknown AE %r at %s", aet, ip)
         event.assoc.acse.send_reject(0x01, 0x01, 0x03)
@@ -95,7 +120,9 @@ def on_store(event: Event, gateway: Gateway) -> int | Dataset:
         path, fh = store.new_spool_file()
     except OSError as exc:
         log.error("C-STORE: cannot spool: %s", exc)
-        return status.with_comment(status.OUT_OF_RESOURCES, "no space left on the archive")
+        if is_no_space(exc):
+            return status.with_comment(status.OUT_OF_RESOURCES, "no space left on the archive")
+        return status.with_comment(reasons.PROCESSING_FAILURE, "cannot spool the dataset")
     try:
         with fh:
             # The dataset as received, with a File Meta header naming the context's
@@ -103,10 +130,10 @@ def on_store(event: Event, gateway: Gateway) -> int | Dataset:
             fh.write(event.encoded_dataset(include_meta=True))
     except Exception as exc:
         path.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
+        if is_no_space(exc):
             return status.with_comment(status.OUT_OF_RESOURCES, "no space left on the archive")
-        log.exception("C-STORE: cannot read the dataset")
-        return status.with_comment(status.CANNOT_UNDERSTAND, "the dataset cannot be read")
+        log.exception("C-STORE: cannot spool the dataset")
+        return status.with_comment(reasons.PROCESSING_FAILURE, "cannot spool the dataset")
     outcome = store.store_spooled(path)
     code = status.store_status(outcome)
     if code == status.SUCCESS:
