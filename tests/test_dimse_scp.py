@@ -526,6 +526,34 @@ def test_c_find_cancel(gateway: Gateway, big_study: str) -> None:
     assert len(statuses) < 300  # it stopped before the end
 
 
+def test_c_move_cancel(gateway: Gateway, big_study: str, tmp_path: Path) -> None:
+    """C-CANCEL-MOVE: sub-operations stop; FE00 with the counts so far."""
+    ae = scu(StudyRootQueryRetrieveInformationModelMove)
+    assoc = ae.associate("127.0.0.1", gateway.port, ae_title=AET)
+    assert assoc.is_established
+    ident = Dataset()
+    ident.QueryRetrieveLevel = "STUDY"
+    ident.StudyInstanceUID = big_study
+    proc = _storescp(gateway.dest_port, tmp_path)
+    responses = []
+    try:
+        model = StudyRootQueryRetrieveInformationModelMove
+        for rsp, _ in assoc.send_c_move(ident, DEST, model, msg_id=11):
+            responses.append(rsp)
+            if len(responses) == 2:
+                assoc.send_c_cancel(11, query_model=model)
+    finally:
+        assoc.release()
+        proc.terminate()
+        proc.wait(timeout=20)
+    final = responses[-1]
+    assert final.Status == 0xFE00, hex(final.Status)
+    done = final.NumberOfCompletedSuboperations
+    assert 2 <= done < 300
+    assert final.NumberOfRemainingSuboperations == 300 - done
+    assert len(list(tmp_path.iterdir())) == done
+
+
 def _get_association(gateway: Gateway, on_store: Any, *syntaxes: str) -> Any:
     from pynetdicom import evt
 
