@@ -115,3 +115,30 @@ def test_serve_help_documents_the_dimse_flags() -> None:
     text = " ".join(run_cli("serve", "--help").stdout.split())
     for env in ("DICOMWEB_DIMSE_AET", "DICOMWEB_DIMSE_PORT", "DICOMWEB_DIMSE_REJECT_UNKNOWN"):
         assert env in text
+
+
+def test_stop_does_not_wait_for_an_idle_association(tmp_path: Path) -> None:
+    """SIGTERM aborts open associations instead of waiting up to the network timeout."""
+    import signal
+    import time
+
+    from pynetdicom import AE
+
+    server = start_server(tmp_path / "data", f"sqlite:///{tmp_path / 'i.sqlite3'}")
+    ae = AE(ae_title="IDLE")
+    ae.add_requested_context("1.2.840.10008.1.1")
+    assoc = ae.associate("127.0.0.1", server.dimse_port, ae_title="DICOMWEB")
+    try:
+        assert assoc.is_established
+        started = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        server.process.wait(timeout=30)
+        assert time.monotonic() - started < 10
+        deadline = time.monotonic() + 10
+        while assoc.is_established and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert assoc.is_aborted
+    finally:
+        server.stop()
+        if assoc.is_established:
+            assoc.abort()

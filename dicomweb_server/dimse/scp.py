@@ -64,6 +64,10 @@ class Listener:
         return self.gateway.services
 
     def stop(self) -> None:
+        """Abort open associations, then close: a stop never waits for a peer that
+        keeps an association idle (up to the network timeout) or a stalled handshake."""
+        for assoc in list(self.server.ae.active_associations):
+            assoc.abort()
         self.server.shutdown()
 
 
@@ -96,6 +100,8 @@ def start(services: Services) -> Listener:
         ssl_context=server_context(settings),
     )
     assert server is not None  # block=False returns the server
+    # Association threads must not keep the process alive, nor be joined at shutdown.
+    server.daemon_threads = True
     log.info(
         "DIMSE gateway %s listening on %s:%d%s",
         settings.dimse_aet,
