@@ -82,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--seconds", type=float, default=15.0, help="duration of each workload")
     x.add_argument("--workers", type=int, default=2, help="--workers for our server")
     x.set_defaults(targets="ours", url=[], database_url=None, ours_root="/dicom-web")
+    d = sub.add_parser("dimse", help="C-STORE instances/s of the small corpus with storescu")
+    d.add_argument("--quick", action="store_true", help="the quick corpus")
+    d.add_argument("--compare", action="append", default=[], choices=["orthanc"])
+    d.add_argument("--clients", default="1,4", help="comma list of concurrent associations")
+    d.add_argument("--workers", type=int, default=2, help="--workers for our server")
+    d.add_argument("--database-url", help="passed to our server")
     return p
 
 
@@ -234,4 +240,8 @@ def main(argv: list[str] | None = None) -> int:
         c = load_or_generate(QUICK if args.quick else FULL)
         print(corpus_info(c))
         return 0
+    if args.command == "dimse":
+        from .dimse import run_dimse
+
+        return run_dimse(args)
     return run(args)

@@ -9,10 +9,12 @@ from sqlalchemy.exc import OperationalError
 
 from dicomweb_server.config import Settings
 from dicomweb_server.dicom.ingest import configure_pydicom
+from dicomweb_server.dimse.scu import PynetdicomNetwork
 from dicomweb_server.errors import StorageUnavailable
 from dicomweb_server.services.audit import AuditSink, AuditTrail, JsonlFileSink, SyslogSink
 from dicomweb_server.services.check import CheckService
 from dicomweb_server.services.delete import DeleteService
+from dicomweb_server.services.modalities import ModalityService
 from dicomweb_server.services.pixels import PixelService
 from dicomweb_server.services.query import QueryService
 from dicomweb_server.services.rendering import RenderService
@@ -20,6 +22,7 @@ from dicomweb_server.services.retrieve import RetrieveService
 from dicomweb_server.services.store import StoreService
 from dicomweb_server.storage.blob_fs import FileBlobStore
 from dicomweb_server.storage.sql.index import SqlIndex
+from dicomweb_server.storage.sql.modalities import SqlModalities
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +40,8 @@ class Services:
     pixels: PixelService
     rendering: RenderService
     audit: AuditTrail
+    # --- dimse ---
+    modalities: ModalityService
 
     def close(self) -> None:
         self.index.close()
@@ -92,4 +97,7 @@ def build_services(settings: Settings) -> Services:
         pixels=pixels,
         rendering=RenderService(retrieve, pixels, settings.data_dir / "cache" / "thumbnails"),
         audit=build_audit(settings),
+        modalities=ModalityService(
+            settings, SqlModalities(index), PynetdicomNetwork(settings, retrieve)
+        ),
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import ssl
 import sys
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -19,6 +20,7 @@ from dicomweb_server.workers import run_workers
 
 if TYPE_CHECKING:
     from dicomweb_server.bootstrap import Services
+    from dicomweb_server.dimse.scp import Listener as DimseListener
 
 # bootstrap (SQLAlchemy, pydicom) is imported by the commands that need it, so that
 # --help, --version and settings errors answer at once.
@@ -52,8 +54,6 @@ def _settings(args: argparse.Namespace, **extra: object) -> Settings:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from dicomweb_server.bootstrap import prepare
 
     settings = _settings(
@@ -72,6 +72,7 @@ def _serve(args: argparse.Namespace) -> int:
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         cors_origins=args.cors_origins,
+        **_dimse_overrides(args),
     )
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -90,6 +91,7 @@ def _serve(args: argparse.Namespace) -> int:
         log.warning(
             "authentication is off: anyone who can reach %s may read and change data", settings.host
         )
+    _check_dimse(settings)
     prepare(settings)
     os.environ.update(to_environ(settings))
     log.info(
@@ -103,6 +105,18 @@ def _serve(args: argparse.Namespace) -> int:
         settings.database_url_for_display,
         settings.workers,
     )
+    listener = _start_dimse(settings)
+    try:
+        return _run_uvicorn(settings, args)
+    finally:
+        if listener is not None:
+            listener.stop()
+            listener.services.close()
+
+
+def _run_uvicorn(settings: Settings, args: argparse.Namespace) -> int:
+    import uvicorn
+
     app = "dicomweb_server.web.asgi:app_from_environment"
     options: dict[str, Any] = {
         "factory": True,
@@ -121,6 +135,105 @@ def _serve(args: argparse.Namespace) -> int:
         return run_workers(app, settings.host, settings.port, settings.workers, **options)
     uvicorn.run(app, host=settings.host, port=settings.port, **options)
     return 0
+
+
+# --- dimse ---
+def _dimse_overrides(args: argparse.Namespace) -> dict[str, object]:
+    return {
+        "dimse_enabled": False if args.no_dimse else None,
+        "dimse_aet": args.dimse_aet,
+        "dimse_port": args.dimse_port,
+        "dimse_max_associations": args.dimse_max_associations,
+        "dimse_timeout": args.dimse_timeout,
+        "dimse_max_pdu": args.dimse_max_pdu,
+        "dimse_reject_unknown": True if args.dimse_reject_unknown else None,
+        "dimse_tls_cert": args.dimse_tls_cert,
+        "dimse_tls_key": args.dimse_tls_key,
+        "dimse_tls_ca": args.dimse_tls_ca,
+    }
+
+
+def _check_dimse(settings: Settings) -> None:
+    """Bad DIMSE settings stop `serve` at once (exit 2), not later in a worker."""
+    from dicomweb_server.services.modalities import parse_modality
+
+    for spec in settings.dimse_modalities:
+        parse_modality(spec)
+    for name in ("dimse_tls_cert", "dimse_tls_key", "dimse_tls_ca"):
+        path = getattr(settings, name)
+        if path is not None and not path.is_file():
+            raise ValueError(f"{name}: {path} is not a file")
+
+
+def _start_dimse(settings: Settings) -> DimseListener | None:
+    """Exactly one DIMSE listener per `serve`, in this (parent) process: uvicorn's
+    worker processes are spawned, so they never inherit it."""
+    if not settings.dimse_enabled:
+        return None
+    from dicomweb_server.bootstrap import build_services
+    from dicomweb_server.dimse import scp
+
+    services = build_services(settings)
+    try:
+        return scp.start(services)
+    except ssl.SSLError as exc:
+        services.close()
+        raise ValueError(f"DIMSE TLS: cannot use the certificate or key: {exc}") from exc
+    except OSError as exc:
+        services.close()
+        raise OSError(
+            exc.errno,
+            f"DIMSE port {settings.dimse_port}: {exc.strerror or exc} "
+            "(address already in use?); choose another with --dimse-port or --no-dimse",
+        ) from exc
+
+
+def _add_dimse_flags(serve: argparse.ArgumentParser) -> None:
+    group = serve.add_argument_group("DIMSE gateway")
+    group.add_argument(
+        "--no-dimse",
+        action="store_true",
+        help=f"do not start the DIMSE listener [env {env_name('dimse_enabled')}=false]",
+    )
+    group.add_argument(
+        "--dimse-aet", help=f"our AE title (default DICOMWEB) [env {env_name('dimse_aet')}]"
+    )
+    group.add_argument(
+        "--dimse-port",
+        type=int,
+        help=f"DIMSE port, on the same host as HTTP (default 11112) [env {env_name('dimse_port')}]",
+    )
+    group.add_argument(
+        "--dimse-max-associations",
+        type=int,
+        help=f"concurrent associations (default 10) [env {env_name('dimse_max_associations')}]",
+    )
+    group.add_argument(
+        "--dimse-timeout",
+        type=int,
+        help="ACSE/DIMSE/network timeout in seconds (default 60) "
+        f"[env {env_name('dimse_timeout')}]",
+    )
+    group.add_argument(
+        "--dimse-max-pdu",
+        type=int,
+        help=f"maximum PDU size we receive, 0 = unlimited (default 116794) "
+        f"[env {env_name('dimse_max_pdu')}]",
+    )
+    group.add_argument(
+        "--dimse-reject-unknown",
+        action="store_true",
+        help="refuse associations from AE titles that are not known modalities "
+        f"[env {env_name('dimse_reject_unknown')}]",
+    )
+    for name, what in (
+        ("cert", "PEM certificate: DIMSE over TLS"),
+        ("key", "PEM private key of the certificate"),
+        ("ca", "PEM CA file: callers must present a certificate it signed"),
+    ):
+        group.add_argument(
+            f"--dimse-tls-{name}", type=Path, help=f"{what} [env {env_name('dimse_tls_' + name)}]"
+        )
 
 
 def _files(paths: Sequence[Path]) -> Iterator[Path]:
@@ -377,6 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--access-log", action="store_true", help="log every request")
+    _add_dimse_flags(serve)
     serve.set_defaults(func=_serve)
 
     imp = sub.add_parser("import", help="bulk-load DICOM files and folders")

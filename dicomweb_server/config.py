@@ -94,6 +94,29 @@ class Settings:
     body_timeout_seconds: int = 60
     keep_alive_seconds: int = 30
 
+    # --- dimse ---
+    # The DIMSE gateway (PS3.7/PS3.8), started beside HTTP by `serve`, on the same host.
+    dimse_enabled: bool = True
+    dimse_aet: str = "DICOMWEB"
+    dimse_port: int = 11112
+    dimse_max_associations: int = 10
+    # Seconds for ACSE, DIMSE and network inactivity timeouts.
+    dimse_timeout: int = 60
+    # Largest P-DATA PDU we receive (PS3.8 D.3.3.1); 0 means unlimited.
+    dimse_max_pdu: int = 116794
+    # Refuse associations whose calling AE title is not a known modality.
+    dimse_reject_unknown: bool = False
+    # Refuse associations whose called AE title is not ours.
+    dimse_check_called_aet: bool = True
+    # Known remote AEs from the configuration: "AET@host:port" or
+    # "AET@host:port/echo+store+find+move+get+commit" (allowed operations; default all).
+    dimse_modalities: tuple[str, ...] = ()
+    # DIMSE over TLS (PS3.15 B.1): PEM certificate and key turn the listener to TLS;
+    # with a CA file, callers must present a certificate it signed.
+    dimse_tls_cert: Path | None = None
+    dimse_tls_key: Path | None = None
+    dimse_tls_ca: Path | None = None
+
     @property
     def auth_enabled(self) -> bool:
         return bool(
@@ -164,12 +187,32 @@ class Settings:
                 raise ValueError(
                     f"viewer_allowed_origins: {origin!r} is not an origin (scheme://host[:port])"
                 )
+        _validate_dimse(self)
         for peer in self.trusted_proxies:
             try:
                 ipaddress.ip_network(peer, strict=False)
             except ValueError as exc:
                 raise ValueError(f"trusted_proxies: {exc}") from None
         _validate_security(self)
+
+
+def _validate_dimse(self: Settings) -> None:
+    if not 1 <= len(self.dimse_aet.strip()) <= 16 or "\\" in self.dimse_aet:
+        raise ValueError("dimse_aet must be 1 to 16 characters (PS3.5 AE), without '\\'")
+    if not 1 <= self.dimse_port <= 65535:
+        raise ValueError(f"dimse_port {self.dimse_port} is out of range")
+    if self.dimse_enabled and self.dimse_port == self.port:
+        raise ValueError("dimse_port must differ from the HTTP port")
+    if self.dimse_max_associations < 1:
+        raise ValueError("dimse_max_associations must be at least 1")
+    if self.dimse_timeout < 1:
+        raise ValueError("dimse_timeout must be at least 1 second")
+    if (self.dimse_tls_cert is None) != (self.dimse_tls_key is None):
+        raise ValueError("dimse_tls_cert and dimse_tls_key must be given together")
+    if self.dimse_tls_ca is not None and self.dimse_tls_cert is None:
+        raise ValueError("dimse_tls_ca needs dimse_tls_cert and dimse_tls_key")
+    if self.dimse_max_pdu != 0 and not 4096 <= self.dimse_max_pdu <= 2**32 - 1:
+        raise ValueError("dimse_max_pdu must be 0 (unlimited) or 4096 to 4294967295")
 
 
 def _validate_security(s: Settings) -> None:

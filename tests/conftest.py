@@ -104,6 +104,8 @@ class Server:
     data_dir: Path
     database_url: str
     log_path: Path
+    # --- dimse --- the DIMSE listener's port (0 when started with --no-dimse)
+    dimse_port: int = 0
 
     @property
     def root(self) -> str:
@@ -133,6 +135,11 @@ def start_server(
     data_dir: Path, database_url: str, *extra_args: str, env: dict[str, str] | None = None
 ) -> Server:
     port = free_port()
+    # Every server gets its own DIMSE port, so servers of concurrent tests never collide.
+    dimse_port = 0
+    if not any(a in extra_args for a in ("--dimse-port", "--no-dimse")):
+        dimse_port = free_port()
+        extra_args = (*extra_args, "--dimse-port", str(dimse_port))
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = data_dir.parent / f"server-{port}.log"
     cmd = [
@@ -158,7 +165,7 @@ def start_server(
         process = subprocess.Popen(
             cmd, stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=REPO
         )
-    server = Server(process, port, data_dir, database_url, log_path)
+    server = Server(process, port, data_dir, database_url, log_path, dimse_port)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:

@@ -16,10 +16,20 @@ ALLOWED: dict[str, set[str]] = {
     "dicom": {"errors"},
     "storage": {"dicom", "errors"},
     "services": {"storage.interfaces", "dicom", "errors", "config"},
-    "bootstrap": {"services", "storage", "dicom", "errors", "config"},
+    "bootstrap": {
+        "services",
+        "storage",
+        "dicom",
+        "errors",
+        "config",
+        "dimse.scu",
+        "dimse.syntaxes",
+    },
     "web": {"services", "bootstrap", "dicom", "errors", "config", "__init__"},
     "workers": set(),
-    "cli": {"services", "bootstrap", "dicom", "errors", "config", "workers", "__init__"},
+    "cli": {"services", "bootstrap", "dicom", "errors", "config", "workers", "__init__", "dimse"},
+    # The DIMSE adapter, like web: never storage, web or cli.
+    "dimse": {"services", "bootstrap", "dicom", "errors", "config"},
 }
 
 

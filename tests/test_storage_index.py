@@ -13,7 +13,7 @@ from sqlalchemy import text
 
 from dicomweb_server.dicom.ingest import InstanceRecord, analyse
 from dicomweb_server.errors import Conflict, NotFound, OutOfResources
-from dicomweb_server.storage.sql.engine import SCHEMA_VERSION, current_version
+from dicomweb_server.storage.sql.engine import MIGRATIONS, SCHEMA_VERSION, current_version
 from dicomweb_server.storage.sql.index import IndexFull, SqlIndex
 from tests.conftest import SmallFs
 from tests.dicomgen import make_dataset, to_part10, uid
@@ -45,7 +45,8 @@ def rows(index: SqlIndex, table: str) -> int:
 def test_migrate_records_the_schema_version_once(index: SqlIndex) -> None:
     assert current_version(index.write_engine) == SCHEMA_VERSION
     assert index.migrate() == []
-    assert rows(index, "schema_version") == SCHEMA_VERSION
+    # Version numbers are assigned per feature branch, so the list may have gaps.
+    assert rows(index, "schema_version") == len(MIGRATIONS)
 
 
 def test_add_then_find(index: SqlIndex) -> None:

@@ -19,6 +19,7 @@ from dicomweb_server.bootstrap import Services, build_services
 from dicomweb_server.config import Settings
 from dicomweb_server.errors import DicomWebError
 from dicomweb_server.web import qido, stow, wado, wado_uri
+from dicomweb_server.web.admin_modalities import admin_modality_routes
 from dicomweb_server.web.audit import audit_routes
 from dicomweb_server.web.errors import handle_domain_error, handle_os_error
 from dicomweb_server.web.open_link import open_routes
@@ -111,6 +112,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
         Mount(settings.dicomweb_root, routes=dicomweb_routes() + pixel_routes()),
     ]
     routes += audit_routes()
+    routes += admin_modality_routes()
     routes += open_routes(settings)
     # The viewer's catch-all ("/{path}", SPA fallback) must stay the LAST route.
     routes += viewer_routes(settings)

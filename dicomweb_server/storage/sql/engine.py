@@ -12,7 +12,7 @@ from sqlmodel import SQLModel
 
 from dicomweb_server.storage.sql import models
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 def is_sqlite(url: str) -> bool:
@@ -94,7 +94,12 @@ def _v3(conn: Connection) -> None:
         conn.execute(text(f"ALTER TABLE instance ADD COLUMN frames {kind}"))
 
 
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1, 2: _v2, 3: _v3}
+def _v4(conn: Connection) -> None:
+    """Known remote AEs of the DIMSE gateway, managed through /admin/modalities."""
+    models.RemoteAE.__table__.create(conn, checkfirst=True)  # type: ignore[attr-defined]
+
+
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1, 2: _v2, 3: _v3, 4: _v4}
 
 
 def current_version(engine: Engine) -> int:

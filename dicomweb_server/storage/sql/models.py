@@ -91,3 +91,17 @@ class SchemaVersion(SQLModel, table=True):
 
     version: int = Field(primary_key=True)
     applied_at: float = Field(default=0.0)
+
+
+class RemoteAE(SQLModel, table=True):
+    """A known remote Application Entity managed at run time (schema v4)."""
+
+    __tablename__ = "remote_ae"
+
+    ae_title: str = Field(primary_key=True, max_length=16)
+    host: str = Field(max_length=255)
+    port: int
+    # Allowed operations and peer addresses, space-separated.
+    operations: str = Field(max_length=200)
+    allowed_ips: str = Field(default="", max_length=2000)
+    updated_at: float = Field(default=0.0)
