@@ -23,6 +23,7 @@ from pynetdicom.pdu_primitives import A_ABORT, A_P_ABORT, A_RELEASE
 from dicomweb_server.dimse import status
 from dicomweb_server.dimse.handlers import Gateway, _caller, _permitted
 from dicomweb_server.dimse.syntaxes import UNCOMPRESSED
+from dicomweb_server.dimse.tcp import NO_DELAY
 from dicomweb_server.services.commitment import CommitmentResult, CommitmentService
 
 log = logging.getLogger(__name__)
@@ -168,7 +169,9 @@ def _send_on_new(gateway: Gateway, aet: str, info: Dataset, event_type: int) -> 
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = settings.dimse_timeout
     ae.add_requested_context(PUSH_MODEL, UNCOMPRESSED)
     role = build_role(PUSH_MODEL, scu_role=False, scp_role=True)
-    assoc = ae.associate(modality.host, modality.port, ae_title=aet, ext_neg=[role])
+    assoc = ae.associate(
+        modality.host, modality.port, ae_title=aet, ext_neg=[role], evt_handlers=NO_DELAY
+    )
     if not assoc.is_established:
         log.error("storage commitment: cannot associate with %s to report", aet)
         return

@@ -27,6 +27,7 @@ from dicomweb_server.dimse import query as q
 from dicomweb_server.dimse import status
 from dicomweb_server.dimse.query import first
 from dicomweb_server.dimse.scu import storage_contexts
+from dicomweb_server.dimse.tcp import NO_DELAY
 from dicomweb_server.errors import (
     DicomWebError,
     InvalidRequest,
@@ -255,7 +256,11 @@ def on_move(event: Event, gateway: Gateway) -> Iterator[Any]:
         yield 1  # pynetdicom needs a count before a failure status is honoured
         yield _retrieve_failure(exc), None
         return
-    yield destination.host, destination.port, {"contexts": storage_contexts(instances) or None}
+    yield (
+        destination.host,
+        destination.port,
+        {"contexts": storage_contexts(instances) or None, "evt_handlers": NO_DELAY},
+    )
     yield len(instances)
     yield from _sub_operations(event, gateway, instances, None)
 

@@ -21,6 +21,7 @@ from pynetdicom.presentation import build_context
 
 from dicomweb_server.config import Settings
 from dicomweb_server.dimse.syntaxes import UNCOMPRESSED
+from dicomweb_server.dimse.tcp import NO_DELAY
 from dicomweb_server.errors import InvalidRequest
 from dicomweb_server.services.modalities import Modality, RemoteResult, StoredInstance
 from dicomweb_server.services.retrieve import Planned, RetrieveService
@@ -54,7 +55,13 @@ class PynetdicomNetwork:
 
     def _associate(self, target: Modality, contexts: list[Any]) -> Association | RemoteResult:
         ae = self._ae()
-        assoc = ae.associate(target.host, target.port, contexts=contexts, ae_title=target.ae_title)
+        assoc = ae.associate(
+            target.host,
+            target.port,
+            contexts=contexts,
+            ae_title=target.ae_title,
+            evt_handlers=NO_DELAY,
+        )
         if not assoc.is_established:
             return RemoteResult(
                 NO_ASSOCIATION,
