@@ -23,6 +23,7 @@ from dicomweb_server.bootstrap import Services
 from dicomweb_server.dicom import status as reasons
 from dicomweb_server.dicom.attributes import Level
 from dicomweb_server.dicom.matching import SERIES_INSTANCE_UID, SOP_INSTANCE_UID, STUDY_INSTANCE_UID
+from dicomweb_server.dimse import audit as dimse_audit
 from dicomweb_server.dimse import query as q
 from dicomweb_server.dimse import status
 from dicomweb_server.dimse.query import first
@@ -90,6 +91,7 @@ def _permitted(event: Event, gateway: Gateway, operation: str) -> bool:
     allowed = modality.allows(operation, ip)
     if not allowed:
         log.warning("DIMSE: %s from %s may not %s", aet, ip, operation)
+        dimse_audit.refused(gateway.services, event, operation, f"{aet} may not {operation}")
     return allowed
 
 
@@ -102,6 +104,7 @@ def on_requested(event: Event, gateway: Gateway) -> None:
     modality = gateway.known(aet)
     if modality is None or (modality.allowed_ips and ip not in modality.allowed_ips):
         log.warning("DIMSE: rejected association from unknown AE %r at %s", aet, ip)
+        dimse_audit.refused(gateway.services, event, "associate", f"unknown AE {aet!r}")
         event.assoc.acse.send_reject(0x01, 0x01, 0x03)
         event.assoc.is_rejected = True
         event.assoc.kill()  # as pynetdicom's own rejections do: lets the A-ASSOCIATE-RJ out
@@ -137,6 +140,10 @@ def on_store(event: Event, gateway: Gateway) -> int | Dataset:
         return status.with_comment(reasons.PROCESSING_FAILURE, "cannot spool the dataset")
     outcome = store.store_spooled(path)
     code = status.store_status(outcome)
+    dimse_audit.stored(
+        gateway.services, event, outcome.study_uid, outcome.series_uid,
+        outcome.sop_instance_uid, outcome.stored, outcome.message,
+    )  # fmt: skip
     if code == status.SUCCESS:
         return code
     return status.with_comment(code, outcome.message or status.TEXT.get(code, ""))
@@ -153,6 +160,7 @@ def on_find(event: Event, gateway: Gateway) -> Iterator[tuple[int | Dataset, Dat
         return
     settings = gateway.services.settings
     try:
+        dimse_audit.queried(gateway.services, event, event.identifier)
         ident = q.parse_identifier(event.identifier, _model(event))
         matches = q.search(gateway.services.query, ident, settings.qido_match_empty)
         for item in matches:
@@ -256,6 +264,7 @@ def on_move(event: Event, gateway: Gateway) -> Iterator[Any]:
         yield 1  # pynetdicom needs a count before a failure status is honoured
         yield _retrieve_failure(exc), None
         return
+    dimse_audit.transferred(gateway.services, event, "C-MOVE", instances)
     yield (
         destination.host,
         destination.port,
@@ -278,6 +287,7 @@ def on_get(event: Event, gateway: Gateway) -> Iterator[Any]:
         yield 1
         yield _retrieve_failure(exc), None
         return
+    dimse_audit.transferred(gateway.services, event, "C-GET", instances)
     by_class: dict[str, set[str]] = {}
     for cx in event.assoc.accepted_contexts:
         by_class.setdefault(str(cx.abstract_syntax), set()).add(str(cx.transfer_syntax[0]))
