@@ -10,7 +10,6 @@ from sqlalchemy import text
 
 from dicomweb_server.dicom.frames import FrameTable
 from dicomweb_server.dicom.ingest import analyse
-from dicomweb_server.storage.sql.engine import current_version
 from dicomweb_server.storage.sql.index import SqlIndex
 from tests.dicomgen import make_dataset, to_part10
 
@@ -50,14 +49,19 @@ def test_lazily_computed_table_is_kept_only_for_the_same_blob(index: SqlIndex) -
     assert index.frame_table(rec.sop_instance_uid)[1] == b"{}"  # type: ignore[index]
 
 
+def _versions(index: SqlIndex) -> set[int]:
+    with index.read_engine.connect() as conn:
+        return {int(r[0]) for r in conn.execute(text("SELECT version FROM schema_version"))}
+
+
 def test_migration_3_adds_the_column_to_an_older_index(index: SqlIndex) -> None:
     rec = analyse(io.BytesIO(to_part10(make_dataset())))
     index.add_instance(rec, "k/c.dcm", 1, "h")
     with index.write_engine.begin() as conn:  # back to schema v2
         conn.execute(text("ALTER TABLE instance DROP COLUMN frames"))
         conn.execute(text("DELETE FROM schema_version WHERE version = 3"))
-    assert current_version(index.write_engine) == 2
+    assert 3 not in _versions(index)
     assert index.migrate() == [3]
-    assert current_version(index.write_engine) == 3
+    assert 3 in _versions(index)
     found = index.frame_table(rec.sop_instance_uid)
     assert found is not None and found[1] is None  # computed on first use

@@ -191,14 +191,19 @@ class ModalityService:
         return [stored[k] for k in sorted(stored)]
 
     def find(self, ae_title: str) -> Modality | None:
-        aet = ae_title.strip()
+        """The known AE with this title; None for an unknown or malformed title (a
+        calling AE title comes from the network: it never reaches the index unchecked)."""
+        try:
+            aet = check_ae_title(ae_title)
+        except InvalidRequest:
+            return None
         if aet in self.configured:
             return self.configured[aet]
         row = self.store.get_modality(aet)
         return None if row is None else Modality.from_row(row)
 
     def get(self, ae_title: str) -> Modality:
-        found = self.find(ae_title)
+        found = self.find(check_ae_title(ae_title))
         if found is None:
             raise NotFound(f"no known modality with AE title {ae_title!r}")
         return found
