@@ -505,25 +505,35 @@ def big_study(gateway: Gateway) -> str:
 
 
 def test_c_find_cancel(gateway: Gateway, big_study: str) -> None:
-    """C-CANCEL-FIND (PS3.7 9.3.2.3): the SCP stops sending matches and answers FE00."""
-    ae = scu(StudyRootQueryRetrieveInformationModelFind)
-    assoc = ae.associate("127.0.0.1", gateway.port, ae_title=AET)
-    assert assoc.is_established
+    """C-CANCEL-FIND (PS3.7 9.3.2.3): the SCP stops sending matches and answers FE00.
+
+    A cancel that arrives after the last match was sent has nothing to stop (the
+    final status is then Success with every match), and on loopback the 300 answers
+    can outrun it; so try a few times: the gateway must honour at least one.
+    """
+    model = StudyRootQueryRetrieveInformationModelFind
     ident = Dataset()
     ident.QueryRetrieveLevel = "IMAGE"
     ident.StudyInstanceUID = big_study
     ident.SOPInstanceUID = ""
-    statuses = []
-    try:
-        model = StudyRootQueryRetrieveInformationModelFind
-        for rsp, _ in assoc.send_c_find(ident, model, msg_id=7):
-            statuses.append(int(rsp.Status))
-            if len(statuses) == 1:
-                assoc.send_c_cancel(7, query_model=model)
-    finally:
-        assoc.release()
-    assert statuses[-1] == 0xFE00, [hex(s) for s in statuses[-3:]]
-    assert len(statuses) < 300  # it stopped before the end
+    outcomes = []
+    for attempt in range(5):
+        assoc = scu(model).associate("127.0.0.1", gateway.port, ae_title=AET)
+        assert assoc.is_established
+        statuses = []
+        try:
+            for rsp, _ in assoc.send_c_find(ident, model, msg_id=7 + attempt):
+                statuses.append(int(rsp.Status))
+                if len(statuses) == 1:
+                    assoc.send_c_cancel(7 + attempt, query_model=model)
+        finally:
+            assoc.release()
+        outcomes.append((statuses[-1], len(statuses)))
+        if statuses[-1] == 0xFE00:
+            assert len(statuses) < 300  # it stopped before the end
+            return
+        assert statuses[-1] == 0x0000 and len(statuses) == 301, outcomes  # all sent
+    raise AssertionError(f"no C-CANCEL honoured in 5 tries: {outcomes}")
 
 
 def test_c_move_cancel(gateway: Gateway, big_study: str, tmp_path: Path) -> None:

@@ -25,7 +25,6 @@ from dicomweb_server.config import Settings
 from dicomweb_server.dimse import commitment, handlers
 from dicomweb_server.dimse.handlers import Gateway
 from dicomweb_server.dimse.syntaxes import STORAGE_SYNTAXES, UNCOMPRESSED
-from dicomweb_server.dimse.tcp import NO_DELAY
 from dicomweb_server.dimse.tls import server_context
 
 log = logging.getLogger(__name__)
@@ -86,7 +85,6 @@ def start(services: Services) -> Listener:
     ae = build_ae(settings)
     gateway = Gateway(services, services.modalities)
     events: list[Any] = [
-        *NO_DELAY,
         (evt.EVT_REQUESTED, handlers.on_requested, [gateway]),
         (evt.EVT_C_ECHO, handlers.on_echo, [gateway]),
         (evt.EVT_C_STORE, handlers.on_store, [gateway]),

@@ -1,9 +1,11 @@
-"""TCP options for every association, ours and theirs.
+"""TCP options for the associations we open (C-MOVE sub-operations, outbound SCU,
+commitment reports).
 
 A DIMSE message goes out as PDUs written in several small sends; with Nagle's algorithm
 on, the last one waits for the peer's delayed ACK (about 40 ms), which held C-STORE to
-about 17 instances/s per association whatever the archive's speed. Each side can only
-switch it off for what it sends, so both the listener's and our outbound associations do.
+about 17 instances/s per association. It is the sender's setting: on associations we
+open, we send the datasets. The listener leaves it on: setting it there measured no gain
+(69 vs 72/s) and made our answers to a C-FIND outrun a prompt C-CANCEL.
 """
 
 from __future__ import annotations
