@@ -6,10 +6,10 @@ import contextlib
 import errno
 import hashlib
 import sqlite3
-import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import orjson
@@ -33,6 +33,7 @@ from dicomweb_server.storage.interfaces import (
 from dicomweb_server.storage.sql.engine import make_engines, migrate
 from dicomweb_server.storage.sql.models import Instance, Patient, Series, Study
 from dicomweb_server.storage.sql.query import INSTANCE, PATIENT, SERIES, STUDY, condition_expr
+from dicomweb_server.storage.sql.writer_lock import WriterLock
 
 _PATIENT_T = Patient.__table__  # type: ignore[attr-defined]
 _STUDY_T = Study.__table__  # type: ignore[attr-defined]
@@ -146,12 +147,18 @@ class SqlIndex:
         # SQLite has one writer. Threads of this process queue here for it instead of
         # inside SQLite's busy handler, which sleeps in steps of up to 100 ms; other
         # processes still wait there. PostgreSQL needs no such lock.
-        self._writer = threading.Lock() if self.dialect == "sqlite" else contextlib.nullcontext()
+        self._writer: Any = contextlib.nullcontext()
+        if self.dialect == "sqlite":
+            database = self.write_engine.url.database
+            on_disk = database is not None and database not in ("", ":memory:")
+            self._writer = WriterLock(Path(database) if database and on_disk else None)
 
     def migrate(self) -> list[int]:
         return migrate(self.write_engine)
 
     def close(self) -> None:
+        if isinstance(self._writer, WriterLock):
+            self._writer.close()
         self.read_engine.dispose()
         if self.write_engine is not self.read_engine:
             self.write_engine.dispose()
