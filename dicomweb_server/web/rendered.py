@@ -27,13 +27,16 @@ from dicomweb_server.dicom.render import (
 )
 from dicomweb_server.errors import InvalidRequest, NotAcceptable
 from dicomweb_server.services.rendering import Rendered
-from dicomweb_server.web.errors import error_response
 from dicomweb_server.web.negotiate import query_values
-from dicomweb_server.web.urls import path_uids
 
 # The byte-range rules of bulk data (RFC 9110 14), shared rather than written twice.
-from dicomweb_server.web.wado import _RangeNotSatisfiable as RangeNotSatisfiable
-from dicomweb_server.web.wado import _single_range as single_range
+from dicomweb_server.web.ranges import (
+    RangeNotSatisfiable,
+    content_range,
+    single_range,
+    unsatisfiable,
+)
+from dicomweb_server.web.urls import path_uids
 
 _ANNOTATIONS = frozenset({"patient", "technique"})
 _CACHE = "private, max-age=60"
@@ -105,13 +108,11 @@ def respond(request: Request, result: Rendered) -> Response:
         try:
             span = single_range(request.headers.get("range"), result.length)
         except RangeNotSatisfiable:
-            response = error_response(416, f"range outside the {result.length} bytes")
-            response.headers["Content-Range"] = f"bytes */{result.length}"
-            return response
+            return unsatisfiable(request, result.length)
         if span is not None:
             start, length = span
             headers["Content-Length"] = str(length)
-            headers["Content-Range"] = f"bytes {start}-{start + length - 1}/{result.length}"
+            headers["Content-Range"] = content_range(start, length, result.length)
             return StreamingResponse(
                 result.part(start, length),
                 status_code=206,

@@ -31,14 +31,18 @@ from dicomweb_server.dicom.negotiation import (
 from dicomweb_server.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN
 from dicomweb_server.errors import InvalidRequest, StorageUnavailable
 from dicomweb_server.services.retrieve import Planned, RetrieveService
-from dicomweb_server.web.errors import error_response
 from dicomweb_server.web.negotiate import check_charset, negotiate
+from dicomweb_server.web.ranges import (
+    RangeNotSatisfiable,
+    content_range,
+    single_range,
+    unsatisfiable,
+)
 from dicomweb_server.web.responses import xml_multipart
 from dicomweb_server.web.urls import base_url, path_uids
 
 log = logging.getLogger(__name__)
 _BULK_PATH_RE = re.compile(r"^[0-9A-Fa-f]{8}(\.\d{1,6}\.[0-9A-Fa-f]{8})*$")
-_RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
 _PRIVATE = "private, no-cache"
 
 
@@ -223,37 +227,6 @@ async def retrieve_metadata(request: Request) -> Response:
     return Response(body, media_type="application/dicom+json", headers=headers)
 
 
-class _RangeNotSatisfiable(Exception):
-    pass
-
-
-def _single_range(header: str | None, total: int) -> tuple[int, int] | None:
-    """A single byte range (RFC 9110 14.1.2) as (start, length); None for the whole value.
-
-    A syntactically invalid Range, or several ranges, is ignored and the whole value is
-    sent (RFC 9110 14.2: a server MAY ignore Range); a valid range that does not
-    overlap the value raises _RangeNotSatisfiable, answered with 416 (RFC 9110 15.5.17).
-    """
-    if not header:
-        return None
-    match = _RANGE_RE.match(header.strip())
-    if not match or match.groups() == ("", ""):
-        return None
-    first, last = match.groups()
-    if first == "":
-        length = min(int(last), total)
-        if length == 0:
-            raise _RangeNotSatisfiable
-        return total - length, length
-    start = int(first)
-    if last and int(last) < start:
-        return None  # invalid byte-range-spec (RFC 9110 14.1.1): ignore the header
-    if start >= total:
-        raise _RangeNotSatisfiable
-    end = min(int(last), total - 1) if last else total - 1
-    return start, end - start + 1
-
-
 async def retrieve_bulkdata(request: Request) -> Response:
     services: Services = request.app.state.services
     study, series, sop = path_uids(request)
@@ -270,16 +243,12 @@ async def retrieve_bulkdata(request: Request) -> Response:
     location = f"{base}/studies/{study}/series/{series}/instances/{sop}/bulkdata/{path}"
     try:
         span = (
-            _single_range(request.headers.get("range"), total)
+            single_range(request.headers.get("range"), total)
             if choice.form is Form.SINGLE
             else None
         )
-    except _RangeNotSatisfiable:
-        response = error_response(
-            416, f"range {request.headers.get('range')} is outside the {total} bytes of the value"
-        )
-        response.headers["Content-Range"] = f"bytes */{total}"
-        return response
+    except RangeNotSatisfiable:
+        return unsatisfiable(request, total)
     start, length = span if span else (0, total)
 
     def chunks() -> Iterator[bytes]:
@@ -294,7 +263,7 @@ async def retrieve_bulkdata(request: Request) -> Response:
         status = 200
         if span:
             status = 206
-            headers["Content-Range"] = f"bytes {start}-{start + length - 1}/{total}"
+            headers["Content-Range"] = content_range(start, length, total)
         return StreamingResponse(
             body, status_code=status, media_type="application/octet-stream", headers=headers
         )
