@@ -19,16 +19,19 @@ from dicomweb_server.services.modalities import StoredInstance
 _LISTED = 1000
 
 
-def _who(event: Event) -> tuple[str, str]:
+def caller(event: Event) -> tuple[str, str]:
+    """(calling AE title, peer address): who is asking, for permissions and records."""
     requestor = event.assoc.requestor
-    aet = str(requestor.ae_title).strip()
-    if not aet and requestor.primitive is not None:
-        aet = str(requestor.primitive.calling_ae_title).strip()
-    return aet or "unknown", str(requestor.address)
+    aet = requestor.ae_title
+    if not aet.strip() and requestor.primitive is not None:
+        # At EVT_REQUESTED only the A-ASSOCIATE-RQ primitive carries the title.
+        aet = requestor.primitive.calling_ae_title
+    return str(aet).strip(), str(requestor.address)
 
 
 def record(services: Services, event: Event, entry: AuditEvent, operation: str) -> None:
-    entry.user, entry.source_ip = _who(event)
+    aet, entry.source_ip = caller(event)
+    entry.user = aet or "unknown"
     entry.user_kind, entry.method = "ae-title", operation
     services.audit.record(entry)
 

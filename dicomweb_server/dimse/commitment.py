@@ -21,7 +21,8 @@ from pynetdicom.events import Event
 from pynetdicom.pdu_primitives import A_ABORT, A_P_ABORT, A_RELEASE
 
 from dicomweb_server.dimse import status
-from dicomweb_server.dimse.handlers import Gateway, _caller, _permitted
+from dicomweb_server.dimse.audit import caller
+from dicomweb_server.dimse.handlers import Gateway, _permitted
 from dicomweb_server.dimse.syntaxes import UNCOMPRESSED
 from dicomweb_server.dimse.tcp import NO_DELAY
 from dicomweb_server.services.commitment import CommitmentResult, CommitmentService
@@ -95,7 +96,7 @@ def on_action(event: Event, gateway: Gateway) -> tuple[int | Dataset, Dataset | 
         transaction, refs = _references(event.action_information)
     except ValueError as exc:
         return status.with_comment(INVALID_ARGUMENT, str(exc)), None
-    aet, _ = _caller(event)
+    aet, _ = caller(event)
     services = gateway.services
     checker = CommitmentService(services.index, services.blobs)
     thread = threading.Thread(

@@ -72,19 +72,10 @@ class Gateway:
         return found
 
 
-def _caller(event: Event) -> tuple[str, str]:
-    requestor = event.assoc.requestor
-    aet = requestor.ae_title
-    if not aet.strip() and requestor.primitive is not None:
-        # At EVT_REQUESTED only the A-ASSOCIATE-RQ primitive carries the title.
-        aet = requestor.primitive.calling_ae_title
-    return str(aet).strip(), str(requestor.address)
-
-
 def _permitted(event: Event, gateway: Gateway, operation: str) -> bool:
     """Known AEs may do only their listed operations, from their listed addresses;
     unknown AEs may do everything unless they are rejected at association time."""
-    aet, ip = _caller(event)
+    aet, ip = dimse_audit.caller(event)
     modality = gateway.known(aet)
     if modality is None:
         return not gateway.services.settings.dimse_reject_unknown
@@ -100,7 +91,7 @@ def on_requested(event: Event, gateway: Gateway) -> None:
     result rejected-permanent, source service-user, reason calling-AE-not-recognized)."""
     if not gateway.services.settings.dimse_reject_unknown:
         return
-    aet, ip = _caller(event)
+    aet, ip = dimse_audit.caller(event)
     modality = gateway.known(aet)
     if modality is None or (modality.allowed_ips and ip not in modality.allowed_ips):
         log.warning("DIMSE: rejected association from unknown AE %r at %s", aet, ip)
