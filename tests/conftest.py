@@ -22,6 +22,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from dicomweb_server.storage.sql.index import SqlIndex
+
 PG_HOST = os.environ.get("DICOMWEB_TEST_PG", "/var/run/postgresql")
 REPO = Path(__file__).resolve().parent.parent
 BACKENDS = ["sqlite", "postgresql"]
@@ -81,6 +83,15 @@ def make_database_url(backend: str, tmp: Path, request: pytest.FixtureRequest) -
         return f"sqlite:///{tmp / 'index.sqlite3'}"
     dbs: PgDatabases = request.getfixturevalue("pg_databases")
     return dbs.create()
+
+
+@pytest.fixture
+def index(database_url: str) -> Iterator[SqlIndex]:
+    """A migrated SqlIndex on each backend (storage-layer tests)."""
+    idx = SqlIndex(database_url)
+    idx.migrate()
+    yield idx
+    idx.close()
 
 
 @pytest.fixture(params=BACKENDS)

@@ -3,23 +3,13 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 
-import pytest
 from sqlalchemy import text
 
 from dicomweb_server.dicom.frames import FrameTable
 from dicomweb_server.dicom.ingest import analyse
 from dicomweb_server.storage.sql.index import SqlIndex
 from tests.dicomgen import make_dataset, to_part10
-
-
-@pytest.fixture
-def index(database_url: str) -> Iterator[SqlIndex]:
-    idx = SqlIndex(database_url)
-    idx.migrate()
-    yield idx
-    idx.close()
 
 
 def test_frame_table_is_stored_with_the_instance(index: SqlIndex) -> None:

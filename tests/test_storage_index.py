@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import io
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -17,14 +16,6 @@ from dicomweb_server.storage.sql.engine import MIGRATIONS, SCHEMA_VERSION, curre
 from dicomweb_server.storage.sql.index import IndexFull, SqlIndex
 from tests.conftest import SmallFs
 from tests.dicomgen import make_dataset, to_part10, uid
-
-
-@pytest.fixture
-def index(database_url: str) -> Iterator[SqlIndex]:
-    idx = SqlIndex(database_url)
-    idx.migrate()
-    yield idx
-    idx.close()
 
 
 def record(**kwargs: Any) -> InstanceRecord:
