@@ -22,7 +22,7 @@ viewer: $(VIEWER)
 
 install: $(STAMP) $(VIEWER)
 
-run: $(STAMP)
+run: $(STAMP) $(VIEWER)
 	$(BIN)/dicomweb-server serve $(ARGS)
 
 lint: $(STAMP)
