@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from dataclasses import dataclass
 
 from sqlalchemy.exc import OperationalError
@@ -63,6 +64,8 @@ def prepare(settings: Settings) -> None:
     removed = blobs.clean_spool()
     if removed:
         log.info("removed %d incomplete upload(s) left by an earlier stop", removed)
+    # Thumbnails of releases before per-study cache folders: not removable per study.
+    shutil.rmtree(settings.data_dir / "cache" / "thumbnails", ignore_errors=True)
     index = SqlIndex(settings.effective_database_url)
     try:
         applied = index.migrate()
@@ -85,17 +88,18 @@ def build_services(settings: Settings) -> Services:
     index = SqlIndex(settings.effective_database_url)
     retrieve = RetrieveService(index, blobs)
     pixels = PixelService(index, blobs)
+    rendering = RenderService(retrieve, pixels, settings.data_dir / "cache" / "thumbs")
     return Services(
         settings=settings,
         store=StoreService(index, blobs, settings),
         query=QueryService(index),
         retrieve=retrieve,
-        delete=DeleteService(index, blobs),
+        delete=DeleteService(index, blobs, forget=[rendering.forget]),
         check=CheckService(index, blobs),
         index=index,
         blobs=blobs,
         pixels=pixels,
-        rendering=RenderService(retrieve, pixels, settings.data_dir / "cache" / "thumbnails"),
+        rendering=rendering,
         audit=build_audit(settings),
         modalities=ModalityService(
             settings, SqlModalities(index), PynetdicomNetwork(settings, retrieve)

@@ -223,7 +223,7 @@ def test_bad_rendered_parameters(
 
 def test_thumbnails_are_cached_until_the_series_changes(archive: Archive) -> None:
     series = f"/studies/{archive.mono2.StudyInstanceUID}/series/{archive.mono2.SeriesInstanceUID}"
-    cache = archive.server.data_dir / "cache" / "thumbnails"
+    cache = archive.server.data_dir / "cache" / "thumbs"
     before = set(cache.rglob("*.img")) if cache.exists() else set()
     first = get(archive, series + "/thumbnail")
     thumb = image(first)
@@ -245,6 +245,31 @@ def test_thumbnails_are_cached_until_the_series_changes(archive: Archive) -> Non
     assert len(now) == 1 and now != made  # the old version's thumbnail is gone
     for path in (f"/studies/{archive.mono2.StudyInstanceUID}", path_of(archive.multi)):
         assert image(get(archive, path + "/thumbnail")).format == "JPEG"
+
+
+def test_deleting_a_study_removes_its_cached_thumbnails(archive: Archive) -> None:
+    """Thumbnails are pictures of the patient: they go with the study, and only with it."""
+    cache = archive.server.data_dir / "cache" / "thumbs"
+    doomed, kept = ct(), ct()
+    for ds in (doomed, kept):
+        store(archive.server, ds)
+    before = set(cache.rglob("*.img")) if cache.exists() else set()
+    for ds in (doomed, kept):
+        study = f"/studies/{ds.StudyInstanceUID}"
+        for path in (study, f"{study}/series/{ds.SeriesInstanceUID}", path_of(ds)):
+            assert image(get(archive, path + "/thumbnail")).format == "JPEG"
+    made = set(cache.rglob("*.img")) - before
+    assert len(made) == 6
+    response = http().delete(f"{archive.server.url}/studies/{doomed.StudyInstanceUID}")
+    assert response.status_code == 204, response.text
+    left = set(cache.rglob("*.img")) - before
+    assert len(left) == 3
+    assert all(p.read_bytes()[:2] == b"\xff\xd8" for p in left)
+    again = get(archive, f"/studies/{kept.StudyInstanceUID}/thumbnail")
+    assert set(cache.rglob("*.img")) - before == left  # the kept study's were reused
+    assert image(again).format == "JPEG"
+    gone = get(archive, f"/studies/{doomed.StudyInstanceUID}/thumbnail")
+    assert gone.status_code == 404
 
 
 # -- WADO-URI ---------------------------------------------------------------------------

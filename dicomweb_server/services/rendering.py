@@ -4,7 +4,8 @@ Images: one frame read through the frame table, decoded, put through the present
 pipeline of dicom/render.py. Non-image objects are answered in their natural type:
 Encapsulated PDF as application/pdf, video (MPEG-2/4, HEVC) as its stored stream.
 Thumbnails are cached as files keyed by the resource's version, so any new or deleted
-instance makes a new one.
+instance makes a new one. Each study's thumbnails live in one folder, removed with the
+study (they are pictures of the patient: a deleted study must not linger in a cache).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import hashlib
 import io
 import logging
 import os
+import shutil
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -207,12 +209,12 @@ class RenderService:
         version = self.retrieve.version(study, series, sop)
         viewport = params.viewport or Viewport(THUMBNAIL_SIZE, THUMBNAIL_SIZE)
         params = RenderParams(params.media_type, params.quality, params.window, viewport)
-        # One folder per resource; file names start with its version, so a new version
-        # replaces (removes) the thumbnails of older ones.
-        folder = hashlib.sha256(repr((study, series, sop)).encode()).hexdigest()
+        # One folder per resource inside its study's folder; file names start with its
+        # version, so a new version replaces (removes) the thumbnails of older ones.
+        folder = hashlib.sha256(repr((series, sop)).encode()).hexdigest()[:32]
         stamp = hashlib.sha256(repr((version.updated_at, version.count)).encode()).hexdigest()
         variant = hashlib.sha256(repr(params).encode()).hexdigest()[:16]
-        where = self.cache_dir / folder[:2] / folder
+        where = self._study_folder(study) / folder
         path = where / f"{stamp[:16]}-{variant}.img"
         try:
             return path.read_bytes()
@@ -227,6 +229,22 @@ class RenderService:
             if not old.name.startswith(stamp[:16]):
                 old.unlink(missing_ok=True)
         return data
+
+    def _study_folder(self, study: str) -> Path:
+        name = hashlib.sha256(study.encode()).hexdigest()
+        return self.cache_dir / name[:2] / name
+
+    def forget(self, study: str) -> None:
+        """Remove the study's cached thumbnails (after a delete of it or of a part)."""
+        where = self._study_folder(study)
+        # Renamed first: a thumbnail being written concurrently lands in the renamed
+        # folder and goes with it, not in a half-removed one.
+        doomed = where.with_name(f"{where.name}.{os.getpid()}.{threading.get_ident()}.gone")
+        try:
+            os.rename(where, doomed)
+        except FileNotFoundError:
+            return
+        shutil.rmtree(doomed, ignore_errors=True)
 
     def _representative(
         self, study: str, series: str | None, sop: str | None, params: RenderParams
