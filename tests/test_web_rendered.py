@@ -156,6 +156,31 @@ def test_frame_and_colour_rendering(archive: Archive) -> None:
     assert np.abs(np.asarray(rgb).astype(int) - source.astype(int)).max() <= 2
 
 
+def test_multiframe_instance_as_gif_is_an_animation_of_every_frame(archive: Archive) -> None:
+    """PS3.18 Table 8.7.4-1: image/gif is the multi-frame rendered type."""
+    response = get(archive, path_of(archive.multi) + "/rendered", "image/gif")
+    assert response.headers["content-type"] == "image/gif"
+    animation = image(response)
+    assert getattr(animation, "n_frames", 1) == 5
+    singles = [
+        np.asarray(
+            image(
+                get(archive, f"{path_of(archive.multi)}/frames/{n}/rendered", "image/gif")
+            ).convert("L")
+        )
+        for n in range(1, 6)
+    ]
+    assert any(not np.array_equal(singles[0], other) for other in singles[1:])
+    for number, single in enumerate(singles):
+        animation.seek(number)
+        assert np.array_equal(np.asarray(animation.convert("L")), single), number
+    # Single-frame types still show the first frame; WADO-URI animates the same way.
+    jpeg = image(get(archive, path_of(archive.multi) + "/rendered", "image/jpeg"))
+    assert getattr(jpeg, "n_frames", 1) == 1
+    uri = wado(archive, archive.multi, contentType="image/gif")
+    assert getattr(image(uri), "n_frames", 1) == 5
+
+
 def test_study_and_series_rendered_are_multipart(archive: Archive) -> None:
     path = f"/studies/{archive.mono2.StudyInstanceUID}/series/{archive.mono2.SeriesInstanceUID}"
     response = get(archive, path + "/rendered")

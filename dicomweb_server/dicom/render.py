@@ -224,7 +224,30 @@ def encode_image(image: Image.Image, media_type: str, quality: int = 90) -> byte
     return out.getvalue()
 
 
+def present(frame: np.ndarray, ds: Dataset, photometric: str, params: RenderParams) -> Image.Image:
+    """One decoded frame through the presentation pipeline and the viewport."""
+    return apply_viewport(to_image(frame, ds, photometric, params.window), params.viewport)
+
+
 def render(frame: np.ndarray, ds: Dataset, photometric: str, params: RenderParams) -> bytes:
-    image = to_image(frame, ds, photometric, params.window)
-    image = apply_viewport(image, params.viewport)
-    return encode_image(image, params.media_type, params.quality)
+    return encode_image(present(frame, ds, photometric, params), params.media_type, params.quality)
+
+
+def frame_duration_ms(ds: Dataset) -> int:
+    """How long each frame of an animation shows: Frame Time (0018,1063), else 1000 /
+    Cine Rate (0018,0040), else 100 ms. GIF counts in 1/100 s and browsers show shorter
+    delays than 20 ms as 100 ms, so the result is kept within 20 ms .. 10 s."""
+    duration = _first(ds, "FrameTime")
+    if not duration:
+        rate = _first(ds, "CineRate")
+        duration = 1000.0 / rate if rate else 100.0
+    return int(min(max(duration, 20.0), 10000.0))
+
+
+def encode_animation(images: list[Image.Image], duration_ms: int) -> bytes:
+    """Frames as one looping animated GIF (the multi-frame rendered type, PS3.18
+    Table 8.7.4-1)."""
+    out = io.BytesIO()
+    first, *rest = images
+    first.save(out, format="GIF", save_all=True, append_images=rest, duration=duration_ms, loop=0)
+    return out.getvalue()

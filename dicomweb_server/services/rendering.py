@@ -28,7 +28,14 @@ from pydicom.dataset import Dataset
 from dicomweb_server.dicom import codec
 from dicomweb_server.dicom.frames import VIDEO_SYNTAXES
 from dicomweb_server.dicom.pixel_media import media_type_of
-from dicomweb_server.dicom.render import RenderParams, Viewport, render
+from dicomweb_server.dicom.render import (
+    RenderParams,
+    Viewport,
+    encode_animation,
+    frame_duration_ms,
+    present,
+    render,
+)
 from dicomweb_server.errors import NotAcceptable, NotFound
 from dicomweb_server.services.pixels import Located, PixelService
 from dicomweb_server.services.retrieve import RetrieveService
@@ -47,12 +54,16 @@ _PRESENTATION = {
     "00281052": "RescaleIntercept",
     "00281053": "RescaleSlope",
     "00281054": "RescaleType",
+    "00181063": "FrameTime",
+    "00180040": "CineRate",
 }
 # Modality LUT Sequence, VOI LUT Sequence: their LUT data may be bulk data.
 _NEEDS_FILE = ("00283000", "00283010")
 ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
 ENCAPSULATED_DOCUMENT = "00420011"
 THUMBNAIL_SIZE = 128
+# An animation is held in memory while encoded: 300 frames of 512x512 is ~80 MB.
+MAX_ANIMATED_FRAMES = 300
 _CHUNK = 1 << 20
 
 
@@ -123,6 +134,26 @@ class RenderService:
         ds = self._header(located)
         return render(frame, ds, codec.decoded_photometric(table.pixel), params)
 
+    def animation(self, located: Located, params: RenderParams) -> bytes:
+        """Every frame of a multi-frame instance as one animated GIF, frame by frame
+        (each read alone through the frame table)."""
+        table = located.table
+        if table.count > MAX_ANIMATED_FRAMES:
+            raise NotAcceptable(
+                f"the instance has {table.count} frames; animated GIF is limited to "
+                f"{MAX_ANIMATED_FRAMES}: ask for frames (.../frames/{{n}}/rendered) instead"
+            )
+        if not codec.can_decode(table.transfer_syntax):
+            raise NotAcceptable(f"cannot decode pixel data stored as {table.transfer_syntax}")
+        ds = self._header(located)
+        photometric = codec.decoded_photometric(table.pixel)
+        images = []
+        with self.pixels.open_source(located) as fh:
+            for number in range(1, table.count + 1):
+                frame = codec.decode(table, self.pixels.stored_frame(fh, table, number))
+                images.append(present(frame, ds, photometric, params))
+        return encode_animation(images, frame_duration_ms(ds))
+
     def _document(self, instance: StoredInstance) -> Rendered:
         i = instance
         where = self.retrieve.bulkdata(
@@ -159,8 +190,9 @@ class RenderService:
     def instance(
         self, study: str, series: str, sop: str, frame: int | None, params: RenderParams
     ) -> Rendered:
-        """One instance (its first frame, or ``frame``) rendered; documents and video
-        in their own type."""
+        """One instance rendered: ``frame``, or all frames of a multi-frame image as an
+        animated GIF when GIF is asked for (PS3.18 Table 8.7.4-1: the multi-frame
+        rendered type), else its first frame; documents and video in their own type."""
         located = self.pixels.remembered(study, series, sop)
         if located is None:
             found, encoded = self.pixels.lookup(study, series, sop)
@@ -174,7 +206,10 @@ class RenderService:
             return self._video(located)
         if not params.media_type:
             raise NotAcceptable("rendered images are available as image/jpeg, image/png, image/gif")
-        data = self.image(located, frame or 1, params)
+        if frame is None and located.table.count > 1 and params.media_type == "image/gif":
+            data = self.animation(located, params)
+        else:
+            data = self.image(located, frame or 1, params)
         return Rendered(params.media_type, data, len(data))
 
     def images(
