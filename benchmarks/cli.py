@@ -217,10 +217,11 @@ def run_pixels_command(args: argparse.Namespace) -> int:
             "machine": {**machine_facts(), "loadavg_at_start": os.getloadavg()},
             "corpus": corpus_info(corpus),
         }
-        payload["pixels"] = pixels.run_pixels(targets, corpus, args.seconds)
+        payload["pixels"] = pixels.run_pixels(targets, corpus, args.seconds, work=work)
         payload["machine"]["loadavg_at_end"] = os.getloadavg()
         path = report.write_json(CACHE_DIR, payload)
-        print(pixels.render_table(payload["pixels"], [t.name for t in targets]))
+        names = [t.name for t in targets] + ["static"]
+        print(pixels.render_table(payload["pixels"], names))
         print(f"raw disk frames: {payload['pixels']['raw_disk_frames']}\nresults: {path}")
     finally:
         shutil.rmtree(work, ignore_errors=True)

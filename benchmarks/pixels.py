@@ -5,23 +5,30 @@ instance and the CT series of the corpus in each target, then measures for a fix
 time each: frames/s of random frames of the multiframe instance, of frame 1 of random
 CT slices (both ``application/octet-stream; transfer-syntax=*``), and rendered JPEG
 images/s of random CT slices. Every answer is checked (status, one part, frame size;
-JPEG magic). A raw disk read of the same frames (pread of each frame's bytes from
-the stored file) is measured as the ceiling of the octet-stream path.
+JPEG magic). Two ceilings of the octet-stream path: a raw disk read of the same frames
+(pread of each frame's bytes from the stored file, no HTTP), and nginx serving each
+frame, framed as the same one-part multipart body, as a static file to the same client
+(HTTP with no application at all).
 """
 
 from __future__ import annotations
 
 import os
 import random
+import shutil
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from .corpus import Corpus, Record
 from .httpio import ACCEPT_FRAMES, BaseUrl, Client, split_multipart
 from .stats import summary_ms
 from .stow import make_batches, run_stow
-from .targets import Target
+from .targets import StaticTarget, Target
+
+_STATIC_BOUNDARY = "frame-boundary"
+_STATIC_TYPE = f'multipart/related; type="application/octet-stream"; boundary={_STATIC_BOUNDARY}'
 
 
 def _frame_request(client: Client, path: str, size: int) -> str | None:
@@ -29,6 +36,17 @@ def _frame_request(client: Client, path: str, size: int) -> str | None:
     if resp.status != 200:
         return f"HTTP {resp.status}: {resp.body[:120]!r}"
     parts = split_multipart(resp.body, resp.headers.get("content-type", ""))
+    if len(parts) != 1 or len(parts[0]) != size:
+        return f"{len(parts)} parts of {[len(p) for p in parts][:2]} bytes, expected {size}"
+    return None
+
+
+def _static_request(client: Client, path: str, size: int) -> str | None:
+    """nginx answers application/octet-stream: the body is split as the same multipart."""
+    resp = client.request("GET", path, {"Accept": ACCEPT_FRAMES})
+    if resp.status != 200:
+        return f"HTTP {resp.status}: {resp.body[:120]!r}"
+    parts = split_multipart(resp.body, _STATIC_TYPE)
     if len(parts) != 1 or len(parts[0]) != size:
         return f"{len(parts)} parts of {[len(p) for p in parts][:2]} bytes, expected {size}"
     return None
@@ -52,7 +70,7 @@ def _run(
     base: BaseUrl, paths: list[str], size: int, clients: int, seconds: float, kind: str
 ) -> dict[str, Any]:
     """Requests of random ``paths`` from ``clients`` threads for ``seconds``."""
-    check = _frame_request if kind == "frames" else _rendered_request
+    check = {"frames": _frame_request, "static": _static_request}.get(kind, _rendered_request)
     latencies: list[float] = []
     errors: list[str] = []
     lock = threading.Lock()
@@ -111,12 +129,48 @@ def raw_disk_frames(record: Record, corpus: Corpus, seconds: float) -> dict[str,
     return {"per_second": round(count / wall, 1), "mb_per_s": round(count * size / wall / 1e6, 1)}
 
 
+def static_frames(
+    record: Record, corpus: Corpus, work: Path, seconds: float, clients: tuple[int, ...]
+) -> dict[str, Any]:
+    """nginx serving each frame of the multiframe file, in the same multipart framing,
+    to the same client: the HTTP ceiling of the octet-stream path."""
+    size = record.rows * record.cols * record.bits // 8
+    path = corpus.path(record)
+    first = path.stat().st_size - size * record.frames
+    root = work / "static-frames"
+    (root / "frames").mkdir(parents=True, exist_ok=True)
+    head = f"--{_STATIC_BOUNDARY}\r\nContent-Type: application/octet-stream\r\n\r\n".encode()
+    tail = f"\r\n--{_STATIC_BOUNDARY}--\r\n".encode()
+    with path.open("rb") as fh:
+        for k in range(record.frames):
+            fh.seek(first + k * size)
+            (root / "frames" / str(k + 1)).write_bytes(head + fh.read(size) + tail)
+    target = StaticTarget(work / "static-target", root)
+    out: dict[str, Any] = {}
+    try:
+        target.start()
+        base = BaseUrl.parse(target.base_url)
+        paths = [f"/frames/{k}" for k in range(1, record.frames + 1)]
+        for n in clients:
+            out[f"mf_frames_{n}c"] = _run(base, paths, size, n, seconds, "static")
+    finally:
+        target.stop()
+        shutil.rmtree(root, ignore_errors=True)
+    return out
+
+
 def run_pixels(
-    targets: list[Target], corpus: Corpus, seconds: float, clients: tuple[int, ...] = (1, 8)
+    targets: list[Target],
+    corpus: Corpus,
+    seconds: float,
+    clients: tuple[int, ...] = (1, 8),
+    work: Path | None = None,
 ) -> dict[str, Any]:
     mf = corpus.group("mf")[0]
     ct = corpus.group("ct")
     out: dict[str, Any] = {"raw_disk_frames": raw_disk_frames(mf, corpus, min(seconds, 5.0))}
+    if work is not None:
+        out["static"] = static_frames(mf, corpus, work, seconds, clients)
     for target in targets:
         result: dict[str, Any] = {}
         try:
