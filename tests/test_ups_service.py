@@ -183,7 +183,9 @@ def test_change_state_table(svc: WorkitemService, rec: Recorder) -> None:
     svc.update(uid, completion(), txn)
     assert svc.change_state(uid, COMPLETED, txn) == []
     assert state_of(svc, uid) == COMPLETED
-    assert svc.change_state(uid, COMPLETED, txn) == ["The workitem is already COMPLETED"]
+    assert svc.change_state(uid, COMPLETED, txn) == [
+        "The UPS is already in the requested state of COMPLETED."
+    ]
     refused(COMPLETED, other, 0xC301)
     refused(CANCELED, txn, 0xC300)
     refused(IN_PROGRESS, txn, 0xC300)
@@ -201,7 +203,9 @@ def test_cancel_by_performer(svc: WorkitemService, rec: Recorder) -> None:
     info = rec.events[0].info
     assert info["00741000"]["Value"] == [CANCELED]
     assert info["00741238"]["Value"] == ["wrong patient"]
-    assert svc.change_state(uid, CANCELED, txn) == ["The workitem is already CANCELED"]
+    assert svc.change_state(uid, CANCELED, txn) == [
+        "The UPS is already in the requested state of CANCELED."
+    ]
     with pytest.raises(UpsConflict) as exc:
         svc.change_state(uid, COMPLETED, txn)
     assert exc.value.status == 0xC300
@@ -218,7 +222,9 @@ def test_request_cancellation(svc: WorkitemService, rec: Recorder) -> None:
     assert "00404052" in progress and progress["00741238"]["Value"] == ["patient left"]
     assert "0074100E" in progress  # a discontinuation reason code is required
     assert rec.types() == [UPS_STATE_REPORT]
-    assert svc.request_cancellation(scheduled, {}) == ["The workitem is already CANCELED"]
+    assert svc.request_cancellation(scheduled, {}) == [
+        "The UPS is already in the requested state of CANCELED."
+    ]
 
     running = svc.create(order(accession="A2")).uid
     svc.change_state(running, IN_PROGRESS, str(generate_uid()))

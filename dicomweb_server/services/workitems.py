@@ -174,7 +174,9 @@ class WorkitemService:
         """
         state = rules.check_state_value(state)
         if not transaction_uid:
-            raise InvalidRequest("TransactionUID (00081195) is required to change the state")
+            raise rules.MissingTransactionUid(
+                "TransactionUID (00081195) is required to change the state"
+            )
         check_uid(transaction_uid, "TransactionUID (00081195)")
         warnings: list[str] = []
 
