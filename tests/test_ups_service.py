@@ -140,6 +140,9 @@ def test_update_rules(svc: WorkitemService, rec: Recorder) -> None:
     progress = {"00741002": el("SQ", {"00741004": el("DS", 50)})}
     svc.update(uid, progress, txn)
     assert rec.types() == [UPS_PROGRESS_REPORT]
+    assert rec.events[0].info["00741002"]["Value"][0]["00741004"]["Value"] == [50]
+    svc.update(uid, {"00741204": el("LO", "CT abdomen")}, txn)
+    assert rec.types() == [UPS_PROGRESS_REPORT]  # no progress change: no new event
     assert svc.get(uid).dataset["00741204"]["Value"] == ["CT abdomen"]  # refusals changed nothing
     svc.update(uid, completion(), txn)
     svc.change_state(uid, COMPLETED, txn)
@@ -233,6 +236,7 @@ def test_request_cancellation(svc: WorkitemService, rec: Recorder) -> None:
     assert state_of(svc, running) == IN_PROGRESS
     assert rec.types() == [UPS_CANCEL_REQUESTED]
     assert rec.events[0].info["0074100C"]["Value"] == ["Dr. Who"]
+    assert rec.events[0].info["00741236"]["Value"] == ["DICOMWEB"]  # Requesting AE, Type 1
 
     done = svc.create(order(accession="A3")).uid
     txn = svc.claim(done)

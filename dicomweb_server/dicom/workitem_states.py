@@ -183,7 +183,6 @@ _REQUIRED = (
     MODIFICATION_DATETIME,
     SCHEDULED_START,
     INPUT_READINESS_STATE,
-    PROCEDURE_STEP_LABEL,
 )
 # P: needed in the Performed Procedure Sequence item for COMPLETED.
 _COMPLETED_ITEM = (

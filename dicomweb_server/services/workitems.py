@@ -52,10 +52,13 @@ __all__ = [
     "WorkitemService",
 ]
 
-# Attributes whose change assigns the workitem (PS3.4 CC.2.4.2, UPS Assigned).
-_ASSIGNMENT = (w.STATION_NAME_SEQUENCE, w.SCHEDULED_HUMAN_PERFORMERS, "00404036")
-# Progress attributes inside the Progress Information Sequence (UPS Progress Report).
+# Attributes whose change assigns the workitem (PS3.4 CC.2.4.3, UPS Assigned).
+_ASSIGNMENT = (w.STATION_NAME_SEQUENCE, w.SCHEDULED_HUMAN_PERFORMERS)
+# Progress Information Sequence attributes whose change is a UPS Progress Report (CC.2.4.3).
 _PROGRESS = (w.PROGRESS, w.PROGRESS_DESCRIPTION, w.COMMUNICATIONS_URI_SEQUENCE)
+# The Requesting AE of a Cancel Requested event (Type 1) when the request names none:
+# UPS-RS requests and the archive's own cancellations carry no AE title.
+DEFAULT_REQUESTING_AE = "DICOMWEB"
 
 
 @dataclass
@@ -86,23 +89,29 @@ def _progress(dataset: dict[str, Any]) -> dict[str, Any]:
 
 
 def _change_events(before: Workitem | None, after: Workitem) -> list[WorkitemEvent]:
-    """The events a change from ``before`` (None: created) to ``after`` causes."""
+    """The events a change from ``before`` (None: created) to ``after`` causes, per
+    PS3.4 CC.2.4.3: a State Report when created or when Procedure Step State or Input
+    Readiness State changes; UPS Assigned when created with, or updated in, the scheduled
+    station or human performers; a Progress Report when the progress, its description
+    or the communications URIs change (with the whole Progress Information Sequence)."""
     events: list[WorkitemEvent] = []
+    new = after.dataset
     old = before.dataset if before is not None else {}
     if (
         before is None
         or before.state != after.state
-        or old.get(w.INPUT_READINESS_STATE) != after.dataset.get(w.INPUT_READINESS_STATE)
+        or old.get(w.INPUT_READINESS_STATE) != new.get(w.INPUT_READINESS_STATE)
     ):
         events.append(_state_report(after))
-    assigned = _pick(after.dataset, _ASSIGNMENT)
-    if assigned and any(old.get(k) != after.dataset.get(k) for k in _ASSIGNMENT):
-        has_value = any(w.has_value(after.dataset, k) for k in _ASSIGNMENT)
-        if has_value:
-            events.append(WorkitemEvent(after.uid, UPS_ASSIGNED, w.sort_keys(assigned)))
-    progress = _progress(after.dataset)
-    if progress and progress != _progress(old):
-        info = {w.PROGRESS_INFORMATION_SEQUENCE: w.element("SQ", w.sort_keys(progress))}
+    if before is None:
+        assigned = any(w.has_value(new, k) for k in _ASSIGNMENT)
+    else:
+        assigned = any(old.get(k) != new.get(k) for k in _ASSIGNMENT)
+    if assigned:
+        info = {k: copy.deepcopy(new.get(k, w.element("SQ"))) for k in _ASSIGNMENT}
+        events.append(WorkitemEvent(after.uid, UPS_ASSIGNED, info))
+    if _progress(new) != _progress(old):
+        info = _pick(new, (w.PROGRESS_INFORMATION_SEQUENCE,))
         events.append(WorkitemEvent(after.uid, UPS_PROGRESS_REPORT, info))
     return events
 
@@ -217,14 +226,20 @@ class WorkitemService:
 
     @staticmethod
     def _cancel_requested(uid: str, info: dict[str, Any]) -> WorkitemEvent:
-        """UPS Cancel Requested event information (PS3.4 Table CC.2.4-2)."""
+        """UPS Cancel Requested event information (PS3.4 Table CC.2.4-1): the Requesting
+        AE, and the reason and contact when the request gave them."""
         keys = (
             w.REASON_FOR_CANCELLATION,
             w.DISCONTINUATION_REASON_SEQUENCE,
             w.CONTACT_URI,
             w.CONTACT_DISPLAY_NAME,
         )
-        return WorkitemEvent(uid, UPS_CANCEL_REQUESTED, w.sort_keys(_pick(info, keys)))
+        event = _pick(info, keys)
+        if w.has_value(info, w.REQUESTING_AE):
+            event[w.REQUESTING_AE] = copy.deepcopy(info[w.REQUESTING_AE])
+        else:
+            event[w.REQUESTING_AE] = w.element("AE", DEFAULT_REQUESTING_AE)
+        return WorkitemEvent(uid, UPS_CANCEL_REQUESTED, w.sort_keys(event))
 
     def search_page(self, params: Mapping[str, Sequence[str]]) -> SearchPage:
         """Search for Workitems (PS3.18 11.9): results, warnings, and whether more match."""
