@@ -3,6 +3,7 @@ state table of PS3.4 CC.1.1-2, the final-state requirements, events, archive ope
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import pytest
@@ -366,3 +367,43 @@ def test_assignment_event_on_update(svc: WorkitemService, rec: Recorder) -> None
     assert rec.types() == [UPS_ASSIGNED]
     svc.update(uid, {"00741204": el("LO", "again")}, None)
     assert rec.types() == [UPS_ASSIGNED]  # no new event: nothing assigned changed
+
+
+class Broken:
+    def publish(self, event: WorkitemEvent) -> None:
+        raise RuntimeError("subscriber store down")
+
+
+def test_publisher_failure_does_not_fail_the_change(
+    index: SqlIndex, caplog: pytest.LogCaptureFixture
+) -> None:
+    svc = WorkitemService(SqlWorkitems(index), Broken())
+    uid = svc.create(order()).uid
+    txn = svc.claim(uid)
+    assert svc.get(uid).transaction_uid == txn
+    assert "could not publish UPS event" in caplog.text
+
+
+def test_concurrent_claims_one_wins(index: SqlIndex) -> None:
+    """Row-locked read-modify-write: of several performers claiming one workitem at
+    once, exactly one gets it; the others, with other Transaction UIDs, get 0xC301
+    (PS3.4 Table CC.1.1-2)."""
+    svc = WorkitemService(SqlWorkitems(index))
+    uid = svc.create(order()).uid
+    txns = [str(generate_uid()) for _ in range(6)]
+    outcomes: list[str] = []
+
+    def claim(txn: str) -> None:
+        try:
+            svc.change_state(uid, IN_PROGRESS, txn)
+            outcomes.append("won")
+        except UpsConflict as exc:
+            outcomes.append(hex(exc.status))
+
+    threads = [threading.Thread(target=claim, args=(t,)) for t in txns]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert sorted(outcomes) == ["0xc301"] * 5 + ["won"]
+    assert svc.get(uid).transaction_uid in txns

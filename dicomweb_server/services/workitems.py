@@ -9,6 +9,7 @@ Each change is one transaction on the row; its events are published after the co
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +42,8 @@ from dicomweb_server.services.workitem_events import (
     WorkitemEvent,
 )
 from dicomweb_server.storage.interfaces import WorkitemFilter, WorkitemStore
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "CANCELED",
@@ -133,8 +136,14 @@ class WorkitemService:
     # -- helpers -----------------------------------------------------------------------
 
     def _publish(self, events: Sequence[WorkitemEvent]) -> None:
+        """After the commit; a failing publisher never fails the change it reports."""
         for event in events:
-            self.events.publish(event)
+            try:
+                self.events.publish(event)
+            except Exception:
+                log.exception(
+                    "could not publish UPS event %d of %s", event.event_type, event.workitem_uid
+                )
 
     def _modify(self, uid: str, change: Any) -> tuple[Workitem, Workitem]:
         before, after = self.store.modify_workitem(uid, change)
