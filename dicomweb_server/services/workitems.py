@@ -30,6 +30,7 @@ from dicomweb_server.dicom.workitem_match import (
     parse_search,
     result,
 )
+from dicomweb_server.dicom.workitem_performed import merge_performed, with_output
 from dicomweb_server.dicom.workitem_states import UpsConflict
 from dicomweb_server.errors import InvalidRequest, NotFound
 from dicomweb_server.services.workitem_events import (
@@ -76,7 +77,7 @@ def _pick(dataset: dict[str, Any], keys: Sequence[str]) -> dict[str, Any]:
 
 
 def _state_report(item: Workitem) -> WorkitemEvent:
-    """UPS State Report event information (PS3.4 Table CC.2.4-2)."""
+    """UPS State Report event information (PS3.4 Table CC.2.4-1)."""
     info = _pick(item.dataset, (w.PROCEDURE_STEP_STATE, w.INPUT_READINESS_STATE))
     if item.state == CANCELED:
         progress = w.items(item.dataset, w.PROGRESS_INFORMATION_SEQUENCE)
@@ -340,7 +341,7 @@ class WorkitemService:
                 )
             if item.state != IN_PROGRESS:
                 raise UpsConflict(rules.NO_LONGER_UPDATABLE, f"the workitem is {item.state}")
-            dataset = _merge(item.dataset, extra)
+            dataset = merge_performed(item.dataset, extra)
             if state == COMPLETED:
                 dataset = rules.fill_completed(dataset, now)
             else:
@@ -386,7 +387,7 @@ class WorkitemService:
         added: list[bool] = []
 
         def change(item: Workitem) -> Workitem | None:
-            dataset = _with_output(
+            dataset = with_output(
                 item.dataset, study_uid, series_uid, sop_class_uid, sop_instance_uid
             )
             if dataset is None:
@@ -400,56 +401,3 @@ class WorkitemService:
 
 class _Unchanged(Exception):
     """Leaves a modification without change (rolled back, nothing published)."""
-
-
-def _merge(dataset: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(dataset)
-    for key, value in extra.items():
-        if key in w.UPDATE_REFUSED:
-            continue
-        if key in (w.PERFORMED_PROCEDURE_SEQUENCE, w.PROGRESS_INFORMATION_SEQUENCE):
-            new_items = w.items(extra, key)
-            old_items = w.items(out, key)
-            if new_items:
-                merged = dict(old_items[0]) if old_items else {}
-                merged.update(copy.deepcopy(new_items[0]))
-                out[key] = w.element("SQ", w.sort_keys(merged))
-            continue
-        out[key] = copy.deepcopy(value)
-    return w.sort_keys(out)
-
-
-def _with_output(
-    dataset: dict[str, Any], study: str, series: str, sop_class: str, sop_instance: str
-) -> dict[str, Any] | None:
-    out = copy.deepcopy(dataset)
-    performed = w.items(out, w.PERFORMED_PROCEDURE_SEQUENCE)
-    item = performed[0] if performed else {}
-    outputs = w.items(item, w.OUTPUT_INFORMATION_SEQUENCE)
-    reference = {
-        w.REFERENCED_SOP_CLASS_UID: w.element("UI", sop_class),
-        w.REFERENCED_SOP_INSTANCE_UID: w.element("UI", sop_instance),
-    }
-    target = None
-    for output in outputs:
-        for ref in w.items(output, w.REFERENCED_SOP_SEQUENCE):
-            if w.text(ref, w.REFERENCED_SOP_INSTANCE_UID) == sop_instance:
-                return None
-        if (
-            w.text(output, w.STUDY_INSTANCE_UID) == study
-            and w.text(output, w.SERIES_INSTANCE_UID) == series
-        ):
-            target = output
-    if target is None:
-        target = {
-            w.STUDY_INSTANCE_UID: w.element("UI", study),
-            w.SERIES_INSTANCE_UID: w.element("UI", series),
-            w.TYPE_OF_INSTANCES: w.element("CS", "DICOM"),
-            w.REFERENCED_SOP_SEQUENCE: w.element("SQ"),
-        }
-        outputs.append(target)
-    refs = w.items(target, w.REFERENCED_SOP_SEQUENCE)
-    target[w.REFERENCED_SOP_SEQUENCE] = w.element("SQ", *refs, reference)
-    item[w.OUTPUT_INFORMATION_SEQUENCE] = w.element("SQ", *[w.sort_keys(o) for o in outputs])
-    out[w.PERFORMED_PROCEDURE_SEQUENCE] = w.element("SQ", w.sort_keys(item))
-    return w.sort_keys(out)
