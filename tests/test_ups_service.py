@@ -225,10 +225,15 @@ def test_request_cancellation(svc: WorkitemService, rec: Recorder) -> None:
     progress = item.dataset["00741002"]["Value"][0]
     assert "00404052" in progress and progress["00741238"]["Value"] == ["patient left"]
     assert "0074100E" in progress  # a discontinuation reason code is required
-    assert rec.types() == [UPS_STATE_REPORT]
+    # PS3.4 CC.2.2.3: Cancel Requested, then SCHEDULED -> IN PROGRESS -> CANCELED
+    assert rec.types() == [UPS_CANCEL_REQUESTED, UPS_STATE_REPORT, UPS_STATE_REPORT]
+    assert [e.info["00741000"]["Value"][0] for e in rec.events[1:]] == [IN_PROGRESS, CANCELED]
+    assert item.transaction_uid is not None  # the SCP performed it
+    rec.events.clear()
     assert svc.request_cancellation(scheduled, {}) == [
         "The UPS is already in the requested state of CANCELED."
     ]
+    assert rec.events == []  # nothing happened
 
     running = svc.create(order(accession="A2")).uid
     svc.change_state(running, IN_PROGRESS, str(generate_uid()))
@@ -340,7 +345,11 @@ def test_archive_operations(svc: WorkitemService, rec: Recorder) -> None:
         svc.cancel(uid, "order withdrawn")
 
     scheduled = svc.create(order(accession="C1")).uid
+    rec.events.clear()
     svc.cancel(scheduled, "order withdrawn")
+    assert rec.types() == [UPS_STATE_REPORT, UPS_STATE_REPORT]
+    with pytest.raises(UpsConflict):
+        svc.cancel(scheduled, "twice")
     canceled = svc.get(scheduled)
     assert canceled.state == CANCELED
     assert canceled.dataset["00741002"]["Value"][0]["00741238"]["Value"] == ["order withdrawn"]
