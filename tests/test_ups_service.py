@@ -182,7 +182,6 @@ def test_change_state_table(svc: WorkitemService, rec: Recorder) -> None:
     refused(SCHEDULED, txn, 0xC303)
     # final-state requirements: nothing performed recorded yet
     refused(COMPLETED, txn, 0xC304)
-    refused(CANCELED, txn, 0xC304)
     assert state_of(svc, uid) == IN_PROGRESS
     svc.update(uid, completion(), txn)
     assert svc.change_state(uid, COMPLETED, txn) == []
@@ -194,6 +193,18 @@ def test_change_state_table(svc: WorkitemService, rec: Recorder) -> None:
     refused(CANCELED, txn, 0xC300)
     refused(IN_PROGRESS, txn, 0xC300)
     refused(SCHEDULED, txn, 0xC303)
+
+
+def test_performer_cancels_without_update(svc: WorkitemService) -> None:
+    """PS3.4 CC.2.5.1.3.2 note: two N-ACTIONs and no N-SET cancel a SCHEDULED workitem;
+    the SCP fills the Cancellation DateTime (Table CC.2.5-3) and a reason."""
+    uid = svc.create(order()).uid
+    txn = str(generate_uid())
+    svc.change_state(uid, IN_PROGRESS, txn)
+    assert svc.change_state(uid, CANCELED, txn) == []
+    progress = svc.get(uid).dataset["00741002"]["Value"][0]
+    assert progress["00404052"]["Value"][0].startswith("20")
+    assert progress["0074100E"]["Value"][0]["00080100"]["Value"] == ["110513"]
 
 
 def test_cancel_by_performer(svc: WorkitemService, rec: Recorder) -> None:

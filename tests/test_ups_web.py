@@ -210,12 +210,19 @@ def test_cancel_by_performer(shared_server: Server) -> None:
     uid = new_workitem(shared_server)
     txn = str(generate_uid())
     assert put_state(shared_server, uid, "IN PROGRESS", txn).status_code == 200
-    assert put_state(shared_server, uid, "CANCELED", txn).status_code == 409  # no reason yet
     assert post_update(shared_server, uid, cancellation(), txn).status_code == 200
     assert put_state(shared_server, uid, "CANCELED", txn).status_code == 200
+    progress = get(shared_server, uid)["00741002"]["Value"][0]
+    assert progress["00741238"]["Value"] == ["wrong patient"]  # the performer's reason kept
+    assert progress["0074100E"]["Value"][0]["00080100"]["Value"] == ["110514"]
     again = put_state(shared_server, uid, "CANCELED", txn)
     assert again.status_code == 200
     assert warning(again).endswith("The UPS is already in the requested state of CANCELED.")
+    # without an update first, the SCP fills the cancellation date-time and a reason
+    quick = new_workitem(shared_server)
+    assert put_state(shared_server, quick, "IN PROGRESS", txn).status_code == 200
+    assert put_state(shared_server, quick, "CANCELED", txn).status_code == 200
+    assert "00404052" in get(shared_server, quick)["00741002"]["Value"][0]
 
 
 def test_request_cancellation(shared_server: Server) -> None:

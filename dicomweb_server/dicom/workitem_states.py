@@ -215,8 +215,15 @@ def missing_for_final(dataset: dict[str, Any], target: str) -> list[str]:
     if not found:
         missing.append(_label(parent))
     else:
-        missing += [_label(k, parent) for k in needed if not has_value(found[0], k)]
+        item = found[0]
+        missing += [_label(k, parent) for k in needed if not _valued(item, k)]
     return missing
+
+
+def _valued(item: dict[str, Any], key: str) -> bool:
+    # "If there are no relevant output objects, then this sequence may have no items"
+    # (Table CC.2.5-3): present is enough for the Output Information Sequence.
+    return key in item if key == OUTPUT_INFORMATION_SEQUENCE else has_value(item, key)
 
 
 def check_final(dataset: dict[str, Any], target: str) -> None:

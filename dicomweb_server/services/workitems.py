@@ -198,15 +198,21 @@ class WorkitemService:
             )
         check_uid(transaction_uid, "TransactionUID (00081195)")
         warnings: list[str] = []
+        now = w.now_dt()
 
         def change(item: Workitem) -> Workitem | None:
             outcome = rules.change_state(item.state, state, item.transaction_uid, transaction_uid)
             warnings.extend(outcome.warnings)
             if outcome.state is None:
                 return None
+            dataset = item.dataset
+            if outcome.state == CANCELED:
+                # The SCP fills the Cancellation DateTime (Table CC.2.5-3) and, so that a
+                # performer may cancel without an N-SET (CC.2.5.1.3.2 note), the reason.
+                dataset = rules.fill_canceled(dataset, now, {})
             if outcome.state in (COMPLETED, CANCELED):
-                rules.check_final(item.dataset, outcome.state)
-            dataset = rules.with_state(item.dataset, outcome.state)
+                rules.check_final(dataset, outcome.state)
+            dataset = rules.with_state(dataset, outcome.state)
             return Workitem(item.uid, outcome.state, transaction_uid, dataset)
 
         self._modify(uid, change)
