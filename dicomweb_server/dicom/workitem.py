@@ -111,7 +111,16 @@ _CREATE_REFUSED = (TRANSACTION_UID,)
 # Attributes an Update (N-SET) may not touch (PS3.4 Table CC.2.5-3, CC.2.6.1.2): the
 # identity, the state (Change State does that) and the lock.
 UPDATE_REFUSED = frozenset(
-    {SOP_CLASS_UID, SOP_INSTANCE_UID, PROCEDURE_STEP_STATE, TRANSACTION_UID, MODIFICATION_DATETIME}
+    {
+        SOP_CLASS_UID,
+        SOP_INSTANCE_UID,
+        PROCEDURE_STEP_STATE,
+        TRANSACTION_UID,
+        MODIFICATION_DATETIME,
+        "00100021",  # IssuerOfPatientID: N-SET "Not allowed"
+        "00100024",  # IssuerOfPatientIDQualifiersSequence: N-SET "Not allowed"
+        "00741224",  # ReplacedProcedureStepSequence: N-SET "Not allowed"
+    }
 )
 
 _KEY_RE = re.compile(r"^[0-9A-F]{8}$")
