@@ -157,6 +157,14 @@ def test_update_checks(changes: Any, message: str) -> None:
         w.check_update(changes)
 
 
+def test_create_takes_an_empty_transaction_uid() -> None:
+    ds = order()
+    ds["00081195"] = el("UI")  # "2/2, shall be empty" (Table CC.2.5-3)
+    uid, stored = w.prepare_create(ds, "1.2.3", w.now_dt())
+    assert uid == "1.2.3" and "00081195" not in stored
+    assert stored["00741210"] == el("SQ")  # a Type 2 attribute added empty
+
+
 def test_index_keys_prefer_the_request_item() -> None:
     ds = order(accession="REQ", study_uid="1.2.3.9", patient_id="PX", station="AE1")
     ds["00080050"] = el("SH", "TOP")
@@ -262,6 +270,7 @@ def test_fuzzy_and_results() -> None:
         {"fuzzymatching": ["maybe"]},
         {"PatientID": ["a", "b"]},
         {"SOPInstanceUID": ["1.02"]},
+        {"TransactionUID": ["1.2.3"]},
     ],
 )
 def test_bad_search(params: dict[str, list[str]]) -> None:

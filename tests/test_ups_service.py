@@ -94,6 +94,7 @@ def test_create_uid_from_dataset_and_conflict(svc: WorkitemService) -> None:
         (lambda d: d.update({"00741200": el("CS", "URGENT")}), "ScheduledProcedureStepPriority"),
         (lambda d: d.update({"00741000": el("CS", "IN PROGRESS")}), "SCHEDULED"),
         (lambda d: d.update({"00081195": el("UI", "1.2.3")}), "TransactionUID"),
+        (lambda d: d.update({"00741002": el("SQ", {"00741004": el("DS", 1)})}), "empty"),
         (lambda d: d.update({"00404005": el("DT", "tomorrow")}), "date-time"),
         (lambda d: d.update({"0020000D": el("UI", "1.02.x")}), "not a valid UID"),
         (lambda d: d.update({"zz": {}}), "not an attribute tag"),

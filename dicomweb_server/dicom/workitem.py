@@ -103,11 +103,9 @@ _CREATE_TYPE2: dict[str, str] = {
     STATION_CLASS_SEQUENCE: "SQ",
     "00404027": "SQ",  # ScheduledStationGeographicLocationCodeSequence
     "00404021": "SQ",  # InputInformationSequence
-    "00404011": "DT",  # ExpectedCompletionDateTime
+    "00741210": "SQ",  # ScheduledProcessingParametersSequence
     REFERENCED_REQUEST_SEQUENCE: "SQ",
 }
-# Only the SCP sets these; a client may not give them (PS3.4 CC.2.5.1.1, Table CC.2.5-3).
-_CREATE_REFUSED = (TRANSACTION_UID,)
 # Attributes an Update (N-SET) may not touch (PS3.4 Table CC.2.5-3, CC.2.6.1.2): the
 # identity, the state (Change State does that) and the lock.
 UPDATE_REFUSED = frozenset(
@@ -259,9 +257,10 @@ def prepare_create(dataset: Any, uid: str | None, now: str) -> tuple[str, dict[s
     added empty. Raises InvalidRequest naming the first offending attribute.
     """
     dataset = copy.deepcopy(check_json(dataset))
-    for key in _CREATE_REFUSED:
-        if key in dataset:
-            raise InvalidRequest(f"{_name(key)} must not be given when creating a workitem")
+    # Table CC.2.5-3: Transaction UID "2/2, shall be empty" at creation.
+    if has_value(dataset, TRANSACTION_UID):
+        raise InvalidRequest(f"{_name(TRANSACTION_UID)} must be empty when creating a workitem")
+    dataset.pop(TRANSACTION_UID, None)
     given = text(dataset, SOP_INSTANCE_UID)
     if uid is not None and given is not None and uid != given:
         raise InvalidRequest(
