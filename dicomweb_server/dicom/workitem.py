@@ -131,7 +131,7 @@ _DT_RE = re.compile(
 class Workitem:
     uid: str  # SOP Instance UID of the UPS
     state: str  # one of STATES
-    transaction_uid: str | None  # never shown to clients (PS3.4 CC.1.1, Table CC.2.5-3)
+    transaction_uid: str | None  # never shown to clients (PS3.4 CC.2.7.3)
     dataset: dict[str, Any]  # DICOM JSON, with ProcedureStepState, no TransactionUID
 
 
@@ -385,5 +385,5 @@ def index_keys(dataset: dict[str, Any]) -> WorkitemKeys:
 
 
 def public(dataset: dict[str, Any]) -> dict[str, Any]:
-    """The dataset as clients see it: never the Transaction UID (PS3.4 CC.1.1, Table CC.2.5-3)."""
+    """The dataset as clients see it: never the Transaction UID (PS3.4 CC.2.7.3)."""
     return {k: v for k, v in dataset.items() if k != TRANSACTION_UID}
