@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 from pydicom.uid import generate_uid
 
+from dicomweb_server.dicom.xmlmodel import to_xml
 from tests.conftest import Server, http
 from tests.upsgen import cancellation, completion, el, order
 
@@ -105,12 +106,12 @@ def test_create_refusals(shared_server: Server) -> None:
     assert no_uid.status_code == 400 and "Workitem UID" in no_uid.json()["message"]
     not_json = http().post(f"{shared_server.url}/workitems?{fresh}", content=b"{oops", headers=JSON)
     assert not_json.status_code == 400
-    xml_body = http().post(
+    plain = http().post(
         f"{shared_server.url}/workitems?{fresh}",
-        content=b"<x/>",
-        headers={"Content-Type": "application/dicom+xml"},
+        content=b"PatientID=1",
+        headers={"Content-Type": "text/plain"},
     )
-    assert xml_body.status_code == 415
+    assert plain.status_code == 415
     assert (
         http().post(f"{shared_server.url}/workitems?1.02.3", json=order(), headers=JSON).status_code
         == 400
@@ -340,3 +341,25 @@ def test_concurrent_claims_over_http(shared_server: Server) -> None:
     winner = txns[codes.index(200)]
     update = post_update(shared_server, uid, {"00741204": el("LO", "mine")}, winner)
     assert update.status_code == 200
+
+
+def test_xml_bodies(shared_server: Server) -> None:
+    """application/dicom+xml (PS3.19 Native DICOM Model) for create and change state."""
+    uid = str(generate_uid())
+    xml = {"Content-Type": "application/dicom+xml", "Accept": "application/dicom+json"}
+    created = http().post(
+        f"{shared_server.url}/workitems?{uid}", content=to_xml(order(accession="X1")), headers=xml
+    )
+    assert created.status_code == 201, created.text
+    assert get(shared_server, uid)["0040A370"]["Value"][0]["00080050"]["Value"] == ["X1"]
+    txn = str(generate_uid())
+    state = {"00741000": el("CS", "IN PROGRESS"), "00081195": el("UI", txn)}
+    moved = http().put(
+        f"{shared_server.url}/workitems/{uid}/state", content=to_xml(state), headers=xml
+    )
+    assert moved.status_code == 200, moved.text
+    assert get(shared_server, uid)["00741000"]["Value"] == ["IN PROGRESS"]
+    broken = http().post(
+        f"{shared_server.url}/workitems?{generate_uid()}", content=b"<x", headers=xml
+    )
+    assert broken.status_code == 400

@@ -2,7 +2,8 @@
 request cancellation and search of workitems, over the workitem service.
 
 Request bodies are DICOM JSON (``application/dicom+json``, or ``application/json``): one
-dataset, as an object or an array holding one object (PS3.18 F.2). The Workitem UID of
+dataset, as an object or an array holding one object (PS3.18 F.2); or one Native DICOM
+Model document (``application/dicom+xml``, PS3.19). The Workitem UID of
 Create and the Transaction UID of Update are the bare query string (PS3.18 11.4.1,
 11.6.1: ``/workitems?{workitem}``, ``/workitems/{workitem}?{transaction-uid}``).
 Warnings use the ``299 <service>: <text>`` form with the texts PS3.18 lists.
@@ -25,6 +26,7 @@ from dicomweb_server.dicom.negotiation import choose_dataset_form
 from dicomweb_server.dicom.uids import check_uid
 from dicomweb_server.dicom.workitem import PROCEDURE_STEP_STATE, TRANSACTION_UID, public, text
 from dicomweb_server.dicom.workitem_states import MissingTransactionUid, UpsConflict
+from dicomweb_server.dicom.xmlparse import from_xml
 from dicomweb_server.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 from dicomweb_server.web.errors import ups_refusal
 from dicomweb_server.web.negotiate import check_charset, negotiate
@@ -34,6 +36,7 @@ from dicomweb_server.web.urls import base_url
 
 T = TypeVar("T")
 _JSON_TYPES = frozenset({"application/dicom+json", "application/json"})
+DICOM_XML = "application/dicom+xml"
 
 
 def ups_routes() -> list[Route]:
@@ -84,9 +87,12 @@ async def _dataset(request: Request, required: bool = True) -> dict[str, Any]:
     if not body.strip() and not required:
         return {}
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media == DICOM_XML:
+        return from_xml(bytes(body))
     if media not in _JSON_TYPES:
         raise UnsupportedMediaType(
-            f"workitems are accepted as application/dicom+json, not {media or 'no type'}"
+            "workitems are accepted as application/dicom+json or application/dicom+xml, "
+            f"not {media or 'no type'}"
         )
     try:
         parsed = orjson.loads(bytes(body))
