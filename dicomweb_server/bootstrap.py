@@ -20,9 +20,12 @@ from dicomweb_server.services.query import QueryService
 from dicomweb_server.services.rendering import RenderService
 from dicomweb_server.services.retrieve import RetrieveService
 from dicomweb_server.services.store import StoreService
+from dicomweb_server.services.subscriptions import SubscriptionService
+from dicomweb_server.services.ups_delivery import EventHub
 from dicomweb_server.storage.blob_fs import FileBlobStore
 from dicomweb_server.storage.sql.index import SqlIndex
 from dicomweb_server.storage.sql.modalities import SqlModalities
+from dicomweb_server.storage.sql.ups_events import SqlSubscriptions
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +45,9 @@ class Services:
     audit: AuditTrail
     # --- dimse ---
     modalities: ModalityService
+    # --- ups-events ---
+    subscriptions: SubscriptionService
+    ups_hub: EventHub
 
     def close(self) -> None:
         self.index.close()
@@ -85,6 +91,8 @@ def build_services(settings: Settings) -> Services:
     index = SqlIndex(settings.effective_database_url)
     retrieve = RetrieveService(index, blobs)
     pixels = PixelService(index, blobs)
+    ups_store = SqlSubscriptions(index)
+    subscriptions = SubscriptionService(ups_store, settings.ups_event_retention_seconds)
     return Services(
         settings=settings,
         store=StoreService(index, blobs, settings),
@@ -100,4 +108,6 @@ def build_services(settings: Settings) -> Services:
         modalities=ModalityService(
             settings, SqlModalities(index), PynetdicomNetwork(settings, retrieve)
         ),
+        subscriptions=subscriptions,
+        ups_hub=EventHub(ups_store, settings.ups_event_poll_ms / 1000),
     )

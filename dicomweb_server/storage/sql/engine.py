@@ -12,7 +12,7 @@ from sqlmodel import SQLModel
 
 from dicomweb_server.storage.sql import models
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 6
 
 
 def is_sqlite(url: str) -> bool:
@@ -99,7 +99,14 @@ def _v4(conn: Connection) -> None:
     models.RemoteAE.__table__.create(conn, checkfirst=True)  # type: ignore[attr-defined]
 
 
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1, 2: _v2, 3: _v3, 4: _v4}
+def _v6(conn: Connection) -> None:
+    """UPS subscriptions and the event reports every process tails (ups-events)."""
+    for model in (models.UpsSubscription, models.UpsGlobalSubscription, models.UpsEvent):
+        table: Any = getattr(model, "__table__")  # noqa: B009 (SQLModel's table, untyped)
+        table.create(conn, checkfirst=True)
+
+
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1, 2: _v2, 3: _v3, 4: _v4, 6: _v6}
 
 
 def current_version(engine: Engine) -> int:
