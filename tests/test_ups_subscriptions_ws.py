@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -16,6 +17,7 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
+from dicomweb_server.services.credentials import hash_secret
 from dicomweb_server.services.subscriptions import SubscriptionService
 from dicomweb_server.services.workitem_events import UPS_PROGRESS_REPORT, WorkitemEvent
 from dicomweb_server.storage.interfaces import NewEvent
@@ -155,3 +157,22 @@ def test_the_server_keeps_serving_after_clients_vanish(
         publisher.publish(progress(workitem, 2))
         assert percent(receive(ws, 1)[0]) == 2
     assert a.alive()
+
+
+def test_the_event_channel_needs_a_reader(tmp_path: Path) -> None:
+    """With authentication on, the WebSocket handshake passes the same gate as a GET."""
+    key = "dwk_ws-reader-key-0123456789abcdef"
+    env = {"DICOMWEB_AUTH_API_KEYS": f"watcher:reader:{hash_secret(key, fast=True)}"}
+    server = start_server(
+        tmp_path / "d", f"sqlite:///{tmp_path / 'i.sqlite3'}", "--no-dimse", env=env
+    )
+    try:
+        for headers in ({}, {"X-API-Key": "dwk_wrong-key-0123456789abcdef"}):
+            with pytest.raises(InvalidStatus) as refused:
+                connect(ws_url(server, "AE1"), proxy=None, additional_headers=headers)
+            assert refused.value.response.status_code == 403
+        with connect(ws_url(server, "AE1"), proxy=None, additional_headers={"X-API-Key": key}):
+            pass
+    finally:
+        server.stop()
+    assert "Traceback" not in server.log(), server.log()
