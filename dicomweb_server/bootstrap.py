@@ -22,10 +22,12 @@ from dicomweb_server.services.retrieve import RetrieveService
 from dicomweb_server.services.store import StoreService
 from dicomweb_server.services.subscriptions import SubscriptionService
 from dicomweb_server.services.ups_delivery import EventHub
+from dicomweb_server.services.workitems import WorkitemService
 from dicomweb_server.storage.blob_fs import FileBlobStore
 from dicomweb_server.storage.sql.index import SqlIndex
 from dicomweb_server.storage.sql.modalities import SqlModalities
 from dicomweb_server.storage.sql.ups_events import SqlSubscriptions
+from dicomweb_server.storage.sql.workitems import SqlWorkitems
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,8 @@ class Services:
     audit: AuditTrail
     # --- dimse ---
     modalities: ModalityService
+    # --- ups-core ---
+    workitems: WorkitemService
     # --- ups-events ---
     subscriptions: SubscriptionService
     ups_hub: EventHub
@@ -93,7 +97,7 @@ def build_services(settings: Settings) -> Services:
     pixels = PixelService(index, blobs)
     ups_store = SqlSubscriptions(index)
     subscriptions = SubscriptionService(ups_store, settings.ups_event_retention_seconds)
-    return Services(
+    services = Services(
         settings=settings,
         store=StoreService(index, blobs, settings),
         query=QueryService(index),
@@ -108,6 +112,15 @@ def build_services(settings: Settings) -> Services:
         modalities=ModalityService(
             settings, SqlModalities(index), PynetdicomNetwork(settings, retrieve)
         ),
+        workitems=WorkitemService(
+            SqlWorkitems(index),
+            subscriptions,
+            default_limit=settings.qido_default_limit,
+            max_limit=settings.qido_max_limit,
+        ),
         subscriptions=subscriptions,
         ups_hub=EventHub(ups_store, settings.ups_event_poll_ms / 1000),
     )
+    # The workitem service publishes through subscriptions, which read workitems back.
+    subscriptions.attach(services.workitems)
+    return services

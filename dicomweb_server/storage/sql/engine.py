@@ -99,6 +99,11 @@ def _v4(conn: Connection) -> None:
     models.RemoteAE.__table__.create(conn, checkfirst=True)  # type: ignore[attr-defined]
 
 
+def _v5(conn: Connection) -> None:
+    """UPS workitems (issue #5): the worklist lives in the same index."""
+    models.WorkitemRow.__table__.create(conn, checkfirst=True)  # type: ignore[attr-defined]
+
+
 def _v6(conn: Connection) -> None:
     """UPS subscriptions and the event reports every process tails (ups-events)."""
     for model in (models.UpsSubscription, models.UpsGlobalSubscription, models.UpsEvent):
@@ -106,7 +111,9 @@ def _v6(conn: Connection) -> None:
         table.create(conn, checkfirst=True)
 
 
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1, 2: _v2, 3: _v3, 4: _v4, 6: _v6}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {
+    1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6,
+}  # fmt: skip
 
 
 def current_version(engine: Engine) -> int:
