@@ -1,7 +1,9 @@
-"""The UPS event channel over real sockets: WebSocket clients of two `serve` processes on
-one database (SQLite file and PostgreSQL) receive event reports queued by a third
-process (this one, like the DIMSE listener's parent process changing a workitem by
-MPPS), in order, with their Message IDs.
+"""UPS-RS subscriptions and the event channel over real sockets.
+
+Two `serve` processes share one database (SQLite file, PostgreSQL). Subscriptions are
+made over HTTP on one, WebSocket clients listen on either, and the workitems change in
+a third process (this test, through the real workitem service, the way the DIMSE
+listener's parent process changes them for MPPS).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 from websockets.exceptions import InvalidStatus
@@ -19,12 +22,21 @@ from websockets.sync.client import ClientConnection, connect
 
 from dicomweb_server.services.credentials import hash_secret
 from dicomweb_server.services.subscriptions import SubscriptionService
-from dicomweb_server.services.workitem_events import UPS_PROGRESS_REPORT, WorkitemEvent
-from dicomweb_server.storage.interfaces import NewEvent
+from dicomweb_server.services.workitem_events import (
+    UPS_ASSIGNED,
+    UPS_CANCEL_REQUESTED,
+    UPS_PROGRESS_REPORT,
+    UPS_STATE_REPORT,
+)
+from dicomweb_server.services.workitems import WorkitemService
 from dicomweb_server.storage.sql.index import SqlIndex
 from dicomweb_server.storage.sql.ups_events import SqlSubscriptions
-from tests.conftest import BACKENDS, Server, make_database_url, start_server
+from dicomweb_server.storage.sql.workitems import SqlWorkitems
+from tests.conftest import BACKENDS, Server, http, make_database_url, start_server
 from tests.dicomgen import uid
+from tests.upsgen import completion, el, order
+
+GLOBAL, FILTERED = "1.2.840.10008.5.1.4.34.5", "1.2.840.10008.5.1.4.34.5.1"
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
@@ -47,10 +59,13 @@ def pair(
 
 
 @pytest.fixture(scope="module")
-def publisher(pair: tuple[Server, Server]) -> Iterator[SubscriptionService]:
-    """A publisher in this test process, on the servers' database."""
+def workitems(pair: tuple[Server, Server]) -> Iterator[WorkitemService]:
+    """The workitem service in this process, publishing to the servers' database."""
     index = SqlIndex(pair[0].database_url)
-    yield SubscriptionService(SqlSubscriptions(index))
+    subscriptions = SubscriptionService(SqlSubscriptions(index))
+    service = WorkitemService(SqlWorkitems(index), subscriptions)
+    subscriptions.attach(service)
+    yield service
     index.close()
 
 
@@ -66,70 +81,207 @@ def receive(ws: ClientConnection, count: int, timeout: float = 30) -> list[dict[
     return [orjson.loads(ws.recv(timeout=timeout)) for _ in range(count)]
 
 
-def subscribe(publisher: SubscriptionService, aet: str, workitem: str) -> None:
-    publisher.store.subscribe(aet, workitem, False, None)
+def silent(ws: ClientConnection, seconds: float = 1.0) -> bool:
+    """Nothing arrives within ``seconds`` (twice the default poll interval and more)."""
+    try:
+        ws.recv(timeout=seconds)
+    except TimeoutError:
+        return True
+    return False
 
 
-def progress(workitem: str, percent: int) -> WorkitemEvent:
-    info = {
-        "00741002": {
-            "vr": "SQ",
-            "Value": [{"00741004": {"vr": "DS", "Value": [percent]}}],
-        }
-    }
-    return WorkitemEvent(workitem, UPS_PROGRESS_REPORT, info)
+def subscribers(server: Server, target: str, aet: str, query: str = "") -> str:
+    return f"{server.url}/workitems/{target}/subscribers/{aet}{query}"
 
 
-def percent(report: dict[str, Any]) -> int:
-    return int(report["00741002"]["Value"][0]["00741004"]["Value"][0])
+def subscribe(server: Server, target: str, aet: str, query: str = "") -> httpx.Response:
+    return http().post(subscribers(server, target, aet, query))
 
 
-def test_events_from_another_process_arrive_in_order_on_both_servers(
-    pair: tuple[Server, Server], publisher: SubscriptionService
+def what(report: dict[str, Any]) -> tuple[str, int, str | None]:
+    """(workitem, event type, procedure step state) of an event report."""
+    state = report.get("00741000", {}).get("Value", [None])[0]
+    return report["00001000"]["Value"][0], report["00001002"]["Value"][0], state
+
+
+def progress(percent: int) -> dict[str, Any]:
+    return {"00741002": el("SQ", {"00741004": el("DS", percent)})}
+
+
+def new_order(workitems: WorkitemService, **kwargs: Any) -> str:
+    return workitems.create(order(accession=uid()[-12:], **kwargs)).uid
+
+
+def test_subscriber_on_either_process_gets_the_state_then_every_change_in_order(
+    pair: tuple[Server, Server], workitems: WorkitemService
 ) -> None:
     a, b = pair
-    workitem = uid()
-    subscribe(publisher, "WATCH1", workitem)
+    item = new_order(workitems)
     with channel(a, "WATCH1") as on_a, channel(b, "WATCH1", "subscribers") as on_b:
-        for value in range(1, 21):
-            publisher.publish(progress(workitem, value * 5))
+        response = subscribe(b, item, "WATCH1", "?deletionlock=true")
+        assert response.status_code == 201, response.text
+        location = response.headers["content-location"]
+        assert location == f"ws://127.0.0.1:{b.port}/dicom-web/ws/subscribers/WATCH1"
+        txn = workitems.claim(item)
+        for percent in (20, 40, 60, 80):
+            workitems.update(item, progress(percent), txn)
+        workitems.update(item, completion(), txn)
+        workitems.change_state(item, "COMPLETED", txn)
         for ws in (on_a, on_b):
-            reports = receive(ws, 20)
-            assert [percent(r) for r in reports] == [v * 5 for v in range(1, 21)]
-            assert [r["00000110"]["Value"][0] for r in reports] == list(range(1, 21))
-            first = reports[0]
-            assert first["00000002"]["Value"] == ["1.2.840.10008.5.1.4.34.6.1"]
-            assert first["00001000"]["Value"] == [workitem]
-            assert first["00001002"]["Value"] == [UPS_PROGRESS_REPORT]
+            reports = receive(ws, 7)
+            assert [what(r) for r in reports] == [
+                (item, UPS_STATE_REPORT, "SCHEDULED"),  # the initial state (PS3.4 CC.2.4.3)
+                (item, UPS_STATE_REPORT, "IN PROGRESS"),
+                *[(item, UPS_PROGRESS_REPORT, None)] * 4,
+                (item, UPS_STATE_REPORT, "COMPLETED"),
+            ]
+            assert [r["00741002"]["Value"][0]["00741004"]["Value"][0] for r in reports[2:6]] == [
+                20,
+                40,
+                60,
+                80,
+            ]
+            assert [r["00000110"]["Value"][0] for r in reports] == list(range(1, 8))
+            assert reports[0]["00000002"]["Value"] == ["1.2.840.10008.5.1.4.34.6.1"]
+            assert reports[0]["00404041"] == {"vr": "CS", "Value": ["READY"]}
+            assert silent(ws, 0.5)
 
 
-def test_only_the_subscribed_ae_receives(
-    pair: tuple[Server, Server], publisher: SubscriptionService
+def test_cancel_request_reaches_the_subscriber(
+    pair: tuple[Server, Server], workitems: WorkitemService
 ) -> None:
     a, _ = pair
-    mine, theirs = uid(), uid()
-    subscribe(publisher, "MINE", mine)
-    subscribe(publisher, "THEIRS", theirs)
-    with channel(a, "MINE") as ws:
-        publisher.publish(progress(theirs, 10))
-        publisher.publish(progress(mine, 20))
-        [report] = receive(ws, 1)
-        assert report["00001000"]["Value"] == [mine]
-        with pytest.raises(TimeoutError):
-            ws.recv(timeout=1)
+    item = new_order(workitems)
+    workitems.claim(item)
+    with channel(a, "PERFORMER") as ws:
+        assert subscribe(a, item, "PERFORMER").status_code == 201
+        reason = {"00741238": el("LT", "patient left"), "00741236": el("AE", "HIS")}
+        workitems.request_cancellation(item, reason)
+        initial, requested = receive(ws, 2)
+        assert what(initial) == (item, UPS_STATE_REPORT, "IN PROGRESS")
+        assert what(requested) == (item, UPS_CANCEL_REQUESTED, None)
+        assert requested["00741238"]["Value"] == ["patient left"]
 
 
-def test_a_report_queued_before_connecting_is_not_replayed(
-    pair: tuple[Server, Server], publisher: SubscriptionService
+def test_only_the_subscribed_ae_receives_and_unsubscribe_stops_delivery(
+    pair: tuple[Server, Server], workitems: WorkitemService
 ) -> None:
-    """PS3.4 CC.2.4.3: no obligation to queue; a new connection starts from now."""
-    _, b = pair
-    workitem = uid()
-    publisher.store.subscribe("LATE", workitem, False, NewEvent("LATE", workitem, b"{}"))
-    with channel(b, "LATE") as ws:
-        publisher.publish(progress(workitem, 42))
-        [report] = receive(ws, 1)
-        assert percent(report) == 42
+    a, b = pair
+    mine, theirs = new_order(workitems), new_order(workitems)
+    assert subscribe(a, theirs, "THEIRS").status_code == 201
+    with channel(b, "MINE") as ws:
+        assert subscribe(a, mine, "MINE").status_code == 201
+        assert what(receive(ws, 1)[0]) == (mine, UPS_STATE_REPORT, "SCHEDULED")
+        workitems.claim(theirs)
+        assert silent(ws)
+        response = http().delete(subscribers(b, mine, "MINE"))
+        assert response.status_code == 200, response.text
+        workitems.claim(mine)
+        assert silent(ws)
+    assert http().delete(subscribers(a, mine, "MINE")).status_code == 404
+
+
+def test_worklist_subscription_reports_open_workitems_and_joins_new_ones(
+    pair: tuple[Server, Server], workitems: WorkitemService
+) -> None:
+    a, b = pair
+    existing = new_order(workitems)
+    with channel(a, "GLOBAL1") as ws:
+        response = subscribe(b, GLOBAL, "GLOBAL1", "?deletionlock=true")
+        assert response.status_code == 201, response.text
+        # One initial report per open workitem of the shared database, ours among them.
+        open_items = {w.uid for w in workitems.find(states=("SCHEDULED", "IN PROGRESS"))}
+        initial = receive(ws, len(open_items))
+        assert {what(r)[0] for r in initial} == open_items
+        assert existing in open_items
+        assert all(what(r)[1] == UPS_STATE_REPORT for r in initial)
+        assert silent(ws)
+        created = new_order(workitems, station="CT7")
+        scheduled, assigned = receive(ws, 2)
+        assert what(scheduled) == (created, UPS_STATE_REPORT, "SCHEDULED")
+        assert what(assigned) == (created, UPS_ASSIGNED, None)
+        assert assigned["00404025"]["Value"][0]["00080100"]["Value"] == ["CT7"]
+        # Suspend: no new workitems, but the ones subscribed to keep reporting.
+        assert http().post(subscribers(a, GLOBAL, "GLOBAL1", "/suspend")).status_code == 200
+        new_order(workitems)
+        assert silent(ws)
+        workitems.claim(created)
+        assert what(receive(ws, 1)[0]) == (created, UPS_STATE_REPORT, "IN PROGRESS")
+        assert http().post(subscribers(a, GLOBAL, "GLOBAL1", "/suspend")).status_code == 404
+
+
+def test_unsubscribing_from_the_worklist_ends_every_subscription(
+    pair: tuple[Server, Server], workitems: WorkitemService
+) -> None:
+    a, b = pair
+    assert subscribe(a, GLOBAL, "GLOBAL2").status_code == 201  # without lock: no reports
+    with channel(b, "GLOBAL2") as ws:
+        created = new_order(workitems)  # an order names its station: UPS Assigned too
+        assert [what(r) for r in receive(ws, 2)] == [
+            (created, UPS_STATE_REPORT, "SCHEDULED"),
+            (created, UPS_ASSIGNED, None),
+        ]
+        assert http().delete(subscribers(b, GLOBAL, "GLOBAL2")).status_code == 200
+        workitems.claim(created)
+        new_order(workitems)
+        assert silent(ws)
+    assert http().delete(subscribers(b, GLOBAL, "GLOBAL2")).status_code == 404
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "?PatientID={pid}",
+        "?filter=PatientID={pid}",
+        "?deletionlock=false&filter=PatientID={pid},ScheduledStationNameCodeSequence.CodeValue=CT9",
+    ],
+)
+def test_filtered_worklist_subscription_delivers_only_matching_workitems(
+    pair: tuple[Server, Server], workitems: WorkitemService, query: str
+) -> None:
+    a, b = pair
+    pid = "PID" + uid()[-10:]
+    aet = "FILTER" + pid[-6:]
+    with channel(a, aet) as ws:
+        response = subscribe(b, FILTERED, aet, query.format(pid=pid))
+        assert response.status_code == 201, response.text
+        new_order(workitems, patient_id="OTHER")
+        wanted = new_order(workitems, patient_id=pid, station="CT9")
+        first = receive(ws, 1)[0]
+        assert what(first) == (wanted, UPS_STATE_REPORT, "SCHEDULED")
+        assert what(receive(ws, 1)[0]) == (wanted, UPS_ASSIGNED, None)
+        assert silent(ws)
+    assert http().delete(subscribers(a, FILTERED, aet)).status_code == 200
+
+
+def test_bad_requests_get_the_standard_errors_and_change_nothing(
+    pair: tuple[Server, Server], workitems: WorkitemService
+) -> None:
+    a, _ = pair
+    item = new_order(workitems)
+    cases = [
+        (subscribers(a, item, "A" * 17), "post", 400),  # AE title longer than 16
+        (subscribers(a, item, "BAD%5CAE"), "post", 400),  # backslash
+        (subscribers(a, item, "%20%20"), "post", 400),  # only spaces
+        (subscribers(a, "1.2.03", "AE1"), "post", 400),  # not a UID
+        (subscribers(a, uid(), "AE1"), "post", 404),  # no such workitem
+        (subscribers(a, item, "AE1", "?deletionlock=yes"), "post", 400),
+        (subscribers(a, item, "AE1", "?PatientID=X"), "post", 400),  # filter needs 34.5.1
+        (subscribers(a, FILTERED, "AE1"), "post", 400),  # filtered without filter
+        (subscribers(a, FILTERED, "AE1", "?NoSuchAttribute=1"), "post", 400),
+        (subscribers(a, item, "AE1"), "delete", 404),  # not subscribed
+        (subscribers(a, GLOBAL, "AE1"), "delete", 404),
+        (subscribers(a, item, "AE1", "/suspend"), "post", 400),  # only worklists suspend
+        (subscribers(a, GLOBAL, "AE1", "/suspend"), "post", 404),
+    ]
+    with channel(a, "AE1") as ws:
+        for url, method, status in cases:
+            response = http().request(method.upper(), url)
+            assert response.status_code == status, (url, method, response.text)
+            assert response.json()["message"], url
+        workitems.claim(item)
+        assert silent(ws)  # none of them subscribed AE1 to anything
+    assert a.alive()
 
 
 def test_bad_ae_title_is_refused_at_the_handshake(pair: tuple[Server, Server]) -> None:
@@ -141,21 +293,21 @@ def test_bad_ae_title_is_refused_at_the_handshake(pair: tuple[Server, Server]) -
 
 
 def test_the_server_keeps_serving_after_clients_vanish(
-    pair: tuple[Server, Server], publisher: SubscriptionService
+    pair: tuple[Server, Server], workitems: WorkitemService
 ) -> None:
     a, _ = pair
-    workitem = uid()
-    subscribe(publisher, "GONE", workitem)
+    item = new_order(workitems)
+    assert subscribe(a, item, "GONE").status_code == 201
     for _ in range(3):
         with channel(a, "GONE"):
             pass
     # One that drops the TCP connection without a closing handshake.
     with contextlib.suppress(Exception), channel(a, "GONE") as ws:
         ws.socket.shutdown(socket.SHUT_RDWR)
-    publisher.publish(progress(workitem, 1))
+    txn = workitems.claim(item)
     with channel(a, "GONE") as ws:
-        publisher.publish(progress(workitem, 2))
-        assert percent(receive(ws, 1)[0]) == 2
+        workitems.update(item, progress(5), txn)
+        assert what(receive(ws, 1)[0]) == (item, UPS_PROGRESS_REPORT, None)
     assert a.alive()
 
 
@@ -173,6 +325,35 @@ def test_the_event_channel_needs_a_reader(tmp_path: Path) -> None:
             assert refused.value.response.status_code == 403
         with connect(ws_url(server, "AE1"), proxy=None, additional_headers={"X-API-Key": key}):
             pass
+        # Subscribing changes state: a reader may not (403), as for any POST.
+        response = http().post(
+            f"{server.url}/workitems/{GLOBAL}/subscribers/AE1", headers={"X-API-Key": key}
+        )
+        assert response.status_code == 403
     finally:
+        server.stop()
+    assert "Traceback" not in server.log(), server.log()
+
+
+def test_every_worker_process_delivers(tmp_path: Path) -> None:
+    """`serve --workers 2`: connections land on either worker; each gets the reports."""
+    url = f"sqlite:///{tmp_path / 'i.sqlite3'}"
+    server = start_server(tmp_path / "d", url, "--no-dimse", "--workers", "2")
+    index = SqlIndex(url)
+    try:
+        subscriptions = SubscriptionService(SqlSubscriptions(index))
+        workitems = WorkitemService(SqlWorkitems(index), subscriptions)
+        subscriptions.attach(workitems)
+        with contextlib.ExitStack() as stack:
+            sockets = [stack.enter_context(channel(server, "MANY")) for _ in range(6)]
+            assert subscribe(server, GLOBAL, "MANY").status_code == 201
+            created = new_order(workitems)
+            for ws in sockets:
+                assert [what(r)[:2] for r in receive(ws, 2)] == [
+                    (created, UPS_STATE_REPORT),
+                    (created, UPS_ASSIGNED),
+                ]
+    finally:
+        index.close()
         server.stop()
     assert "Traceback" not in server.log(), server.log()
