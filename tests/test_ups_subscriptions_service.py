@@ -8,6 +8,7 @@ tests/test_ups_subscriptions_web.py.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -333,3 +334,37 @@ def test_events_after_pages_and_skips_other_aes(
     assert end == store.last_event_id()
     assert store.events_after(end, {"A"}, 100) == ([], end)
     assert store.events_after(0, set(), 100) == ([], end)
+
+
+def test_a_tailer_never_skips_events_of_concurrent_publishers(store: SqlSubscriptions) -> None:
+    """Ids become visible in order, so remembering the last one seen misses nothing."""
+    done = threading.Event()
+    seen: list[bytes] = []
+
+    def tail() -> None:
+        last = 0
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            finished = done.is_set()
+            rows, last = store.events_after(last, {"T"}, 7)
+            seen.extend(r.message for r in rows)
+            if finished and not rows:
+                return
+
+    def publish(thread: int) -> None:
+        for n in range(25):
+            store.publish(f"1.2.{thread}", [("T", False)], b"%d-%d" % (thread, n), None)
+
+    tailer = threading.Thread(target=tail)
+    tailer.start()
+    publishers = [threading.Thread(target=publish, args=(t,)) for t in range(4)]
+    for p in publishers:
+        p.start()
+    for p in publishers:
+        p.join(60)
+    done.set()
+    tailer.join(60)
+    assert sorted(seen) == sorted(b"%d-%d" % (t, n) for t in range(4) for n in range(25))
+    for t in range(4):  # each publisher's events in its order
+        mine = [m for m in seen if m.startswith(b"%d-" % t)]
+        assert mine == [b"%d-%d" % (t, n) for n in range(25)]
