@@ -34,6 +34,7 @@ from dicomweb_server.storage.sql.ups_events import SqlSubscriptions
 from dicomweb_server.storage.sql.workitems import SqlWorkitems
 from tests.conftest import BACKENDS, Server, http, make_database_url, start_server
 from tests.dicomgen import uid
+from tests.test_ups_web import JSON, create, post_update, put_state
 from tests.upsgen import completion, el, order
 
 GLOBAL, FILTERED = "1.2.840.10008.5.1.4.34.5", "1.2.840.10008.5.1.4.34.5.1"
@@ -145,6 +146,41 @@ def test_subscriber_on_either_process_gets_the_state_then_every_change_in_order(
             assert reports[0]["00000002"]["Value"] == ["1.2.840.10008.5.1.4.34.6.1"]
             assert reports[0]["00404041"] == {"vr": "CS", "Value": ["READY"]}
             assert silent(ws, 0.5)
+
+
+def test_changes_made_over_rest_on_one_process_reach_a_subscriber_on_the_other(
+    pair: tuple[Server, Server],
+) -> None:
+    """The whole UPS-RS flow: create, subscribe, claim, progress, cancel request and
+    complete through process A's REST API; the WebSocket is on process B."""
+    a, b = pair
+    item = uid()
+    with channel(b, "RESTWATCH") as ws:
+        assert subscribe(a, GLOBAL, "RESTWATCH").status_code == 201
+        assert create(a, order(accession=item[-12:]), item).status_code == 201
+        txn = uid()
+        assert put_state(a, item, "IN PROGRESS", txn).status_code == 200
+        assert post_update(a, item, progress(50), txn).status_code == 200
+        response = http().post(
+            f"{a.url}/workitems/{item}/cancelrequest",
+            json={"00741238": el("LT", "no longer needed")},
+            headers=JSON,
+        )
+        assert response.status_code == 202, response.text
+        assert post_update(a, item, completion(), txn).status_code == 200
+        assert put_state(a, item, "COMPLETED", txn).status_code == 200
+        assert [what(r) for r in receive(ws, 6)] == [
+            (item, UPS_STATE_REPORT, "SCHEDULED"),
+            (item, UPS_ASSIGNED, None),
+            (item, UPS_STATE_REPORT, "IN PROGRESS"),
+            (item, UPS_PROGRESS_REPORT, None),
+            (item, UPS_CANCEL_REQUESTED, None),
+            (item, UPS_STATE_REPORT, "COMPLETED"),
+        ]
+        # Refused changes publish nothing.
+        assert put_state(a, item, "CANCELED", txn).status_code in (400, 409)
+        assert silent(ws)
+    assert http().delete(subscribers(a, GLOBAL, "RESTWATCH")).status_code == 200
 
 
 def test_cancel_request_reaches_the_subscriber(
