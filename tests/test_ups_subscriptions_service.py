@@ -12,11 +12,13 @@ import threading
 import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
+from dicomweb_server.config import load_settings
 from dicomweb_server.dicom import ups_events as ups
 from dicomweb_server.errors import InvalidRequest, NotFound
 from dicomweb_server.services.subscriptions import SubscriptionService
@@ -368,3 +370,12 @@ def test_a_tailer_never_skips_events_of_concurrent_publishers(store: SqlSubscrip
     for t in range(4):  # each publisher's events in its order
         mine = [m for m in seen if m.startswith(b"%d-" % t)]
         assert mine == [b"%d-%d" % (t, n) for n in range(25)]
+
+
+def test_delivery_settings_come_from_the_environment_and_are_checked(tmp_path: Path) -> None:
+    env = {"DICOMWEB_UPS_EVENT_POLL_MS": "50", "DICOMWEB_UPS_EVENT_RETENTION_SECONDS": "60"}
+    settings = load_settings(environ=env, data_dir=tmp_path)
+    assert (settings.ups_event_poll_ms, settings.ups_event_retention_seconds) == (50, 60)
+    for name, value in (("POLL_MS", "0"), ("POLL_MS", "fast"), ("RETENTION_SECONDS", "1")):
+        with pytest.raises(ValueError, match="ups_event"):
+            load_settings(environ={f"DICOMWEB_UPS_EVENT_{name}": value}, data_dir=tmp_path)
