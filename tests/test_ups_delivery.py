@@ -27,7 +27,7 @@ def test_a_listener_that_falls_behind_overflows_once() -> None:
 
 def test_hub_delivers_new_events_in_order_to_the_connected_aes_only(index: SqlIndex) -> None:
     store = SqlSubscriptions(index)
-    store.subscribe("OLD", "1.2.3", False, NewEvent("OLD", "1.2.3", b"before"))
+    store.subscribe("OLD", "1.2.3", False, lambda: NewEvent("OLD", "1.2.3", b"before"))
 
     async def scenario() -> None:
         hub = EventHub(store, poll_seconds=0.01)
@@ -35,7 +35,7 @@ def test_hub_delivers_new_events_in_order_to_the_connected_aes_only(index: SqlIn
         assert hub.connected == 3
         for n in range(5):
             store.publish("1.2.3", [("A", False)], b"%d" % n, None)
-        store.subscribe("C", "1.2.3", False, NewEvent("C", "1.2.3", b"not here"))
+        store.subscribe("C", "1.2.3", False, lambda: NewEvent("C", "1.2.3", b"not here"))
         for listener in (a1, a2):
             got = [await asyncio.wait_for(listener.next(), 10) for _ in range(5)]
             assert got == [b"0", b"1", b"2", b"3", b"4"]

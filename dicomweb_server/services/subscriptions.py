@@ -90,25 +90,28 @@ class SubscriptionService:
             )
         source = self._source()
         if kind is None:
-            item = source.get(target)  # NotFound: 404
-            report = NewEvent(aet, item.uid, self._state_report(item))
-            self.store.subscribe(aet, item.uid, deletion_lock, report)
+            check = source.get(target)  # NotFound (404) before taking any lock
+
+            def report() -> NewEvent:
+                item = source.get(check.uid)
+                return NewEvent(aet, item.uid, self._state_report(item))
+
+            self.store.subscribe(aet, check.uid, deletion_lock, report)
             return []
         params = ups.filter_params(matching_keys)
         if kind == ups.FILTERED:
             source.matches({}, params)  # InvalidRequest for keys it cannot match on
-        items = {
-            w.uid: w
-            for w in source.find(states=OPEN_STATES)
-            if kind == ups.GLOBAL or source.matches(w.dataset, params)
-        }
 
-        def initial(uid: str) -> NewEvent | None:
+        def reports() -> dict[str, NewEvent | None]:
             # PS3.4 CC.2.4.3: initial reports for a global subscription with lock only.
-            return NewEvent(aet, uid, self._state_report(items[uid])) if deletion_lock else None
+            return {
+                w.uid: NewEvent(aet, w.uid, self._state_report(w)) if deletion_lock else None
+                for w in source.find(states=OPEN_STATES)
+                if kind == ups.GLOBAL or source.matches(w.dataset, params)
+            }
 
         subscription = GlobalSubscription(aet, kind, deletion_lock, tuple(matching_keys))
-        self.store.subscribe_globally(subscription, list(items), initial)
+        self.store.subscribe_globally(subscription, reports)
         return []
 
     def unsubscribe(self, ae_title: str, target_uid: str) -> None:
@@ -166,11 +169,16 @@ class SubscriptionService:
                 if not self.workitems.matches(item.dataset, ups.filter_params(sub.filter)):
                     continue
             joining.append((sub.ae_title, sub.deletion_lock))
-        initial = None
-        if joining and event.event_type != UPS_STATE_REPORT and self.workitems is not None:
-            # A new subscriber learns the current state before this event.
-            item = item or self.workitems.get(uid)
-            initial = self._state_report(item)
+        source = self.workitems
+
+        def current_state() -> bytes:
+            assert source is not None
+            return self._state_report(source.get(uid))
+
+        # A new subscriber learns the current state before this event.
+        late = joining and event.event_type != UPS_STATE_REPORT and source is not None
+        initial = current_state if late else None
+
         message = ups.encode(ups.event_report(uid, event.event_type, event.info))
         self.store.publish(uid, joining, message, initial)
 

@@ -6,7 +6,7 @@ httpx's transport, each interface is small enough to have an in-memory double.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -254,9 +254,15 @@ class SubscriptionStore(Protocol):
     """
 
     def subscribe(
-        self, ae_title: str, workitem_uid: str, deletion_lock: bool, initial: NewEvent | None
+        self,
+        ae_title: str,
+        workitem_uid: str,
+        deletion_lock: bool,
+        initial: Callable[[], NewEvent | None],
     ) -> None:
-        """Subscribe the AE to one workitem and queue its initial state report."""
+        """Subscribe the AE to one workitem and queue ``initial()``, its state report,
+        read inside the transaction that orders events (so it cannot be staler than an
+        event queued after it)."""
         ...
 
     def unsubscribe(self, ae_title: str, workitem_uid: str) -> bool:
@@ -266,12 +272,11 @@ class SubscriptionStore(Protocol):
     def subscribe_globally(
         self,
         subscription: GlobalSubscription,
-        workitem_uids: Sequence[str],
-        initial: Callable[[str], NewEvent | None],
+        workitems: Callable[[], Mapping[str, NewEvent | None]],
     ) -> list[str]:
-        """Record the global subscription and subscribe the AE to each listed workitem it
-        is not subscribed to; ``initial(uid)`` gives the event to send for each of those.
-        Returns the workitems newly subscribed."""
+        """Record the global subscription and subscribe the AE to each workitem of
+        ``workitems()`` (UID -> the report to send, or None) it is not subscribed to, in
+        the same transaction. Returns the workitems newly subscribed."""
         ...
 
     def unsubscribe_globally(self, ae_title: str, kind: str) -> bool:
@@ -294,11 +299,11 @@ class SubscriptionStore(Protocol):
         workitem_uid: str,
         joining: Sequence[tuple[str, bool]],
         message: bytes,
-        initial: bytes | None,
+        initial: Callable[[], bytes] | None,
     ) -> list[str]:
         """Subscribe each (AE, deletion lock) of ``joining`` that has no subscription state
         for the workitem yet, then queue ``message`` for every subscriber (preceded by
-        ``initial``, when given, for those just subscribed). Returns the recipients."""
+        ``initial()``, when given, for those just subscribed). Returns the recipients."""
         ...
 
     def last_event_id(self) -> int: ...

@@ -10,7 +10,7 @@ sequence is drawn and committed by one transaction at a time.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -78,9 +78,16 @@ class SqlSubscriptions:
     # -- subscriptions ---------------------------------------------------------------
 
     def subscribe(
-        self, ae_title: str, workitem_uid: str, deletion_lock: bool, initial: NewEvent | None
+        self,
+        ae_title: str,
+        workitem_uid: str,
+        deletion_lock: bool,
+        initial: Callable[[], NewEvent | None],
     ) -> None:
         def work(conn: Connection) -> None:
+            # Read under the event lock: a change committed meanwhile is either in this
+            # report or queued after it for the (by then) subscribed AE.
+            report = initial()
             row = self._state(conn, ae_title, workitem_uid)
             values = {"deletion_lock": deletion_lock, "subscribed": True}
             if row is None:
@@ -94,7 +101,7 @@ class SqlSubscriptions:
                 )
             else:
                 conn.execute(update(_SUB).where(_SUB.c.pk == row.pk).values(**values))
-            self._add_events(conn, [initial] if initial else [])
+            self._add_events(conn, [report] if report else [])
 
         self._write(work)
 
@@ -115,12 +122,12 @@ class SqlSubscriptions:
     def subscribe_globally(
         self,
         subscription: GlobalSubscription,
-        workitem_uids: Sequence[str],
-        initial: Callable[[str], NewEvent | None],
+        workitems: Callable[[], Mapping[str, NewEvent | None]],
     ) -> list[str]:
         aet = subscription.ae_title
 
         def work(conn: Connection) -> list[str]:
+            reports = workitems()  # under the event lock, as in `subscribe`
             key = (_GLOBAL.c.ae_title == aet) & (_GLOBAL.c.kind == subscription.kind)
             conn.execute(delete(_GLOBAL).where(key))
             conn.execute(
@@ -137,7 +144,7 @@ class SqlSubscriptions:
             ).all()
             subscribed = {r.workitem_uid for r in rows if r.subscribed}
             not_subscribed = {r.workitem_uid for r in rows if not r.subscribed}
-            added = [uid for uid in dict.fromkeys(workitem_uids) if uid not in subscribed]
+            added = [uid for uid in reports if uid not in subscribed]
             now, lock = time.time(), subscription.deletion_lock
             for uid in added:
                 if uid in not_subscribed:
@@ -152,7 +159,7 @@ class SqlSubscriptions:
                             ae_title=aet, workitem_uid=uid, deletion_lock=lock, created_at=now
                         )
                     )
-            self._add_events(conn, [e for e in map(initial, added) if e is not None])
+            self._add_events(conn, [e for e in (reports[uid] for uid in added) if e is not None])
             return added
 
         return list(self._write(work))
@@ -214,7 +221,7 @@ class SqlSubscriptions:
         workitem_uid: str,
         joining: Sequence[tuple[str, bool]],
         message: bytes,
-        initial: bytes | None,
+        initial: Callable[[], bytes] | None,
     ) -> list[str]:
         def work(conn: Connection) -> list[str]:
             rows = conn.execute(
@@ -226,6 +233,7 @@ class SqlSubscriptions:
             recipients = [r.ae_title for r in rows if r.subscribed]
             events: list[NewEvent] = []
             now = time.time()
+            state: bytes | None = None
             for aet, lock in joining:
                 if aet in known:
                     continue
@@ -236,7 +244,8 @@ class SqlSubscriptions:
                     )
                 )
                 if initial is not None:
-                    events.append(NewEvent(aet, workitem_uid, initial))
+                    state = state or initial()
+                    events.append(NewEvent(aet, workitem_uid, state))
                 recipients.append(aet)
             events += [NewEvent(aet, workitem_uid, message) for aet in sorted(set(recipients))]
             self._add_events(conn, events)
