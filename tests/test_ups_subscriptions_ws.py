@@ -19,6 +19,7 @@ import orjson
 import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection, connect
+from websockets.typing import Subprotocol
 
 from dicomweb_server.services.credentials import hash_secret
 from dicomweb_server.services.subscriptions import SubscriptionService
@@ -340,6 +341,10 @@ def test_the_server_keeps_serving_after_clients_vanish(
     # One that drops the TCP connection without a closing handshake.
     with contextlib.suppress(Exception), channel(a, "GONE") as ws:
         ws.socket.shutdown(socket.SHUT_RDWR)
+    # A client that offers subprotocols (browsers fail if none is agreed).
+    offer = [Subprotocol("dicom-events"), Subprotocol("other")]
+    with connect(ws_url(a, "GONE"), proxy=None, subprotocols=offer) as ws:
+        assert ws.subprotocol == "dicom-events"
     txn = workitems.claim(item)
     with channel(a, "GONE") as ws:
         workitems.update(item, progress(5), txn)

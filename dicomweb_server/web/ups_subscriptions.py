@@ -104,7 +104,10 @@ async def event_channel(websocket: WebSocket) -> None:
     hub = _services(websocket).ups_hub
     listener = await hub.connect(aet)
     try:
-        await websocket.accept()
+        # PS3.18 8.10.4 names no subprotocol; agreeing to the client's first keeps
+        # browsers, which fail a handshake that ignores the ones they offered.
+        offered = websocket.scope.get("subprotocols") or []
+        await websocket.accept(subprotocol=offered[0] if offered else None)
         message_id = 0
         async with anyio.create_task_group() as tasks:
 
