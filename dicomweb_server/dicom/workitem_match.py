@@ -176,10 +176,12 @@ def _strings(element: dict[str, Any] | None) -> list[str]:
     out: list[str] = []
     for value in element.get("Value") or []:
         if isinstance(value, dict):
-            groups = [value.get(g) for g in ("Alphabetic", "Ideographic", "Phonetic")]
-            text = "=".join(g or "" for g in groups).rstrip("=")
-            if text:
-                out.append(text)
+            # A person name matches by any of its component groups, or as a whole.
+            groups = [value.get(g) or "" for g in ("Alphabetic", "Ideographic", "Phonetic")]
+            out += [g for g in groups if g]
+            whole = "=".join(groups).rstrip("=")
+            if whole and whole not in out:
+                out.append(whole)
         elif value is not None and str(value) != "":
             out.append(str(value))
     return out
