@@ -63,6 +63,7 @@ class EventHub:
         self._listeners: dict[str, set[Listener]] = {}
         self._last = 0
         self._task: asyncio.Task[None] | None = None
+        self._wake: asyncio.Event | None = None
 
     @property
     def connected(self) -> int:
@@ -70,11 +71,12 @@ class EventHub:
 
     async def connect(self, ae_title: str) -> Listener:
         """Register a connection; its events from now on will be delivered."""
-        if self._task is None or self._task.done():
+        if self._task is None:
             self._last = await anyio.to_thread.run_sync(self.store.last_event_id)
         listener = Listener(ae_title, self.max_queue)
         self._listeners.setdefault(ae_title, set()).add(listener)
-        if self._task is None or self._task.done():
+        if self._task is None:
+            self._wake = asyncio.Event()
             self._task = asyncio.get_running_loop().create_task(self._run())
         return listener
 
@@ -84,23 +86,27 @@ class EventHub:
             group.discard(listener)
             if not group:
                 del self._listeners[listener.ae_title]
-        if not self._listeners and self._task is not None:
-            # The last connection went: stop polling (and never leave a task behind
-            # when the server shuts down).
-            self._task.cancel()
-            self._task = None
+        if not self._listeners and self._wake is not None:
+            # The last connection went: the tailer stops at once. It is woken, never
+            # cancelled, so a read in flight in its thread finishes and returns its
+            # database connection before the server can shut down.
+            self._wake.set()
 
     async def _run(self) -> None:
-        while self._listeners:
-            try:
-                delivered = await self.poll()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("reading UPS events failed; retrying")
-                delivered = 0
-            if delivered < self.batch:
-                await asyncio.sleep(self.poll_seconds)
+        try:
+            while self._listeners:
+                try:
+                    delivered = await self.poll()
+                except Exception:
+                    log.exception("reading UPS events failed; retrying")
+                    delivered = 0
+                if delivered < self.batch and self._listeners and self._wake is not None:
+                    self._wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), self.poll_seconds)
+        finally:
+            # No await since the loop's last check: no connection can have come in.
+            self._task = None
 
     async def poll(self) -> int:
         """Deliver the events queued since the last poll; returns how many were read."""
@@ -115,9 +121,10 @@ class EventHub:
         return len(rows)
 
     async def aclose(self) -> None:
-        task, self._task = self._task, None
+        """Stop the tailer and wait for it (its read in flight finishes first)."""
+        task = self._task
         self._listeners.clear()
+        if self._wake is not None:
+            self._wake.set()
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await task
