@@ -21,11 +21,13 @@ from dicomweb_server.services.query import QueryService
 from dicomweb_server.services.rendering import RenderService
 from dicomweb_server.services.retrieve import RetrieveService
 from dicomweb_server.services.store import StoreService
-from dicomweb_server.services.workitem_events import NoEvents
+from dicomweb_server.services.subscriptions import SubscriptionService
+from dicomweb_server.services.ups_delivery import EventHub
 from dicomweb_server.services.workitems import WorkitemService
 from dicomweb_server.storage.blob_fs import FileBlobStore
 from dicomweb_server.storage.sql.index import SqlIndex
 from dicomweb_server.storage.sql.modalities import SqlModalities
+from dicomweb_server.storage.sql.ups_events import SqlSubscriptions
 from dicomweb_server.storage.sql.workitems import SqlWorkitems
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,9 @@ class Services:
     modalities: ModalityService
     # --- ups-core ---
     workitems: WorkitemService
+    # --- ups-events ---
+    subscriptions: SubscriptionService
+    ups_hub: EventHub
 
     def close(self) -> None:
         self.index.close()
@@ -94,7 +99,9 @@ def build_services(settings: Settings) -> Services:
     retrieve = RetrieveService(index, blobs)
     pixels = PixelService(index, blobs)
     rendering = RenderService(retrieve, pixels, settings.data_dir / "cache" / "thumbs")
-    return Services(
+    ups_store = SqlSubscriptions(index)
+    subscriptions = SubscriptionService(ups_store, settings.ups_event_retention_seconds)
+    services = Services(
         settings=settings,
         store=StoreService(index, blobs, settings),
         query=QueryService(index),
@@ -111,8 +118,13 @@ def build_services(settings: Settings) -> Services:
         ),
         workitems=WorkitemService(
             SqlWorkitems(index),
-            NoEvents(),
+            subscriptions,
             default_limit=settings.qido_default_limit,
             max_limit=settings.qido_max_limit,
         ),
+        subscriptions=subscriptions,
+        ups_hub=EventHub(ups_store, settings.ups_event_poll_ms / 1000),
     )
+    # The workitem service publishes through subscriptions, which read workitems back.
+    subscriptions.attach(services.workitems)
+    return services

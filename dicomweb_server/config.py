@@ -116,6 +116,11 @@ class Settings:
     dimse_tls_cert: Path | None = None
     dimse_tls_key: Path | None = None
     dimse_tls_ca: Path | None = None
+    # --- ups-events ---
+    # How often each server process reads the UPS event reports queued by any process
+    # (while it has WebSocket subscribers connected), and how long reports are kept.
+    ups_event_poll_ms: int = 200
+    ups_event_retention_seconds: int = 300
 
     @property
     def auth_enabled(self) -> bool:
@@ -188,6 +193,10 @@ class Settings:
                     f"viewer_allowed_origins: {origin!r} is not an origin (scheme://host[:port])"
                 )
         _validate_dimse(self)
+        if not 10 <= self.ups_event_poll_ms <= 60_000:
+            raise ValueError("ups_event_poll_ms must be 10 to 60000")
+        if self.ups_event_retention_seconds < 10:
+            raise ValueError("ups_event_retention_seconds must be at least 10")
         for peer in self.trusted_proxies:
             try:
                 ipaddress.ip_network(peer, strict=False)

@@ -6,7 +6,7 @@ httpx's transport, each interface is small enough to have an in-memory double.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -217,3 +217,102 @@ class WorkitemStore(Protocol):
     def find_workitems(self, where: WorkitemFilter) -> list[Workitem]:
         """Matching workitems by Scheduled Procedure Step Start DateTime, then UID."""
         ...
+
+
+# --- ups-events ---
+@dataclass(frozen=True)
+class GlobalSubscription:
+    """An AE's global ("global") or filtered global ("filtered") UPS subscription."""
+
+    ae_title: str
+    kind: str
+    deletion_lock: bool
+    # Filtered: the matching keys as (name, value) pairs, as in a search URL.
+    filter: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class EventRow:
+    id: int
+    ae_title: str
+    workitem_uid: str
+    message: bytes
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    ae_title: str
+    workitem_uid: str
+    message: bytes
+
+
+class SubscriptionStore(Protocol):
+    """UPS subscriptions (PS3.4 CC.2.3) and the event reports waiting to be delivered.
+
+    Every method that adds events runs in one transaction, and event ids are committed
+    in increasing order, so ``events_after`` never skips one committed later.
+    """
+
+    def subscribe(
+        self,
+        ae_title: str,
+        workitem_uid: str,
+        deletion_lock: bool,
+        initial: Callable[[], NewEvent | None],
+    ) -> None:
+        """Subscribe the AE to one workitem and queue ``initial()``, its state report,
+        read inside the transaction that orders events (so it cannot be staler than an
+        event queued after it)."""
+        ...
+
+    def unsubscribe(self, ae_title: str, workitem_uid: str) -> bool:
+        """False when the AE was not subscribed to it."""
+        ...
+
+    def subscribe_globally(
+        self,
+        subscription: GlobalSubscription,
+        workitems: Callable[[], Mapping[str, NewEvent | None]],
+    ) -> list[str]:
+        """Record the global subscription and subscribe the AE to each workitem of
+        ``workitems()`` (UID -> the report to send, or None) it is not subscribed to, in
+        the same transaction. Returns the workitems newly subscribed."""
+        ...
+
+    def unsubscribe_globally(self, ae_title: str, kind: str) -> bool:
+        """Remove every global and workitem subscription of the AE; False when the AE had
+        no global subscription of ``kind``."""
+        ...
+
+    def suspend(self, ae_title: str, kind: str) -> bool:
+        """Remove the global subscription of ``kind`` only; False when there was none."""
+        ...
+
+    def global_subscriptions(self) -> list[GlobalSubscription]: ...
+
+    def subscribers(self, workitem_uid: str) -> dict[str, bool]:
+        """AE title -> deletion lock, for the AEs subscribed to the workitem."""
+        ...
+
+    def publish(
+        self,
+        workitem_uid: str,
+        joining: Sequence[tuple[str, bool]],
+        message: bytes,
+        initial: Callable[[], bytes] | None,
+    ) -> list[str]:
+        """Subscribe each (AE, deletion lock) of ``joining`` that has no subscription state
+        for the workitem yet, then queue ``message`` for every subscriber (preceded by
+        ``initial()``, when given, for those just subscribed). Returns the recipients."""
+        ...
+
+    def last_event_id(self) -> int: ...
+
+    def events_after(
+        self, event_id: int, ae_titles: Collection[str], limit: int
+    ) -> tuple[list[EventRow], int]:
+        """Events after ``event_id`` for the given AEs, in order, and the id to continue
+        from (past events of other AEs too)."""
+        ...
+
+    def prune_events(self, older_than: float) -> int: ...

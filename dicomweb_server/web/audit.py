@@ -55,6 +55,8 @@ def classify(method: str, path: str, root: str, query_string: bytes) -> AuditEve
     if path != root and not path.startswith(root + "/"):
         return None
     rest = path[len(root) :]
+    if re.fullmatch(r"/workitems/[^/]+/subscribers/[^/]+(/suspend)?", rest):
+        return None  # UPS subscriptions: AE titles and UIDs, no patient data
     last = rest.rstrip("/").rsplit("/", 1)[-1]
     if method == "DELETE":
         event = AuditEvent(audit.STUDY_DELETED, "D", 0)

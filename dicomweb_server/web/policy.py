@@ -12,7 +12,9 @@ Roles are ordered: admin implies writer implies reader. With authentication off
   count of instances, no patient data (load balancers probe it without credentials).
 - Reading under the DICOMweb root and WADO-URI (``/wado``) needs ``reader``.
 - ``POST``/``PUT`` under the root (STOW-RS; UPS-RS create, update, state) need ``writer``.
-- ``DELETE`` anywhere and everything under ``/admin`` need ``admin``.
+- ``DELETE`` anywhere and everything under ``/admin`` need ``admin``, except UPS-RS
+  Unsubscribe (``DELETE {root}/workitems/{uid}/subscribers/{aetitle}``), which needs
+  ``writer`` like Subscribe. The event channel WebSocket is checked as a ``GET``.
 - ``/open`` (deep links) needs ``reader``: its answer tells whether a study exists.
 - With the viewer on, any other ``GET``/``HEAD`` is the viewer's (its catch-all route)
   and anonymous: OHIF's static shell; its DICOMweb calls stay under the rules above.
@@ -49,6 +51,8 @@ def default_rules(dicomweb_root: str, viewer: bool = False) -> list[Rule]:
     rules = [
         _rule("GET HEAD", r"^/health$", ANONYMOUS),
         Rule(ANY_METHOD, re.compile(r"^/admin(/.*)?$"), ADMIN),
+        # UPS-RS Unsubscribe: whoever may subscribe (writer) may unsubscribe.
+        _rule("DELETE", rf"^{root}/workitems/[^/]+/subscribers/[^/]+$", WRITER),
         _rule("DELETE", under_root, ADMIN),
         _rule("GET HEAD", under_root, READER),
         _rule("POST PUT", under_root, WRITER),

@@ -12,7 +12,7 @@ from sqlmodel import SQLModel
 
 from dicomweb_server.storage.sql import models
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 def is_sqlite(url: str) -> bool:
@@ -104,7 +104,16 @@ def _v5(conn: Connection) -> None:
     models.WorkitemRow.__table__.create(conn, checkfirst=True)  # type: ignore[attr-defined]
 
 
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5}
+def _v6(conn: Connection) -> None:
+    """UPS subscriptions and the event reports every process tails (ups-events)."""
+    for model in (models.UpsSubscription, models.UpsGlobalSubscription, models.UpsEvent):
+        table: Any = getattr(model, "__table__")  # noqa: B009 (SQLModel's table, untyped)
+        table.create(conn, checkfirst=True)
+
+
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {
+    1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6,
+}  # fmt: skip
 
 
 def current_version(engine: Engine) -> int:

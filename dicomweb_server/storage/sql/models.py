@@ -126,3 +126,52 @@ class WorkitemRow(SQLModel, table=True):
     modality: str | None = Field(default=None, index=True, max_length=16)
     created_at: float = Field(default=0.0)
     updated_at: float = Field(default=0.0)
+
+
+# --- ups-events (schema v6) ---
+class UpsSubscription(SQLModel, table=True):
+    """One AE's UPS Subscription State for one workitem (PS3.4 Table CC.2.3-2).
+
+    ``subscribed`` False is "Not Subscribed" kept on purpose: the AE unsubscribed from
+    this workitem while globally subscribed, so the global subscription must not
+    subscribe it again.
+    """
+
+    __tablename__ = "ups_subscription"
+    __table_args__ = (UniqueConstraint("ae_title", "workitem_uid", name="uq_ups_subscription"),)
+
+    pk: int | None = Field(default=None, primary_key=True)
+    ae_title: str = Field(max_length=16)
+    workitem_uid: str = Field(index=True, max_length=64)
+    deletion_lock: bool = Field(default=False)
+    subscribed: bool = Field(default=True)
+    created_at: float = Field(default=0.0)
+
+
+class UpsGlobalSubscription(SQLModel, table=True):
+    """An AE's Global Subscription State: kind "global" (1.2.840.10008.5.1.4.34.5) or
+    "filtered" (1.2.840.10008.5.1.4.34.5.1, with its matching keys as JSON)."""
+
+    __tablename__ = "ups_global_subscription"
+
+    ae_title: str = Field(primary_key=True, max_length=16)
+    kind: str = Field(primary_key=True, max_length=16)
+    deletion_lock: bool = Field(default=False)
+    filter_json: str = Field(default="[]", max_length=8000)
+    created_at: float = Field(default=0.0)
+
+
+class UpsEvent(SQLModel, table=True):
+    """An event report for one subscriber AE, tailed by every server process.
+
+    Ids are committed in increasing order (inserts are serialized), so a reader that
+    has seen id n has seen every event up to n. Old rows are pruned.
+    """
+
+    __tablename__ = "ups_event"
+
+    id: int | None = Field(default=None, primary_key=True)
+    created_at: float = Field(default=0.0, index=True)
+    ae_title: str = Field(max_length=16)
+    workitem_uid: str = Field(max_length=64)
+    message: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
