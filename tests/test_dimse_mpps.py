@@ -1,0 +1,245 @@
+"""Modality Performed Procedure Step N-CREATE / N-SET (PS3.4 F.7) over a real server with
+pynetdicom, moving workitems to IN PROGRESS, COMPLETED and CANCELED. Both backends."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import pytest
+from pydicom.dataset import Dataset
+from pynetdicom import AE, evt
+
+from dicomweb_server.bootstrap import Services, build_services
+from dicomweb_server.config import load_settings
+from dicomweb_server.dicom import mwl
+from tests.conftest import BACKENDS, Server, make_database_url, start_server
+from tests.dicomgen import uid
+from tests.orders import order
+
+MPPS = "1.2.840.10008.3.1.2.3.3"
+MWL_FIND = "1.2.840.10008.5.1.4.31"
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+
+
+@dataclass
+class Site:
+    server: Server
+    services: Services
+    tag: str
+
+    def schedule(self, name: str, **fields: Any) -> tuple[str, str]:
+        """(workitem UID, accession number) of a new SCHEDULED order."""
+        accession = f"{self.tag}-{name}"
+        return self.services.workitems.create(order(accession=accession, **fields)).uid, accession
+
+    def state(self, workitem: str) -> str:
+        return str(self.services.workitems.get(workitem).state)
+
+    def dataset(self, workitem: str) -> Dataset:
+        return Dataset.from_json(self.services.workitems.get(workitem).dataset)
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def site(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Site]:
+    tmp = tmp_path_factory.mktemp("mpps")
+    url = make_database_url(request.param, tmp, request)
+    server = start_server(tmp / "data", url)
+    services = build_services(load_settings(environ={}, data_dir=tmp / "data", database_url=url))
+    yield Site(server, services, uid()[-8:])
+    services.close()
+    server.stop()
+    assert "Traceback" not in server.log(), server.log()[-5000:]
+
+
+@pytest.fixture
+def assoc(site: Site) -> Iterator[Any]:
+    ae = AE(ae_title="CT01")
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
+    ae.add_requested_context(MPPS)
+    ae.add_requested_context(MWL_FIND)
+    association = ae.associate("127.0.0.1", site.server.dimse_port, ae_title="DICOMWEB")
+    assert association.is_established
+    yield association
+    association.release()
+
+
+def started(accession: str, study: str = "", step_id: str = "") -> Dataset:
+    """The N-CREATE attribute list a modality sends when the exam starts."""
+    ds = Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    item = Dataset()
+    item.StudyInstanceUID = study or uid()
+    item.AccessionNumber = accession
+    item.ScheduledProcedureStepID = step_id
+    item.RequestedProcedureID = "RP-1"
+    ds.ScheduledStepAttributesSequence = [item]
+    ds.PatientName, ds.PatientID = "Doe^John", "PID-1"
+    ds.PerformedProcedureStepID = "PPS-" + accession[-6:]
+    ds.PerformedStationAETitle = "CT01"
+    ds.PerformedStationName = "CT room 1"
+    ds.PerformedProcedureStepStartDate = "20261125"
+    ds.PerformedProcedureStepStartTime = "093500"
+    ds.PerformedProcedureStepStatus = "IN PROGRESS"
+    ds.PerformedProcedureStepDescription = "CT head"
+    ds.Modality = "CT"
+    ds.PerformedProcedureStepEndDate = None
+    ds.PerformedProcedureStepEndTime = None
+    ds.PerformedSeriesSequence = []
+    return ds
+
+
+def ended(status: str, study: str, images: int = 2) -> Dataset:
+    """The N-SET modification list that ends the exam."""
+    ds = Dataset()
+    ds.PerformedProcedureStepStatus = status
+    ds.PerformedProcedureStepEndDate = "20261125"
+    ds.PerformedProcedureStepEndTime = "094500"
+    series = Dataset()
+    series.SeriesInstanceUID = uid()
+    series.PerformingPhysicianName = ""
+    series.ProtocolName = "Head"
+    series.OperatorsName = ""
+    series.SeriesDescription = "Axial"
+    series.RetrieveAETitle = ""
+    refs = []
+    for _ in range(images):
+        ref = Dataset()
+        ref.ReferencedSOPClassUID = CT_IMAGE_STORAGE
+        ref.ReferencedSOPInstanceUID = uid()
+        refs.append(ref)
+    series.ReferencedImageSequence = refs
+    series.ReferencedNonImageCompositeSOPInstanceSequence = []
+    ds.PerformedSeriesSequence = [series]
+    if status == "DISCONTINUED":
+        reason = Dataset()
+        reason.CodeValue, reason.CodingSchemeDesignator = "110514", "DCM"
+        reason.CodeMeaning = "Incorrect worklist entry selected"
+        ds.PerformedProcedureStepDiscontinuationReasonCodeSequence = [reason]
+    return ds
+
+
+def create(assoc: Any, ds: Dataset, instance: str | None = None) -> tuple[int, Any]:
+    status, _ = assoc.send_n_create(ds, MPPS, instance)
+    return int(status.Status), status
+
+
+def n_set(assoc: Any, instance: str, ds: Dataset) -> Any:
+    status, _ = assoc.send_n_set(ds, MPPS, instance)
+    return status
+
+
+def test_completed_step_moves_the_workitem_through_in_progress_to_completed(
+    site: Site, assoc: Any
+) -> None:
+    workitem, accession = site.schedule("DONE")
+    study = mwl.study_uid_for(workitem)
+    step = uid()
+    code, _ = create(assoc, started(accession, study), step)
+    assert code == 0x0000
+    assert site.state(workitem) == "IN PROGRESS"
+    end = ended("COMPLETED", study)
+    assert n_set(assoc, step, end).Status == 0x0000
+    assert site.state(workitem) == "COMPLETED"
+    ds = site.dataset(workitem)
+    performed = ds.UnifiedProcedureStepPerformedProcedureSequence[0]
+    assert performed.PerformedProcedureStepStartDateTime.startswith("20261125093500")
+    assert performed.PerformedStationNameCodeSequence[0].CodeValue == "CT01"
+    outputs = {
+        ref.ReferencedSOPInstanceUID
+        for out in performed.OutputInformationSequence
+        for ref in out.ReferencedSOPSequence
+    }
+    reported = {
+        r.ReferencedSOPInstanceUID for r in end.PerformedSeriesSequence[0].ReferencedImageSequence
+    }
+    assert reported <= outputs
+
+
+def test_discontinued_step_cancels_the_workitem(site: Site, assoc: Any) -> None:
+    workitem, accession = site.schedule("STOP")
+    step = uid()
+    assert create(assoc, started(accession), step)[0] == 0x0000
+    assert site.state(workitem) == "IN PROGRESS"
+    assert n_set(assoc, step, ended("DISCONTINUED", uid())).Status == 0x0000
+    assert site.state(workitem) == "CANCELED"
+
+
+def test_the_step_id_from_the_worklist_links_without_an_accession_number(
+    site: Site, assoc: Any
+) -> None:
+    workitem, _ = site.schedule("BYID")
+    step = uid()
+    ds = started("", step_id=mwl.step_id(workitem))
+    assert create(assoc, ds, step)[0] == 0x0000
+    assert site.state(workitem) == "IN PROGRESS"
+
+
+def test_a_finished_step_cannot_be_set_again(site: Site, assoc: Any) -> None:
+    workitem, accession = site.schedule("TWICE")
+    step = uid()
+    assert create(assoc, started(accession), step)[0] == 0x0000
+    assert n_set(assoc, step, ended("COMPLETED", uid())).Status == 0x0000
+    before = site.services.workitems.get(workitem)
+    again = n_set(assoc, step, ended("DISCONTINUED", uid()))
+    assert again.Status == 0x0110
+    assert again.ErrorID == 0xA710
+    assert site.services.workitems.get(workitem) == before
+
+
+def test_illegal_n_sets_are_refused_and_change_nothing(site: Site, assoc: Any) -> None:
+    workitem, accession = site.schedule("ILLEGAL")
+    step = uid()
+    assert create(assoc, started(accession), step)[0] == 0x0000
+    fixed = Dataset()
+    fixed.PatientID = "SOMEONE-ELSE"
+    assert n_set(assoc, step, fixed).Status == 0x0106
+    incomplete = Dataset()
+    incomplete.PerformedProcedureStepStatus = "COMPLETED"
+    assert n_set(assoc, step, incomplete).Status == 0x0121  # no end date, time, series
+    assert site.state(workitem) == "IN PROGRESS"
+    assert n_set(assoc, uid(), ended("COMPLETED", uid())).Status == 0x0112
+    # Still IN PROGRESS, so the proper end is accepted.
+    assert n_set(assoc, step, ended("COMPLETED", uid())).Status == 0x0000
+    assert site.state(workitem) == "COMPLETED"
+
+
+def test_n_create_refusals(site: Site, assoc: Any) -> None:
+    workitem, accession = site.schedule("BADCREATE")
+    no_modality = started(accession)
+    del no_modality.Modality
+    assert create(assoc, no_modality, uid())[0] == 0x0120
+    completed = started(accession)
+    completed.PerformedProcedureStepStatus = "COMPLETED"
+    assert create(assoc, completed, uid())[0] == 0x0106
+    assert site.state(workitem) == "SCHEDULED"
+    step = uid()
+    assert create(assoc, started(accession), step)[0] == 0x0000
+    assert create(assoc, started(accession), step)[0] == 0x0111  # duplicate
+
+
+def test_unscheduled_step_is_recorded_and_the_scp_names_it(site: Site, assoc: Any) -> None:
+    commands: list[Dataset] = []
+    assoc.bind(evt.EVT_DIMSE_RECV, lambda event: commands.append(event.message.command_set))
+    code, _ = create(assoc, started(f"{site.tag}-NOORDER"))
+    assert code == 0x0000
+    # No instance UID in the request: the N-CREATE-RSP names the one created.
+    step = str(commands[-1].AffectedSOPInstanceUID)
+    assert step and (site.server.data_dir / "mpps" / f"{step}.json").exists()
+    assert n_set(assoc, step, ended("COMPLETED", uid())).Status == 0x0000
+
+
+def test_mpps_changes_are_audited(site: Site, assoc: Any) -> None:
+    workitem, accession = site.schedule("AUDIT")
+    step = uid()
+    assert create(assoc, started(accession), step)[0] == 0x0000
+    path = site.server.data_dir / "audit" / "audit.jsonl"
+    records = [orjson.loads(line) for line in path.read_bytes().splitlines()]
+    mine = [r for r in records if step in r.get("detail", "")]
+    assert mine and mine[0]["method"] == "MPPS N-CREATE"
+    assert mine[0]["event_id"]["code"] == "110111" and mine[0]["user"] == "CT01"
+    assert workitem in mine[0]["detail"]
