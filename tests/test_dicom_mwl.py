@@ -142,12 +142,33 @@ def test_states_follow_the_step_status_key() -> None:
         identifier({"ScheduledProcedureStepStartDate": "20261126-20261125"}),
         identifier({"ScheduledProcedureStepStartTime": "2500"}),
         identifier(StudyInstanceUID="not-a-uid"),
-        identifier(QueryRetrieveLevel="STUDY"),
     ],
 )
 def test_bad_identifiers_are_refused(ident: Dataset) -> None:
     with pytest.raises(InvalidRequest):
         mwl.parse(ident)
+
+
+def test_nested_sequence_keys_are_return_keys_and_may_match() -> None:
+    data = order()
+    protocol = {
+        "00080100": {"vr": "SH", "Value": ["P-1"]},
+        "00080104": {"vr": "LO", "Value": ["Head"]},
+    }
+    data["00404018"] = {"vr": "SQ", "Value": [protocol]}
+    entry = mwl.entry(UID1, mwl.SCHEDULED, data)
+    code = Dataset()
+    code.CodeValue = ""
+    code.CodeMeaning = ""
+    ident = identifier({"Modality": ""}, QueryRetrieveLevel="WORKLIST")
+    ident.ScheduledProcedureStepSequence[0].ScheduledProtocolCodeSequence = [code]
+    query = mwl.parse(ident)
+    assert mwl.matches(query, entry)
+    item = mwl.render(query, entry).ScheduledProcedureStepSequence[0]
+    assert item.ScheduledProtocolCodeSequence[0].CodeValue == "P-1"
+    assert "QueryRetrieveLevel" not in mwl.render(query, entry)
+    code.CodeValue = "P-2"
+    assert not mwl.matches(mwl.parse(ident), entry)
 
 
 def test_two_items_in_a_sequence_key_are_refused() -> None:

@@ -48,7 +48,9 @@ def site(
 ) -> Iterator[Site]:
     tmp = tmp_path_factory.mktemp("mpps")
     url = make_database_url(request.param, tmp, request)
-    server = start_server(tmp / "data", url)
+    # ECHOONLY is a known modality allowed nothing but C-ECHO.
+    env = {"DICOMWEB_DIMSE_MODALITIES": "ECHOONLY@127.0.0.1:104/echo"}
+    server = start_server(tmp / "data", url, env=env)
     services = build_services(load_settings(environ={}, data_dir=tmp / "data", database_url=url))
     yield Site(server, services, uid()[-8:])
     services.close()
@@ -56,14 +58,19 @@ def site(
     assert "Traceback" not in server.log(), server.log()[-5000:]
 
 
-@pytest.fixture
-def assoc(site: Site) -> Iterator[Any]:
-    ae = AE(ae_title="CT01")
+def _associate(site: Site, aet: str) -> Any:
+    ae = AE(ae_title=aet)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
     ae.add_requested_context(MPPS)
     ae.add_requested_context(MWL_FIND)
     association = ae.associate("127.0.0.1", site.server.dimse_port, ae_title="DICOMWEB")
     assert association.is_established
+    return association
+
+
+@pytest.fixture
+def assoc(site: Site) -> Iterator[Any]:
+    association = _associate(site, "CT01")
     yield association
     association.release()
 
@@ -243,3 +250,18 @@ def test_mpps_changes_are_audited(site: Site, assoc: Any) -> None:
     assert mine and mine[0]["method"] == "MPPS N-CREATE"
     assert mine[0]["event_id"]["code"] == "110111" and mine[0]["user"] == "CT01"
     assert workitem in mine[0]["detail"]
+
+
+def test_an_ae_without_the_operations_is_refused(site: Site) -> None:
+    workitem, accession = site.schedule("NOTALLOWED")
+    limited = _associate(site, "ECHOONLY")
+    try:
+        status, _ = limited.send_n_create(started(accession), MPPS, uid())
+        assert status.Status == 0x0124
+        ident = Dataset()
+        ident.PatientID = ""
+        answers = list(limited.send_c_find(ident, MWL_FIND))
+        assert [int(a[0].Status) for a in answers] == [0x0124]
+    finally:
+        limited.release()
+    assert site.state(workitem) == "SCHEDULED"

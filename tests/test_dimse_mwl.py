@@ -269,3 +269,31 @@ def test_the_mapping_module_is_what_the_server_uses(worklist: Worklist) -> None:
     pending, _ = find(worklist.server.dimse_port, query(sps_Modality="XA"))
     step = pending[0].ScheduledProcedureStepSequence[0].ScheduledProcedureStepID
     assert step == mwl.step_id(wuid)
+
+
+def test_c_cancel_stops_the_responses(worklist: Worklist) -> None:
+    """C-CANCEL-FIND (PS3.7 9.1.2.1.5, PS3.4 C.4.1.2.3): the SCP stops and answers FE00.
+
+    A cancel that arrives after the last match has nothing to stop, and on loopback
+    the answers can outrun it; so try a few times: one must be honoured.
+    """
+    for n in range(250):
+        worklist.add(accession=f"OT{n}", modality="OT", station_aet="OT01")
+    ident = query(sps_Modality="OT")
+    outcomes = []
+    for attempt in range(5):
+        assoc = _associate(worklist.server.dimse_port)
+        statuses = []
+        try:
+            for rsp, _ in assoc.send_c_find(ident, MWL_FIND, msg_id=11 + attempt):
+                statuses.append(int(rsp.Status))
+                if len(statuses) == 1:
+                    assoc.send_c_cancel(11 + attempt, query_model=MWL_FIND)
+        finally:
+            assoc.release()
+        outcomes.append((statuses[-1], len(statuses)))
+        if statuses[-1] == 0xFE00:
+            assert len(statuses) < 251
+            return
+        assert statuses[-1] == 0x0000 and len(statuses) == 251, outcomes
+    raise AssertionError(f"no C-CANCEL honoured in 5 tries: {outcomes}")

@@ -63,6 +63,9 @@ STUDY_INSTANCE_UID = 0x0020000D
 PATIENT_ID = 0x00100020
 SPS_ID = "00400009"
 SPECIFIC_CHARACTER_SET = 0x00080005
+# Neither matched nor returned: the character set is answered on its own, and the
+# worklist model has no Query/Retrieve Level.
+_NOT_KEYS = frozenset({SPECIFIC_CHARACTER_SET, 0x00080052})
 
 # Workitem states (the contract's values) and the worklist's step status for each.
 SCHEDULED, IN_PROGRESS = "SCHEDULED", "IN PROGRESS"
@@ -205,19 +208,17 @@ def _text(elem: DataElement) -> str:
     return str(value).strip()
 
 
-def _keys(ds: Dataset, depth: int) -> list[Key]:
+def _keys(ds: Dataset) -> list[Key]:
     keys = []
     for elem in ds:
         tag = int(elem.tag)
-        if elem.tag.group == 0 or elem.tag.is_private or tag == SPECIFIC_CHARACTER_SET:
+        if elem.tag.group == 0 or elem.tag.is_private or tag in _NOT_KEYS:
             continue
         if elem.VR == "SQ":
             items = list(elem.value or [])
             if len(items) > 1:
                 raise InvalidRequest(f"{elem.keyword}: a sequence key has at most one item")
-            if items and depth > 0:
-                raise InvalidRequest(f"{elem.keyword}: nested sequence matching is not supported")
-            keys.append(Key(tag, item=_keys(items[0], depth + 1) if items else []))
+            keys.append(Key(tag, item=_keys(items[0]) if items else []))
             continue
         keys.append(Key(tag, condition=_condition(tag, _text(elem))))
     return keys
@@ -237,15 +238,14 @@ def _condition(tag: int, raw: str) -> Condition | None:
 def parse(identifier: Dataset | None) -> Query:
     """Matching and return keys of a worklist C-FIND identifier (PS3.4 K.6.1.2, C.2.2).
 
-    Raises InvalidRequest (-> A900) for values that are not of their VR, a sequence
-    key with several items, or a Query/Retrieve Level (worklist queries have none).
+    Raises InvalidRequest (-> A900) for values that are not of their VR or a sequence
+    key with several items. A Query/Retrieve Level, which the worklist model does not
+    have, is ignored rather than refused: some modalities send one.
     """
     if identifier is None:
         raise InvalidRequest("the request has no identifier")
-    if "QueryRetrieveLevel" in identifier and str(identifier.QueryRetrieveLevel or "").strip():
-        raise InvalidRequest("a Modality Worklist identifier has no Query/Retrieve Level")
     charset = identifier.get("SpecificCharacterSet") or []
-    query = Query(_keys(identifier, 0), [charset] if isinstance(charset, str) else list(charset))
+    query = Query(_keys(identifier), [charset] if isinstance(charset, str) else list(charset))
     return query
 
 
@@ -360,7 +360,8 @@ def _shape(keys: list[Key], full: Dataset) -> Dataset:
 def render(query: Query, entry_json: dict[str, Any]) -> Dataset:
     """The C-FIND response identifier: exactly the requested keys (PS3.4 C.2.2.1.3),
     empty when the entry has no value; sequence items with their requested keys."""
-    full = Dataset.from_json(entry_json)
+    wanted = {tag_hex(k.tag) for k in query.keys}
+    full = Dataset.from_json({k: v for k, v in entry_json.items() if k in wanted})
     return _shape(query.keys, full)
 
 
