@@ -15,7 +15,7 @@ from pynetdicom import AE, evt
 from dicomweb_server.bootstrap import Services, build_services
 from dicomweb_server.config import load_settings
 from dicomweb_server.dicom import mwl
-from tests.conftest import BACKENDS, Server, make_database_url, start_server
+from tests.conftest import BACKENDS, Server, http, make_database_url, start_server
 from tests.dicomgen import uid
 from tests.orders import order
 
@@ -165,6 +165,12 @@ def test_completed_step_moves_the_workitem_through_in_progress_to_completed(
         r.ReferencedSOPInstanceUID for r in end.PerformedSeriesSequence[0].ReferencedImageSequence
     }
     assert reported <= outputs
+    # The same workitem as a UPS-RS client sees it.
+    seen = http().get(
+        f"{site.server.url}/workitems/{workitem}", headers={"Accept": "application/dicom+json"}
+    )
+    assert seen.status_code == 200
+    assert seen.json()[0]["00741000"]["Value"] == ["COMPLETED"]
 
 
 def test_discontinued_step_cancels_the_workitem(site: Site, assoc: Any) -> None:

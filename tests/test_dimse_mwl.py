@@ -248,7 +248,7 @@ def test_in_progress_workitems_leave_the_worklist(worklist: Worklist) -> None:
 def test_a_workitem_created_over_ups_rs_is_on_the_worklist(worklist: Worklist) -> None:
     data = order(accession=f"{worklist.tag}-REST1", modality="DX", station_aet="DX01")
     response = http().post(
-        f"{worklist.server.url}/workitems",
+        f"{worklist.server.url}/workitems?{uid()}",
         json=data,
         headers={"Content-Type": "application/dicom+json", "Accept": "application/dicom+json"},
     )
