@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
@@ -257,10 +258,15 @@ def test_a_workitem_created_over_ups_rs_is_on_the_worklist(worklist: Worklist) -
 
 
 def test_queries_are_audited(worklist: Worklist) -> None:
-    accessions(worklist, AccessionNumber=f"{worklist.tag}-AUDIT")
+    accessions(worklist, AccessionNumber=f"{worklist.tag}-AUDIT", sps_Modality="NM")
     path = worklist.server.data_dir / "audit" / "audit.jsonl"
-    text = path.read_text() if path.exists() else ""
-    assert '"MWL C-FIND"' in text and f"{worklist.tag}-AUDIT" in text
+    records = [orjson.loads(line) for line in path.read_bytes().splitlines()]
+    mine = [
+        r for r in records if r.get("query", {}).get("AccessionNumber") == f"{worklist.tag}-AUDIT"
+    ]
+    assert len(mine) == 1 and mine[0]["method"] == "MWL C-FIND"
+    assert mine[0]["event_id"]["code"] == "110112" and mine[0]["user"] == "MODALITY"
+    assert mine[0]["query"]["Modality"] == "NM"
 
 
 def test_the_mapping_module_is_what_the_server_uses(worklist: Worklist) -> None:

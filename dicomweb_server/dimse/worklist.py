@@ -34,10 +34,11 @@ def entries(
     workitems: WorkitemService, query: mwl.Query, match_empty: bool
 ) -> Iterator[dict[str, Any]]:
     """The worklist entries matching the query, in the order the service gives them."""
+    # With match_empty, entries without a value match too: no index prefilter then.
     found = workitems.find(
         states=mwl.states(query),
-        accession_number=mwl.exact(query, mwl.ACCESSION_NUMBER),
-        patient_id=mwl.exact(query, mwl.PATIENT_ID),
+        accession_number=None if match_empty else mwl.exact(query, mwl.ACCESSION_NUMBER),
+        patient_id=None if match_empty else mwl.exact(query, mwl.PATIENT_ID),
         limit=MAX_ENTRIES,
     )
     if len(found) >= MAX_ENTRIES:
@@ -75,6 +76,23 @@ def response(query: mwl.Query, entry: dict[str, Any]) -> Dataset:
     return ds
 
 
+def _flat(identifier: Dataset | None) -> Dataset | None:
+    """The identifier with the scheduled step's keys lifted to the top, for the audit
+    record (which lists top-level keys): a worklist query is mostly made of those."""
+    if identifier is None:
+        return None
+    flat = Dataset()
+    for elem in identifier:
+        if elem.VR == "SQ":
+            for item in elem.value or []:
+                for inner in item:
+                    if inner.VR != "SQ":
+                        flat.add(inner)
+        else:
+            flat.add(elem)
+    return flat
+
+
 def on_find(event: Event, gateway: Gateway) -> Iterator[tuple[int | Dataset, Dataset | None]]:
     """C-FIND on the Modality Worklist Information Model (PS3.4 K.4.1.3)."""
     if not _permitted(event, gateway, "find"):
@@ -82,7 +100,7 @@ def on_find(event: Event, gateway: Gateway) -> Iterator[tuple[int | Dataset, Dat
         return
     services = gateway.services
     try:
-        dimse_audit.queried(services, event, event.identifier, "MWL C-FIND")
+        dimse_audit.queried(services, event, _flat(event.identifier), "MWL C-FIND")
         query = mwl.parse(event.identifier)
         for entry in entries(services.workitems, query, services.settings.qido_match_empty):
             if event.is_cancelled:
