@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -15,6 +16,7 @@ from pynetdicom import AE, evt
 from dicomweb_server.bootstrap import Services, build_services
 from dicomweb_server.config import load_settings
 from dicomweb_server.dicom import mwl
+from dicomweb_server.services.mpps import MppsService
 from tests.conftest import BACKENDS, Server, http, make_database_url, start_server
 from tests.dicomgen import uid
 from tests.orders import order
@@ -216,6 +218,7 @@ def test_illegal_n_sets_are_refused_and_change_nothing(site: Site, assoc: Any) -
     assert n_set(assoc, step, incomplete).Status == 0x0121  # no end date, time, series
     assert site.state(workitem) == "IN PROGRESS"
     assert n_set(assoc, uid(), ended("COMPLETED", uid())).Status == 0x0112
+    assert n_set(assoc, "1.2.3.4.99999.0", ended("COMPLETED", uid())).Status == 0x0112
     # Still IN PROGRESS, so the proper end is accepted.
     assert n_set(assoc, step, ended("COMPLETED", uid())).Status == 0x0000
     assert site.state(workitem) == "COMPLETED"
@@ -271,3 +274,13 @@ def test_an_ae_without_the_operations_is_refused(site: Site) -> None:
     finally:
         limited.release()
     assert site.state(workitem) == "SCHEDULED"
+
+
+def test_an_instance_uid_never_names_a_path(site: Site, tmp_path: Path) -> None:
+    (tmp_path / "secret.json").write_text("{}")
+    service = MppsService(site.services.workitems, tmp_path / "mpps")
+    outcome = service.set("../secret", ended("COMPLETED", uid()))
+    assert outcome.refusal is not None and outcome.refusal.status == 0x0112
+    refused = service.create("../secret", started(f"{site.tag}-PATH"), "CT01")
+    assert refused.refusal is not None and refused.refusal.status == 0x0117
+    assert not (tmp_path / "mpps").exists() or not list((tmp_path / "mpps").glob("*.json"))

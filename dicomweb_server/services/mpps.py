@@ -33,7 +33,7 @@ from pydicom.uid import generate_uid
 
 from dicomweb_server.dicom import mpps, mwl
 from dicomweb_server.dicom.mpps import Refusal, StepReference
-from dicomweb_server.dicom.uids import check_uid
+from dicomweb_server.dicom.uids import check_uid, is_valid_uid
 from dicomweb_server.errors import DicomWebError, InvalidRequest
 from dicomweb_server.services.workitems import (
     CANCELED,
@@ -77,7 +77,8 @@ class MppsFiles:
         self.folder = folder
 
     def _path(self, uid: str) -> Path:
-        return self.folder / f"{uid}.json"
+        # A checked UID is digits and dots only: it cannot leave the folder.
+        return self.folder / f"{check_uid(uid, 'MPPS SOP Instance UID')}.json"
 
     def get(self, uid: str) -> MppsRecord | None:
         try:
@@ -133,8 +134,12 @@ class MppsService:
         with self._lock, self.files.locked():
             if self.files.get(uid) is not None:
                 return MppsOutcome(Refusal(mpps.DUPLICATE_SOP_INSTANCE, "the step exists"))
+            try:
+                data = mpps.json_of(ds)
+            except (ValueError, TypeError) as exc:
+                return MppsOutcome(Refusal(mpps.INVALID_ATTRIBUTE_VALUE, str(exc)))
             linked = self._link(mpps.references(ds))
-            record = MppsRecord(uid, mpps.IN_PROGRESS, mpps.json_of(ds), linked, creator)
+            record = MppsRecord(uid, mpps.IN_PROGRESS, data, linked, creator)
             self.files.put(record)
         outcome = MppsOutcome(record=record)
         if not linked:
@@ -146,14 +151,17 @@ class MppsService:
     def set(self, uid: str, changes: Dataset | None) -> MppsOutcome:
         """N-SET (PS3.4 F.7.2.2.3); a final status finishes the linked workitems."""
         with self._lock, self.files.locked():
-            record = self.files.get(uid)
+            record = self.files.get(uid) if is_valid_uid(uid) else None
             if record is None:
                 return MppsOutcome(Refusal(mpps.NO_SUCH_OBJECT_INSTANCE, "no such step"))
             refusal = mpps.check_set(record.status, changes)
             if refusal is not None or changes is None:
                 return MppsOutcome(refusal, record)
-            merged = mpps.merged(record.dataset, changes)
-            merged_ds = Dataset.from_json(merged)
+            try:
+                merged = mpps.merged(record.dataset, changes)
+                merged_ds = Dataset.from_json(merged)
+            except (ValueError, TypeError) as exc:
+                return MppsOutcome(Refusal(mpps.INVALID_ATTRIBUTE_VALUE, str(exc)), record)
             status = mpps.status_of(merged_ds)
             if status in mpps.FINAL:
                 refusal = mpps.check_final(merged_ds)
