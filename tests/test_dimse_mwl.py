@@ -246,7 +246,9 @@ def test_in_progress_workitems_leave_the_worklist(worklist: Worklist) -> None:
     assert pending[0].ScheduledProcedureStepSequence[0].ScheduledProcedureStepStatus == "STARTED"
 
 
-def test_a_workitem_created_over_ups_rs_is_on_the_worklist(worklist: Worklist) -> None:
+def test_a_workitem_created_over_ups_rs_is_on_the_worklist(
+    worklist: Worklist, tmp_path: Path
+) -> None:
     data = order(accession=f"{worklist.tag}-REST1", modality="DX", station_aet="DX01")
     response = http().post(
         f"{worklist.server.url}/workitems?{uid()}",
@@ -255,6 +257,19 @@ def test_a_workitem_created_over_ups_rs_is_on_the_worklist(worklist: Worklist) -
     )
     assert response.status_code == 201, response.text
     assert accessions(worklist, sps_Modality="DX") == ["REST1"]
+    # And as DCMTK sees it.
+    cmd = [
+        "findscu", "-W", "-aec", AET, "-X", "-od", str(tmp_path),
+        "-k", "AccessionNumber", "-k", "PatientName",
+        "-k", "ScheduledProcedureStepSequence[0].Modality=DX",
+        "-k", "ScheduledProcedureStepSequence[0].ScheduledStationAETitle=DX01",
+        "127.0.0.1", str(worklist.server.dimse_port),
+    ]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    found = [pydicom.dcmread(f) for f in sorted(tmp_path.glob("rsp*.dcm"))]
+    assert [ds.AccessionNumber for ds in found] == [f"{worklist.tag}-REST1"]
+    assert found[0].ScheduledProcedureStepSequence[0].ScheduledStationAETitle == "DX01"
 
 
 def test_queries_are_audited(worklist: Worklist) -> None:
