@@ -18,7 +18,7 @@ from dicomweb_server.config import load_settings
 from dicomweb_server.dicom import mwl
 from dicomweb_server.services.mpps import MppsService
 from tests.conftest import BACKENDS, Server, http, make_database_url, start_server
-from tests.dicomgen import uid
+from tests.dicomgen import make_dataset, uid
 from tests.orders import order
 
 MPPS = "1.2.840.10008.3.1.2.3.3"
@@ -284,3 +284,110 @@ def test_an_instance_uid_never_names_a_path(site: Site, tmp_path: Path) -> None:
     refused = service.create("../secret", started(f"{site.tag}-PATH"), "CT01")
     assert refused.refusal is not None and refused.refusal.status == 0x0117
     assert not (tmp_path / "mpps").exists() or not list((tmp_path / "mpps").glob("*.json"))
+
+
+def test_one_step_for_two_orders_claims_both(site: Site, assoc: Any) -> None:
+    """A group case: one performed step names two scheduled steps (two items)."""
+    first, acc1 = site.schedule("GROUP1")
+    second, acc2 = site.schedule("GROUP2")
+    ds = started(acc1)
+    extra = Dataset()
+    extra.StudyInstanceUID = uid()
+    extra.AccessionNumber = acc2
+    ds.ScheduledStepAttributesSequence.append(extra)
+    step = uid()
+    assert create(assoc, ds, step)[0] == 0x0000
+    assert (site.state(first), site.state(second)) == ("IN PROGRESS", "IN PROGRESS")
+    assert n_set(assoc, step, ended("COMPLETED", uid())).Status == 0x0000
+    assert (site.state(first), site.state(second)) == ("COMPLETED", "COMPLETED")
+
+
+def test_the_step_id_picks_one_of_two_steps_of_an_order(site: Site, assoc: Any) -> None:
+    head, accession = site.schedule("TWOSTEPS", step_id="HEAD")
+    chest = site.services.workitems.create(order(accession=accession, step_id="CHEST")).uid
+    assert create(assoc, started(accession, step_id="CHEST"), uid())[0] == 0x0000
+    assert (site.state(head), site.state(chest)) == ("SCHEDULED", "IN PROGRESS")
+
+
+def test_progress_n_set_keeps_the_step_open(site: Site, assoc: Any) -> None:
+    workitem, accession = site.schedule("PROGRESS")
+    step = uid()
+    assert create(assoc, started(accession), step)[0] == 0x0000
+    progress = ended("IN PROGRESS", uid())
+    progress.PerformedProcedureStepEndDate = None
+    progress.PerformedProcedureStepEndTime = None
+    assert n_set(assoc, step, progress).Status == 0x0000
+    assert site.state(workitem) == "IN PROGRESS"
+    assert n_set(assoc, step, ended("COMPLETED", uid())).Status == 0x0000
+    assert site.state(workitem) == "COMPLETED"
+
+
+def test_a_modality_day(site: Site) -> None:
+    """What a modality does, over real sockets: query the worklist, start the step
+    (MPPS) with what the worklist said, store the images, end the step naming them.
+    The workitem is COMPLETED with the images as its output, and QIDO by the
+    Accession Number finds the study under the Study Instance UID the worklist gave."""
+    workitem, accession = site.schedule("DAY", station_aet="CTDAY", patient_id=f"{site.tag}-P")
+    ae = AE(ae_title="CTDAY")
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
+    for context in (MWL_FIND, MPPS, CT_IMAGE_STORAGE):
+        ae.add_requested_context(context)
+    modality = ae.associate("127.0.0.1", site.server.dimse_port, ae_title="DICOMWEB")
+    assert modality.is_established
+    try:
+        ident = Dataset()
+        ident.AccessionNumber = ident.PatientID = ident.StudyInstanceUID = ""
+        ident.PatientName = ""
+        sps = Dataset()
+        sps.ScheduledStationAETitle = "CTDAY"
+        sps.ScheduledProcedureStepID = sps.ScheduledProcedureStepStartDate = ""
+        ident.ScheduledProcedureStepSequence = [sps]
+        entries = [ds for st, ds in modality.send_c_find(ident, MWL_FIND) if ds is not None]
+        assert [e.AccessionNumber for e in entries] == [accession]
+        entry = entries[0]
+        study = str(entry.StudyInstanceUID)
+        step_id = str(entry.ScheduledProcedureStepSequence[0].ScheduledProcedureStepID)
+
+        step = uid()
+        start = started(accession, study, step_id)
+        start.PatientID = entry.PatientID
+        assert create(modality, start, step)[0] == 0x0000
+        series = uid()
+        images = [
+            make_dataset(
+                study=study,
+                series=series,
+                accession=accession,
+                patient_id=str(entry.PatientID),
+                instance_number=n + 1,
+            )
+            for n in range(2)
+        ]
+        for image in images:
+            assert modality.send_c_store(image).Status == 0x0000
+        end = ended("COMPLETED", study, images=0)
+        end.PerformedSeriesSequence[0].SeriesInstanceUID = images[0].SeriesInstanceUID
+        refs = []
+        for image in images:
+            ref = Dataset()
+            ref.ReferencedSOPClassUID = image.SOPClassUID
+            ref.ReferencedSOPInstanceUID = image.SOPInstanceUID
+            refs.append(ref)
+        end.PerformedSeriesSequence[0].ReferencedImageSequence = refs
+        assert n_set(modality, step, end).Status == 0x0000
+    finally:
+        modality.release()
+
+    assert site.state(workitem) == "COMPLETED"
+    performed = site.dataset(workitem).UnifiedProcedureStepPerformedProcedureSequence[0]
+    outputs = performed.OutputInformationSequence
+    assert {o.StudyInstanceUID for o in outputs} == {study}
+    stored = {r.ReferencedSOPInstanceUID for o in outputs for r in o.ReferencedSOPSequence}
+    assert stored == {str(i.SOPInstanceUID) for i in images}
+    found = http().get(
+        f"{site.server.url}/studies",
+        params={"AccessionNumber": accession},
+        headers={"Accept": "application/dicom+json"},
+    )
+    assert found.status_code == 200
+    assert [s["0020000D"]["Value"][0] for s in found.json()] == [study]
