@@ -17,7 +17,7 @@ from dicomweb_server.bootstrap import Services, build_services
 from dicomweb_server.config import load_settings
 from dicomweb_server.dicom import mwl
 from dicomweb_server.services.mpps import MppsService
-from tests.conftest import BACKENDS, Server, http, make_database_url, start_server
+from tests.conftest import BACKENDS, Server, SmallFs, http, make_database_url, start_server
 from tests.dicomgen import make_dataset, uid
 from tests.orders import order
 
@@ -391,3 +391,20 @@ def test_a_modality_day(site: Site) -> None:
     )
     assert found.status_code == 200
     assert [s["0020000D"]["Value"][0] for s in found.json()] == [study]
+
+
+def test_a_full_disk_refuses_the_step_and_claims_nothing(site: Site, small_fs: SmallFs) -> None:
+    workitem, accession = site.schedule("FULL")
+    service = MppsService(site.services.workitems, small_fs.path / "mpps")
+    (small_fs.path / "mpps").mkdir()
+    with open(small_fs.path / "filler", "wb") as fh:
+        try:
+            while True:
+                fh.write(b"\0" * 65536)
+                fh.flush()
+        except OSError:
+            pass
+    outcome = service.create(uid(), started(accession), "CT01")
+    assert outcome.refusal is not None and outcome.refusal.status == 0x0110
+    assert site.state(workitem) == "SCHEDULED"
+    assert not list((small_fs.path / "mpps").glob("*.json*"))

@@ -91,11 +91,15 @@ class MppsFiles:
         self.folder.mkdir(parents=True, exist_ok=True)
         final = self._path(record.uid)
         tmp = final.with_suffix(f".tmp{os.getpid()}")
-        with open(tmp, "wb") as fh:
-            fh.write(json.dumps(asdict(record), ensure_ascii=False).encode())
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, final)
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(json.dumps(asdict(record), ensure_ascii=False).encode())
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, final)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         dir_fd = os.open(self.folder, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
@@ -140,7 +144,9 @@ class MppsService:
                 return MppsOutcome(Refusal(mpps.INVALID_ATTRIBUTE_VALUE, str(exc)))
             linked = self._link(mpps.references(ds))
             record = MppsRecord(uid, mpps.IN_PROGRESS, data, linked, creator)
-            self.files.put(record)
+            refusal = self._put(record)
+            if refusal is not None:
+                return MppsOutcome(refusal)
         outcome = MppsOutcome(record=record)
         if not linked:
             outcome.notes.append("unscheduled: no workitem matches")
@@ -167,13 +173,27 @@ class MppsService:
                 refusal = mpps.check_final(merged_ds)
                 if refusal is not None:
                     return MppsOutcome(refusal, record)
+            before = (record.dataset, record.status, record.updated)
             record.dataset, record.status, record.updated = merged, status, time.time()
-            self.files.put(record)
+            refusal = self._put(record)
+            if refusal is not None:
+                record.dataset, record.status, record.updated = before
+                return MppsOutcome(refusal, record)
         outcome = MppsOutcome(record=record)
         if status in mpps.FINAL:
             for wuid in record.workitems:
                 outcome.notes.append(self._finish(wuid, status, merged_ds))
         return outcome
+
+    def _put(self, record: MppsRecord) -> Refusal | None:
+        """Write the step durably; a full or failing disk refuses the request (0110)
+        rather than acknowledging what was not kept."""
+        try:
+            self.files.put(record)
+        except OSError as exc:
+            log.error("MPPS: cannot record %s: %s", record.uid, exc)
+            return Refusal(mpps.PROCESSING_FAILURE, f"cannot record the step: {exc.strerror}")
+        return None
 
     # -- workitems -------------------------------------------------------------------
 
