@@ -14,7 +14,7 @@ from dicomweb_server.services import audit
 from dicomweb_server.services.audit import AuditEvent
 from dicomweb_server.services.modalities import StoredInstance
 
-# PS3.15 A.5.3.8 (DCM 110111): a performed procedure step created or updated.
+# PS3.15 A.5.3 Procedure Record (DCM 110111): a performed procedure step created or updated.
 PROCEDURE_RECORD = ("110111", "Procedure Record")
 # UIDs listed per record; a retrieve of a large study names its studies and series,
 # and the first instances.
