@@ -293,7 +293,7 @@ def test_the_mapping_module_is_what_the_server_uses(worklist: Worklist) -> None:
 
 
 def test_c_cancel_stops_the_responses(worklist: Worklist) -> None:
-    """C-CANCEL-FIND (PS3.7 9.1.2.1.5, PS3.4 C.4.1.2.3): the SCP stops and answers FE00.
+    """C-CANCEL-FIND (PS3.7 9.3.2.3): the SCP stops and answers FE00.
 
     A cancel that arrives after the last match has nothing to stop, and on loopback
     the answers can outrun it; so try a few times: one must be honoured.

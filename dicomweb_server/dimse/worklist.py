@@ -4,7 +4,7 @@ The worklist is the SCHEDULED workitems (and IN PROGRESS ones when the identifie
 for STARTED steps), each seen as its worklist entry (``dicom/mwl.py``). The index
 prefilters on an exact Accession Number or Patient ID; the other keys are matched on the
 entries (worklists are small). Each match is one pending response with the requested
-keys only; C-CANCEL ends the responses with Cancel (FE00) (PS3.4 C.4.1.2.3). A bad
+keys only; C-CANCEL ends the responses with Cancel (FE00) (PS3.7 9.3.2.3). A bad
 identifier gets A900, anything unexpected C000, and the association lives on.
 """
 
