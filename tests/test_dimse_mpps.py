@@ -352,6 +352,9 @@ def test_a_modality_day(site: Site) -> None:
         start = started(accession, study, step_id)
         start.PatientID = entry.PatientID
         assert create(modality, start, step)[0] == 0x0000
+        # The order had no study: it now has the one the worklist gave, so images can
+        # be linked to it by study as well as by accession.
+        assert [w.uid for w in site.services.workitems.find(study_uid=study)] == [workitem]
         series = uid()
         images = [
             make_dataset(

@@ -109,10 +109,16 @@ def step_id_of(uid: str, data: dict[str, Any]) -> str:
     return str(explicit or _value(data, SPS_ID) or step_id(uid))
 
 
+def order_study_uid(data: dict[str, Any]) -> str | None:
+    """The workitem's own Study Instance UID (order item, else top level), if any."""
+    request = _first_item(data, _REFERENCED_REQUEST)
+    found = _value(request, "0020000D") or _value(data, "0020000D")
+    return str(found) if found else None
+
+
 def study_uid_of(uid: str, data: dict[str, Any]) -> str:
     """The Study Instance UID the worklist shows for a workitem."""
-    request = _first_item(data, _REFERENCED_REQUEST)
-    return str(_value(request, "0020000D") or _value(data, "0020000D") or study_uid_for(uid))
+    return order_study_uid(data) or study_uid_for(uid)
 
 
 def _split_datetime(dt: str) -> tuple[str, str]:

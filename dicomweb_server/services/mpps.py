@@ -142,7 +142,8 @@ class MppsService:
                 data = mpps.json_of(ds)
             except (ValueError, TypeError) as exc:
                 return MppsOutcome(Refusal(mpps.INVALID_ATTRIBUTE_VALUE, str(exc)))
-            linked = self._link(mpps.references(ds))
+            links = self._link(mpps.references(ds))
+            linked = list(links)
             record = MppsRecord(uid, mpps.IN_PROGRESS, data, linked, creator)
             refusal = self._put(record)
             if refusal is not None:
@@ -150,8 +151,8 @@ class MppsService:
         outcome = MppsOutcome(record=record)
         if not linked:
             outcome.notes.append("unscheduled: no workitem matches")
-        for wuid in linked:
-            outcome.notes.append(self._claim(wuid))
+        for wuid, study in links.items():
+            outcome.notes.append(self._claim(wuid, study))
         return outcome
 
     def set(self, uid: str, changes: Dataset | None) -> MppsOutcome:
@@ -197,12 +198,12 @@ class MppsService:
 
     # -- workitems -------------------------------------------------------------------
 
-    def _link(self, refs: list[StepReference]) -> list[str]:
-        found: list[str] = []
+    def _link(self, refs: list[StepReference]) -> dict[str, str]:
+        """Workitem UID -> the Study Instance UID the modality uses for it."""
+        found: dict[str, str] = {}
         for ref in refs:
             for item in self._candidates(ref):
-                if item.uid not in found:
-                    found.append(item.uid)
+                found.setdefault(item.uid, ref.study_uid)
         return found
 
     def _candidates(self, ref: StepReference) -> list[Workitem]:
@@ -230,16 +231,26 @@ class MppsService:
             items = same or items
         return items
 
-    def _claim(self, uid: str) -> str:
+    def _claim(self, uid: str, study: str) -> str:
+        """Claim a SCHEDULED workitem; an order without a Study Instance UID takes the
+        one the modality uses (the worklist's derived one, usually), so the images that
+        follow can be linked to it by study as well as by Accession Number."""
         try:
             item = self.workitems.get(uid)
             if item.state != SCHEDULED:
                 return f"{uid}: {item.state}, not claimed"
-            self.workitems.claim(uid)
-            return f"{uid}: IN PROGRESS"
+            transaction = self.workitems.claim(uid)
         except DicomWebError as exc:
             log.warning("MPPS: cannot claim workitem %s: %s", uid, exc.message)
             return f"{uid}: not claimed ({exc.message})"
+        if study and mwl.order_study_uid(item.dataset) is None:
+            try:
+                self.workitems.update(
+                    uid, {"0020000D": {"vr": "UI", "Value": [study]}}, transaction
+                )
+            except DicomWebError as exc:
+                log.warning("MPPS: cannot set the study of workitem %s: %s", uid, exc.message)
+        return f"{uid}: IN PROGRESS"
 
     def _finish(self, uid: str, status: str, ds: Dataset) -> str:
         state = COMPLETED if status == mpps.COMPLETED else CANCELED
