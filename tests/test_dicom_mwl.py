@@ -213,3 +213,14 @@ def test_an_empty_sequence_key_returns_whole_items() -> None:
     assert "Müller^Jürgen" in mwl.text_values(
         mwl.render(mwl.parse(identifier(PatientName="")), entries()[0])
     )
+
+
+def test_scheduled_performer_and_priority() -> None:
+    data = order(priority="HIGH")
+    performer = {"00404037": {"vr": "PN", "Value": [{"Alphabetic": "Tech^Tina"}]}}
+    data["00404034"] = {"vr": "SQ", "Value": [performer]}
+    e = Dataset.from_json(mwl.entry(UID1, mwl.SCHEDULED, data))
+    assert str(e.ScheduledProcedureStepSequence[0].ScheduledPerformingPhysicianName) == "Tech^Tina"
+    assert e.RequestedProcedurePriority == "HIGH"
+    query = mwl.parse(identifier({"ScheduledPerformingPhysicianName": "tech*"}))
+    assert mwl.matches(query, mwl.entry(UID1, mwl.SCHEDULED, data))
