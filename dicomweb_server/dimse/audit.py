@@ -14,6 +14,8 @@ from dicomweb_server.services import audit
 from dicomweb_server.services.audit import AuditEvent
 from dicomweb_server.services.modalities import StoredInstance
 
+# PS3.15 A.5.3 Procedure Record (DCM 110111): a performed procedure step created or updated.
+PROCEDURE_RECORD = ("110111", "Procedure Record")
 # UIDs listed per record; a retrieve of a large study names its studies and series,
 # and the first instances.
 _LISTED = 1000
@@ -64,14 +66,16 @@ def stored(
     record(services, event, entry, "C-STORE")
 
 
-def queried(services: Services, event: Event, identifier: Dataset | None) -> None:
+def queried(
+    services: Services, event: Event, identifier: Dataset | None, operation: str = "C-FIND"
+) -> None:
     keys: dict[str, str] = {}
     for elem in identifier or ():
         value: Any = elem.value
         if elem.VR != "SQ" and value not in (None, "", b""):
             keys[elem.keyword or f"{elem.tag:08X}"] = str(value)[:200]
     entry = AuditEvent(audit.QUERY, "E", audit.OUTCOME_SUCCESS, query=keys)
-    record(services, event, entry, "C-FIND")
+    record(services, event, entry, operation)
 
 
 def transferred(
@@ -86,5 +90,19 @@ def transferred(
         series_uids=sorted({i.series_uid for i in items})[:_LISTED],
         sop_instance_uids=[i.sop_instance_uid for i in items[:_LISTED]],
         detail=f"{len(items)} instance(s)",
+    )
+    record(services, event, entry, operation)
+
+
+def procedure_step(
+    services: Services, event: Event, operation: str, ok: bool, studies: list[str], detail: str
+) -> None:
+    """An MPPS N-CREATE (action C) or N-SET (action U), accepted or refused."""
+    entry = AuditEvent(
+        PROCEDURE_RECORD,
+        "C" if "CREATE" in operation else "U",
+        audit.OUTCOME_SUCCESS if ok else audit.OUTCOME_MINOR_FAILURE,
+        study_uids=studies,
+        detail=detail[:1000],
     )
     record(services, event, entry, operation)

@@ -3,7 +3,8 @@
 Services offered as SCP (see conformance/README.md): Verification, every Storage SOP
 class pynetdicom knows (with SCP/SCU role selection accepted, so C-GET can send on the
 same association, PS3.4 C.4.3 and PS3.7 D.3.3.4), Patient Root and Study Root
-Query/Retrieve FIND, MOVE and GET, and Storage Commitment Push Model.
+Query/Retrieve FIND, MOVE and GET, Storage Commitment Push Model, Modality Worklist
+FIND and Modality Performed Procedure Step.
 """
 
 from __future__ import annotations
@@ -22,10 +23,13 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from dicomweb_server.bootstrap import Services
 from dicomweb_server.config import Settings
-from dicomweb_server.dimse import commitment, handlers
+from dicomweb_server.dicom.mpps import MODALITY_PERFORMED_PROCEDURE_STEP
+from dicomweb_server.dicom.mwl import MODALITY_WORKLIST_FIND
+from dicomweb_server.dimse import commitment, handlers, mpps, worklist
 from dicomweb_server.dimse.handlers import Gateway
 from dicomweb_server.dimse.syntaxes import STORAGE_SYNTAXES, UNCOMPRESSED
 from dicomweb_server.dimse.tls import server_context
+from dicomweb_server.services.mpps import MppsService
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +51,17 @@ def build_ae(settings: Settings) -> AE:
     for cx in QueryRetrievePresentationContexts:
         ae.add_supported_context(str(cx.abstract_syntax), UNCOMPRESSED)
     ae.add_supported_context(commitment.PUSH_MODEL, UNCOMPRESSED)
+    # --- mwl ---
+    ae.add_supported_context(MODALITY_WORKLIST_FIND, UNCOMPRESSED)
+    ae.add_supported_context(MODALITY_PERFORMED_PROCEDURE_STEP, UNCOMPRESSED)
     return ae
+
+
+def _on_find(event: Any, gateway: Gateway) -> Any:
+    """One C-FIND handler per AE: worklist queries go to the worklist SCP."""
+    if str(event.request.AffectedSOPClassUID) == MODALITY_WORKLIST_FIND:
+        return worklist.on_find(event, gateway)
+    return handlers.on_find(event, gateway)
 
 
 @dataclass
@@ -84,14 +98,18 @@ def start(services: Services) -> Listener:
         logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     ae = build_ae(settings)
     gateway = Gateway(services, services.modalities)
+    steps = MppsService(services.workitems, settings.data_dir / "mpps")
     events: list[Any] = [
         (evt.EVT_REQUESTED, handlers.on_requested, [gateway]),
         (evt.EVT_C_ECHO, handlers.on_echo, [gateway]),
         (evt.EVT_C_STORE, handlers.on_store, [gateway]),
-        (evt.EVT_C_FIND, handlers.on_find, [gateway]),
+        (evt.EVT_C_FIND, _on_find, [gateway]),
         (evt.EVT_C_MOVE, handlers.on_move, [gateway]),
         (evt.EVT_C_GET, handlers.on_get, [gateway]),
         (evt.EVT_N_ACTION, commitment.on_action, [gateway]),
+        # --- mwl ---
+        (evt.EVT_N_CREATE, mpps.on_create, [gateway, steps]),
+        (evt.EVT_N_SET, mpps.on_set, [gateway, steps]),
     ]
     server = ae.start_server(
         (settings.host, settings.dimse_port),

@@ -20,7 +20,7 @@ from dicomweb_server.config import Settings
 from dicomweb_server.errors import Conflict, InvalidRequest, NotFound
 from dicomweb_server.storage.interfaces import StoredInstance as StoredInstance
 
-OPERATIONS = ("echo", "store", "find", "move", "get", "commit")
+OPERATIONS = ("echo", "store", "find", "move", "get", "commit", "mpps")
 _SPEC_RE = re.compile(r"^(?P<aet>[^@]{1,16})@(?P<host>[^:/]+):(?P<port>[0-9]{1,5})(/(?P<ops>.*))?$")
 
 
