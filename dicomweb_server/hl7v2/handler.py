@@ -1,0 +1,57 @@
+"""One HL7 message in, its acknowledgement out: parse, apply, answer.
+
+The reply is always an acknowledgement, whatever arrives: a message that cannot be
+read, mapped or applied gets a NAK saying why, and nothing of it is applied (the
+orders of a message are all mapped before the first one is applied).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from dicomweb_server.hl7v2.ack import build_ack
+from dicomweb_server.hl7v2.orders import (
+    APPLICATION_INTERNAL_ERROR,
+    OrderMessage,
+    OrderRejected,
+    decode,
+    parse_message,
+    read_header,
+)
+
+log = logging.getLogger(__name__)
+
+# Applies a mapped message (creates, cancels, updates workitems); returns the text for
+# MSA-3, raises OrderRejected for a NAK.
+Apply = Callable[[OrderMessage], str]
+
+
+def handle_message(payload: bytes, apply: Apply) -> bytes:
+    text, encoding = decode(payload)
+    header = read_header(text)
+    try:
+        message = parse_message(text)
+        detail = apply(message)
+    except OrderRejected as exc:
+        log.warning(
+            "HL7: %s %s from %s/%s: %s",
+            exc.ack_code,
+            header.control_id or "(no control id)",
+            header.sending_application,
+            header.sending_facility,
+            exc.message,
+        )
+        ack = build_ack(header, exc)
+    except Exception:
+        log.exception("HL7: message %s could not be applied", header.control_id)
+        ack = build_ack(
+            header,
+            OrderRejected(
+                APPLICATION_INTERNAL_ERROR, "the archive could not apply the message; resend it"
+            ),
+        )
+    else:
+        log.info("HL7: %s %s: %s", message.message_type, message.control_id, detail)
+        ack = build_ack(header, text=detail)
+    return ack.encode(encoding, errors="replace")
