@@ -20,9 +20,12 @@ from dicomweb_server.services.query import QueryService
 from dicomweb_server.services.rendering import RenderService
 from dicomweb_server.services.retrieve import RetrieveService
 from dicomweb_server.services.store import StoreService
+from dicomweb_server.services.workitem_events import NoEvents
+from dicomweb_server.services.workitems import WorkitemService
 from dicomweb_server.storage.blob_fs import FileBlobStore
 from dicomweb_server.storage.sql.index import SqlIndex
 from dicomweb_server.storage.sql.modalities import SqlModalities
+from dicomweb_server.storage.sql.workitems import SqlWorkitems
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +45,8 @@ class Services:
     audit: AuditTrail
     # --- dimse ---
     modalities: ModalityService
+    # --- ups-core ---
+    workitems: WorkitemService
 
     def close(self) -> None:
         self.index.close()
@@ -99,5 +104,11 @@ def build_services(settings: Settings) -> Services:
         audit=build_audit(settings),
         modalities=ModalityService(
             settings, SqlModalities(index), PynetdicomNetwork(settings, retrieve)
+        ),
+        workitems=WorkitemService(
+            SqlWorkitems(index),
+            NoEvents(),
+            default_limit=settings.qido_default_limit,
+            max_limit=settings.qido_max_limit,
         ),
     )

@@ -6,13 +6,14 @@ httpx's transport, each interface is small enough to have an in-memory double.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from dicomweb_server.dicom.ingest import InstanceRecord
 from dicomweb_server.dicom.matching import QueryRequest
+from dicomweb_server.dicom.workitem import Workitem
 from dicomweb_server.errors import Conflict
 
 
@@ -175,3 +176,44 @@ class IndexStore(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class WorkitemFilter:
+    """What the index narrows workitems by (exact values; DT bounds normalized as
+    ``dicom.workitem.normalize_dt`` does). None means any."""
+
+    states: Collection[str] | None = None
+    accession_number: str | None = None
+    study_uid: str | None = None
+    patient_id: str | None = None
+    station_ae: str | None = None
+    modality: str | None = None
+    start_from: str | None = None
+    start_to: str | None = None
+    limit: int | None = None
+
+
+class WorkitemStore(Protocol):
+    """UPS workitems in the index (PS3.4 Annex CC)."""
+
+    def add_workitem(self, item: Workitem) -> None:
+        """Insert a new workitem; Conflict if its UID is already there."""
+        ...
+
+    def get_workitem(self, uid: str) -> Workitem | None: ...
+
+    def modify_workitem(
+        self, uid: str, change: Callable[[Workitem], Workitem | None]
+    ) -> tuple[Workitem, Workitem]:
+        """Apply ``change`` to the current workitem in one write transaction, the row
+        locked against concurrent changes; store what it returns (None: no change).
+
+        Returns (before, after). NotFound for an unknown UID; an error raised by
+        ``change`` rolls everything back.
+        """
+        ...
+
+    def find_workitems(self, where: WorkitemFilter) -> list[Workitem]:
+        """Matching workitems by Scheduled Procedure Step Start DateTime, then UID."""
+        ...

@@ -12,7 +12,7 @@ from sqlmodel import SQLModel
 
 from dicomweb_server.storage.sql import models
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 def is_sqlite(url: str) -> bool:
@@ -99,7 +99,12 @@ def _v4(conn: Connection) -> None:
     models.RemoteAE.__table__.create(conn, checkfirst=True)  # type: ignore[attr-defined]
 
 
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1, 2: _v2, 3: _v3, 4: _v4}
+def _v5(conn: Connection) -> None:
+    """UPS workitems (issue #5): the worklist lives in the same index."""
+    models.WorkitemRow.__table__.create(conn, checkfirst=True)  # type: ignore[attr-defined]
+
+
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5}
 
 
 def current_version(engine: Engine) -> int:

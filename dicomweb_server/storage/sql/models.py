@@ -105,3 +105,24 @@ class RemoteAE(SQLModel, table=True):
     operations: str = Field(max_length=200)
     allowed_ips: str = Field(default="", max_length=2000)
     updated_at: float = Field(default=0.0)
+
+
+class WorkitemRow(SQLModel, table=True):
+    """A UPS workitem (schema v5): its DICOM JSON and the columns searches narrow on."""
+
+    __tablename__ = "workitem"
+
+    uid: str = Field(primary_key=True, max_length=64)
+    state: str = Field(index=True, max_length=16)
+    transaction_uid: str | None = Field(default=None, max_length=64)
+    dataset: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    # From Referenced Request Sequence (where orders put them), else the top level.
+    accession_number: str | None = Field(default=None, index=True, max_length=64)
+    study_uid: str | None = Field(default=None, index=True, max_length=64)
+    patient_id: str | None = Field(default=None, index=True, max_length=64)
+    # Scheduled Procedure Step Start DateTime as YYYYMMDDHHMMSS.FFFFFF (ordering, ranges).
+    scheduled_start: str | None = Field(default=None, index=True, max_length=32)
+    station_ae: str | None = Field(default=None, index=True, max_length=64)
+    modality: str | None = Field(default=None, index=True, max_length=16)
+    created_at: float = Field(default=0.0)
+    updated_at: float = Field(default=0.0)

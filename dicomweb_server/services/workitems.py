@@ -1,0 +1,429 @@
+"""The workitem service: UPS transactions (PS3.18 11, PS3.4 Annex CC) over the index.
+
+One place for every change to a workitem, whoever asks: UPS-RS clients (create,
+update, change state, request cancellation, search) and the archive itself (MPPS,
+HL7 orders, images arriving for an order: find, claim, finish, cancel, add_output).
+Each change is one transaction on the row; its events are published after the commit.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from dicomweb_server.dicom import workitem as w
+from dicomweb_server.dicom import workitem_states as rules
+from dicomweb_server.dicom.uids import check_uid
+from dicomweb_server.dicom.workitem import (
+    CANCELED,
+    COMPLETED,
+    IN_PROGRESS,
+    SCHEDULED,
+    Workitem,
+)
+from dicomweb_server.dicom.workitem_match import (
+    WorkitemQuery,
+    matches,
+    parse_search,
+    result,
+)
+from dicomweb_server.dicom.workitem_states import UpsConflict
+from dicomweb_server.errors import InvalidRequest, NotFound
+from dicomweb_server.services.workitem_events import (
+    UPS_ASSIGNED,
+    UPS_CANCEL_REQUESTED,
+    UPS_PROGRESS_REPORT,
+    UPS_STATE_REPORT,
+    EventPublisher,
+    NoEvents,
+    WorkitemEvent,
+)
+from dicomweb_server.storage.interfaces import WorkitemFilter, WorkitemStore
+
+__all__ = [
+    "CANCELED",
+    "COMPLETED",
+    "IN_PROGRESS",
+    "SCHEDULED",
+    "SearchPage",
+    "Workitem",
+    "WorkitemService",
+]
+
+# Attributes whose change assigns the workitem (PS3.4 CC.2.4.2, UPS Assigned).
+_ASSIGNMENT = (w.STATION_NAME_SEQUENCE, w.SCHEDULED_HUMAN_PERFORMERS, "00404036")
+# Progress attributes inside the Progress Information Sequence (UPS Progress Report).
+_PROGRESS = (w.PROGRESS, w.PROGRESS_DESCRIPTION, w.COMMUNICATIONS_URI_SEQUENCE)
+
+
+@dataclass
+class SearchPage:
+    results: list[dict[str, Any]]
+    warnings: list[str] = field(default_factory=list)
+    more: bool = False
+
+
+def _pick(dataset: dict[str, Any], keys: Sequence[str]) -> dict[str, Any]:
+    return {k: copy.deepcopy(dataset[k]) for k in keys if k in dataset}
+
+
+def _state_report(item: Workitem) -> WorkitemEvent:
+    """UPS State Report event information (PS3.4 Table CC.2.4-2)."""
+    info = _pick(item.dataset, (w.PROCEDURE_STEP_STATE, w.INPUT_READINESS_STATE))
+    if item.state == CANCELED:
+        progress = w.items(item.dataset, w.PROGRESS_INFORMATION_SEQUENCE)
+        if progress:
+            info.update(_pick(progress[0], (w.REASON_FOR_CANCELLATION,)))
+            info.update(_pick(progress[0], (w.DISCONTINUATION_REASON_SEQUENCE,)))
+    return WorkitemEvent(item.uid, UPS_STATE_REPORT, w.sort_keys(info))
+
+
+def _progress(dataset: dict[str, Any]) -> dict[str, Any]:
+    found = w.items(dataset, w.PROGRESS_INFORMATION_SEQUENCE)
+    return _pick(found[0], _PROGRESS) if found else {}
+
+
+def _change_events(before: Workitem | None, after: Workitem) -> list[WorkitemEvent]:
+    """The events a change from ``before`` (None: created) to ``after`` causes."""
+    events: list[WorkitemEvent] = []
+    old = before.dataset if before is not None else {}
+    if (
+        before is None
+        or before.state != after.state
+        or old.get(w.INPUT_READINESS_STATE) != after.dataset.get(w.INPUT_READINESS_STATE)
+    ):
+        events.append(_state_report(after))
+    assigned = _pick(after.dataset, _ASSIGNMENT)
+    if assigned and any(old.get(k) != after.dataset.get(k) for k in _ASSIGNMENT):
+        has_value = any(w.has_value(after.dataset, k) for k in _ASSIGNMENT)
+        if has_value:
+            events.append(WorkitemEvent(after.uid, UPS_ASSIGNED, w.sort_keys(assigned)))
+    progress = _progress(after.dataset)
+    if progress and progress != _progress(old):
+        info = {w.PROGRESS_INFORMATION_SEQUENCE: w.element("SQ", w.sort_keys(progress))}
+        events.append(WorkitemEvent(after.uid, UPS_PROGRESS_REPORT, info))
+    return events
+
+
+class WorkitemService:
+    def __init__(
+        self,
+        store: WorkitemStore,
+        events: EventPublisher | None = None,
+        *,
+        default_limit: int = 1000,
+        max_limit: int = 1000,
+    ) -> None:
+        self.store = store
+        self.events: EventPublisher = events if events is not None else NoEvents()
+        self.default_limit = default_limit
+        self.max_limit = max_limit
+
+    # -- helpers -----------------------------------------------------------------------
+
+    def _publish(self, events: Sequence[WorkitemEvent]) -> None:
+        for event in events:
+            self.events.publish(event)
+
+    def _modify(self, uid: str, change: Any) -> tuple[Workitem, Workitem]:
+        before, after = self.store.modify_workitem(uid, change)
+        if after is not before:
+            self._publish(_change_events(before, after))
+        return before, after
+
+    # -- UPS-RS transactions -----------------------------------------------------------
+
+    def create(self, dataset: dict[str, Any], uid: str | None = None) -> Workitem:
+        """Create Workitem (PS3.18 11.4, PS3.4 CC.2.5.1.1); Conflict if the UID exists."""
+        uid, stored = w.prepare_create(dataset, uid, w.now_dt())
+        item = Workitem(uid, SCHEDULED, None, stored)
+        self.store.add_workitem(item)
+        self._publish(_change_events(None, item))
+        return item
+
+    def get(self, uid: str) -> Workitem:
+        """Retrieve Workitem (PS3.18 11.5); the dataset never holds the Transaction UID."""
+        item = self.store.get_workitem(uid)
+        if item is None:
+            raise NotFound(f"workitem {uid} not found")
+        return item
+
+    def update(self, uid: str, changes: dict[str, Any], transaction_uid: str | None) -> list[str]:
+        """Update Workitem (PS3.18 11.6, PS3.4 CC.2.6): replace the given attributes."""
+        changes = w.check_update(changes)
+        named = w.text(changes, w.SOP_INSTANCE_UID)
+        if named is not None and named != uid:
+            raise InvalidRequest(f"SOPInstanceUID (00080018) {named} is not this workitem's")
+        now = w.now_dt()
+
+        def change(item: Workitem) -> Workitem:
+            rules.check_updatable(item.state, item.transaction_uid, transaction_uid)
+            dataset = w.apply_update(item.dataset, changes, now)
+            return Workitem(item.uid, item.state, item.transaction_uid, dataset)
+
+        self._modify(uid, change)
+        return []
+
+    def change_state(self, uid: str, state: str, transaction_uid: str) -> list[str]:
+        """Change Workitem State (PS3.18 11.7, PS3.4 CC.2.1, Table CC.1.1-2).
+
+        Returns warnings (already in the requested final state); raises UpsConflict
+        with the standard's status for a refused transition.
+        """
+        state = rules.check_state_value(state)
+        if not transaction_uid:
+            raise InvalidRequest("TransactionUID (00081195) is required to change the state")
+        check_uid(transaction_uid, "TransactionUID (00081195)")
+        warnings: list[str] = []
+
+        def change(item: Workitem) -> Workitem | None:
+            outcome = rules.change_state(item.state, state, item.transaction_uid, transaction_uid)
+            warnings.extend(outcome.warnings)
+            if outcome.state is None:
+                return None
+            if outcome.state in (COMPLETED, CANCELED):
+                rules.check_final(item.dataset, outcome.state)
+            dataset = rules.with_state(item.dataset, outcome.state)
+            return Workitem(item.uid, outcome.state, transaction_uid, dataset)
+
+        self._modify(uid, change)
+        return warnings
+
+    def request_cancellation(self, uid: str, info: dict[str, Any]) -> list[str]:
+        """Request Cancellation (PS3.18 11.8, PS3.4 CC.2.4.3): a SCHEDULED workitem is
+        canceled; an IN PROGRESS one gets a UPS Cancel Requested event to its performer."""
+        info = w.check_json(info or {}, "cancellation request")
+        warnings: list[str] = []
+        requested: list[WorkitemEvent] = []
+        now = w.now_dt()
+
+        def change(item: Workitem) -> Workitem | None:
+            outcome = rules.request_cancel(item.state)
+            warnings.extend(outcome.warnings)
+            if outcome.state is None:
+                if item.state == IN_PROGRESS:
+                    requested.append(self._cancel_requested(item.uid, info))
+                return None
+            dataset = rules.with_state(rules.fill_canceled(item.dataset, now, info), CANCELED)
+            return Workitem(item.uid, CANCELED, item.transaction_uid, dataset)
+
+        self._modify(uid, change)
+        self._publish(requested)
+        return warnings
+
+    @staticmethod
+    def _cancel_requested(uid: str, info: dict[str, Any]) -> WorkitemEvent:
+        """UPS Cancel Requested event information (PS3.4 Table CC.2.4-2)."""
+        keys = (
+            w.REASON_FOR_CANCELLATION,
+            w.DISCONTINUATION_REASON_SEQUENCE,
+            w.CONTACT_URI,
+            w.CONTACT_DISPLAY_NAME,
+        )
+        return WorkitemEvent(uid, UPS_CANCEL_REQUESTED, w.sort_keys(_pick(info, keys)))
+
+    def search_page(self, params: Mapping[str, Sequence[str]]) -> SearchPage:
+        """Search for Workitems (PS3.18 11.9): results, warnings, and whether more match."""
+        query = parse_search(params, max_limit=self.max_limit)
+        limit = self.default_limit if query.limit is None else query.limit
+        found = [
+            i
+            for i in self.store.find_workitems(self._prefilter(query))
+            if matches(i.dataset, query)
+        ]
+        page = found[query.offset : query.offset + limit]
+        more = query.offset + limit < len(found)
+        return SearchPage([result(i.dataset, query) for i in page], list(query.warnings), more)
+
+    def search(self, params: Mapping[str, Sequence[str]]) -> list[dict[str, Any]]:
+        return self.search_page(params).results
+
+    def matches(self, dataset: dict[str, Any], params: Mapping[str, Sequence[str]]) -> bool:
+        """The search's matching for one dataset (filtered subscriptions, PS3.4 CC.2.3)."""
+        return matches(dataset, parse_search(params))
+
+    @staticmethod
+    def _prefilter(query: WorkitemQuery) -> WorkitemFilter:
+        state = query.single((w.PROCEDURE_STEP_STATE,))
+        start = query.dt_range(w.SCHEDULED_START)
+        return WorkitemFilter(
+            states=[state] if state is not None else None,
+            patient_id=query.single((w.PATIENT_ID,)),
+            start_from=start[0] or None if start else None,
+            start_to=start[1] or None if start else None,
+        )
+
+    # -- the archive's own operations --------------------------------------------------
+
+    def find(
+        self,
+        *,
+        states: Collection[str] = (SCHEDULED, IN_PROGRESS),
+        accession_number: str | None = None,
+        study_uid: str | None = None,
+        patient_id: str | None = None,
+        limit: int | None = None,
+    ) -> list[Workitem]:
+        """Workitems by the order's keys (Accession Number and Study Instance UID from
+        the Referenced Request Sequence or the top level), by scheduled start."""
+        return self.store.find_workitems(
+            WorkitemFilter(
+                states=list(states),
+                accession_number=accession_number,
+                study_uid=study_uid,
+                patient_id=patient_id,
+                limit=limit,
+            )
+        )
+
+    def claim(self, uid: str) -> str:
+        """SCHEDULED -> IN PROGRESS for the archive itself; returns the Transaction UID."""
+        transaction_uid = w.new_uid()
+
+        def change(item: Workitem) -> Workitem:
+            if item.state != SCHEDULED:
+                if item.state == IN_PROGRESS:
+                    raise UpsConflict(
+                        rules.ALREADY_IN_PROGRESS, "the workitem is already IN PROGRESS"
+                    )
+                raise UpsConflict(rules.NO_LONGER_UPDATABLE, f"the workitem is {item.state}")
+            dataset = rules.with_state(item.dataset, IN_PROGRESS)
+            return Workitem(item.uid, IN_PROGRESS, transaction_uid, dataset)
+
+        self._modify(uid, change)
+        return transaction_uid
+
+    def finish(self, uid: str, state: str, performed: dict[str, Any] | None = None) -> None:
+        """IN PROGRESS -> COMPLETED or CANCELED on the archive's behalf, merging
+        ``performed`` (top-level attributes; the first item of the Performed Procedure
+        and Progress Information sequences merged into the stored one) and filling what
+        PS3.4 CC.2.5.1.3.1 still requires."""
+        if state not in (COMPLETED, CANCELED):
+            raise InvalidRequest(f"a workitem finishes COMPLETED or CANCELED, not {state!r}")
+        extra = w.check_json(performed or {}, "performed procedure information")
+        now = w.now_dt()
+
+        def change(item: Workitem) -> Workitem:
+            if item.state == state:
+                raise _Unchanged  # finishing twice the same way changes nothing
+            if item.state == SCHEDULED:
+                raise UpsConflict(
+                    rules.NOT_IN_PROGRESS, "the workitem is SCHEDULED, not IN PROGRESS"
+                )
+            if item.state != IN_PROGRESS:
+                raise UpsConflict(rules.NO_LONGER_UPDATABLE, f"the workitem is {item.state}")
+            dataset = _merge(item.dataset, extra)
+            if state == COMPLETED:
+                dataset = rules.fill_completed(dataset, now)
+            else:
+                dataset = rules.fill_canceled(dataset, now, {})
+            dataset[w.MODIFICATION_DATETIME] = w.element("DT", now)
+            return Workitem(item.uid, state, item.transaction_uid, rules.with_state(dataset, state))
+
+        try:
+            self._modify(uid, change)
+        except _Unchanged:
+            return
+
+    def cancel(self, uid: str, reason: str) -> None:
+        """The order was cancelled (e.g. by the HIS): SCHEDULED -> CANCELED; IN PROGRESS ->
+        a cancellation request to the performer; final states -> Conflict."""
+        info = {w.REASON_FOR_CANCELLATION: w.element("LT", reason)} if reason else {}
+        requested: list[WorkitemEvent] = []
+        now = w.now_dt()
+
+        def change(item: Workitem) -> Workitem | None:
+            if item.state in (COMPLETED, CANCELED):
+                raise UpsConflict(
+                    rules.ALREADY_COMPLETED_FAILURE
+                    if item.state == COMPLETED
+                    else rules.NO_LONGER_UPDATABLE,
+                    f"the workitem is already {item.state}",
+                )
+            if item.state == IN_PROGRESS:
+                requested.append(self._cancel_requested(item.uid, info))
+                return None
+            dataset = rules.with_state(rules.fill_canceled(item.dataset, now, info), CANCELED)
+            return Workitem(item.uid, CANCELED, item.transaction_uid, dataset)
+
+        self._modify(uid, change)
+        self._publish(requested)
+
+    def add_output(
+        self, uid: str, study_uid: str, series_uid: str, sop_class_uid: str, sop_instance_uid: str
+    ) -> bool:
+        """Record an arrived instance in Unified Procedure Step Performed Procedure Sequence
+        > Output Information Sequence (PS3.4 Table CC.2.5-3; items per the Referenced
+        Instances and Access Macro, one per series); False if it was already there."""
+        added: list[bool] = []
+
+        def change(item: Workitem) -> Workitem | None:
+            dataset = _with_output(
+                item.dataset, study_uid, series_uid, sop_class_uid, sop_instance_uid
+            )
+            if dataset is None:
+                return None
+            added.append(True)
+            return Workitem(item.uid, item.state, item.transaction_uid, dataset)
+
+        self.store.modify_workitem(uid, change)
+        return bool(added)
+
+
+class _Unchanged(Exception):
+    """Leaves a modification without change (rolled back, nothing published)."""
+
+
+def _merge(dataset: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(dataset)
+    for key, value in extra.items():
+        if key in w.UPDATE_REFUSED:
+            continue
+        if key in (w.PERFORMED_PROCEDURE_SEQUENCE, w.PROGRESS_INFORMATION_SEQUENCE):
+            new_items = w.items(extra, key)
+            old_items = w.items(out, key)
+            if new_items:
+                merged = dict(old_items[0]) if old_items else {}
+                merged.update(copy.deepcopy(new_items[0]))
+                out[key] = w.element("SQ", w.sort_keys(merged))
+            continue
+        out[key] = copy.deepcopy(value)
+    return w.sort_keys(out)
+
+
+def _with_output(
+    dataset: dict[str, Any], study: str, series: str, sop_class: str, sop_instance: str
+) -> dict[str, Any] | None:
+    out = copy.deepcopy(dataset)
+    performed = w.items(out, w.PERFORMED_PROCEDURE_SEQUENCE)
+    item = performed[0] if performed else {}
+    outputs = w.items(item, w.OUTPUT_INFORMATION_SEQUENCE)
+    reference = {
+        w.REFERENCED_SOP_CLASS_UID: w.element("UI", sop_class),
+        w.REFERENCED_SOP_INSTANCE_UID: w.element("UI", sop_instance),
+    }
+    target = None
+    for output in outputs:
+        for ref in w.items(output, w.REFERENCED_SOP_SEQUENCE):
+            if w.text(ref, w.REFERENCED_SOP_INSTANCE_UID) == sop_instance:
+                return None
+        if (
+            w.text(output, w.STUDY_INSTANCE_UID) == study
+            and w.text(output, w.SERIES_INSTANCE_UID) == series
+        ):
+            target = output
+    if target is None:
+        target = {
+            w.STUDY_INSTANCE_UID: w.element("UI", study),
+            w.SERIES_INSTANCE_UID: w.element("UI", series),
+            w.TYPE_OF_INSTANCES: w.element("CS", "DICOM"),
+            w.REFERENCED_SOP_SEQUENCE: w.element("SQ"),
+        }
+        outputs.append(target)
+    refs = w.items(target, w.REFERENCED_SOP_SEQUENCE)
+    target[w.REFERENCED_SOP_SEQUENCE] = w.element("SQ", *refs, reference)
+    item[w.OUTPUT_INFORMATION_SEQUENCE] = w.element("SQ", *[w.sort_keys(o) for o in outputs])
+    out[w.PERFORMED_PROCEDURE_SEQUENCE] = w.element("SQ", w.sort_keys(item))
+    return w.sort_keys(out)
