@@ -21,6 +21,7 @@ from dicomweb_server.services.rendering import RenderService
 from dicomweb_server.services.retrieve import RetrieveService
 from dicomweb_server.services.store import StoreService
 from dicomweb_server.services.workitem_events import NoEvents
+from dicomweb_server.services.workitem_loop import WorkitemLoop
 from dicomweb_server.services.workitems import WorkitemService
 from dicomweb_server.storage.blob_fs import FileBlobStore
 from dicomweb_server.storage.sql.index import SqlIndex
@@ -90,7 +91,7 @@ def build_services(settings: Settings) -> Services:
     index = SqlIndex(settings.effective_database_url)
     retrieve = RetrieveService(index, blobs)
     pixels = PixelService(index, blobs)
-    return Services(
+    services = Services(
         settings=settings,
         store=StoreService(index, blobs, settings),
         query=QueryService(index),
@@ -112,3 +113,7 @@ def build_services(settings: Settings) -> Services:
             max_limit=settings.qido_max_limit,
         ),
     )
+    # --- hl7-loop ---
+    if settings.worklist_link_on_store:
+        services.store.after_store = WorkitemLoop(services.workitems, settings).stored
+    return services

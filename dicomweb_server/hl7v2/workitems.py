@@ -123,9 +123,7 @@ class WorkitemOrders:
                 segment="OBR",
                 field=18,
             )
-        changes: dict[str, Any] = {
-            k: v for k, v in order.dataset.items() if k not in _NOT_CHANGED
-        }
+        changes: dict[str, Any] = {k: v for k, v in order.dataset.items() if k not in _NOT_CHANGED}
         for item in scheduled:
             try:
                 self.workitems.update(item.uid, changes, None)

@@ -1,0 +1,250 @@
+"""HL7 orders and the order-to-image loop end to end, over real sockets: python-hl7's
+MLLP client sends orders to `dicomweb-server serve --hl7`, pynetdicom C-STOREs and
+httpx STOWs the images, DICOMweb finds them. Both index backends."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import hl7
+import pytest
+from hl7.mllp import open_hl7_connection
+from pynetdicom import AE
+
+from dicomweb_server.bootstrap import Services, build_services
+from dicomweb_server.config import Settings
+from tests.conftest import (
+    BACKENDS,
+    Server,
+    free_port,
+    http,
+    make_database_url,
+    run_cli,
+    start_server,
+)
+from tests.dicomgen import make_dataset, multipart, to_part10, uid
+from tests.hl7samples import omi, orm
+
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+
+
+class Site:
+    def __init__(self, server: Server, hl7_port: int) -> None:
+        self.server = server
+        self.hl7_port = hl7_port
+        # The same index, read directly, until UPS-RS search is served over HTTP.
+        self.services: Services = build_services(
+            Settings(data_dir=server.data_dir, database_url=server.database_url)
+        )
+
+    def send(self, *messages: str) -> list[hl7.Message]:
+        return asyncio.run(self._send(messages))
+
+    async def _send(self, messages: tuple[str, ...]) -> list[hl7.Message]:
+        reader, writer = await open_hl7_connection("127.0.0.1", self.hl7_port)
+        try:
+            replies = []
+            for text in messages:
+                writer.writemessage(hl7.parse(text))
+                await writer.drain()
+                replies.append(await asyncio.wait_for(reader.readmessage(), 60))
+            return replies
+        finally:
+            writer.close()
+            await writer.wait_closed()
+
+    def workitems(self, accession: str) -> list[dict[str, Any]]:
+        items = self.services.workitems.find(
+            states=("SCHEDULED", "IN PROGRESS", "COMPLETED", "CANCELED"),
+            accession_number=accession,
+        )
+        return [self.services.workitems.get(i.uid).dataset for i in items]
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def site(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Site]:
+    tmp = tmp_path_factory.mktemp("hl7")
+    url = make_database_url(request.param, tmp, request)
+    hl7_port = free_port()
+    server = start_server(
+        tmp / "data",
+        url,
+        "--hl7",
+        "--hl7-port",
+        str(hl7_port),
+        "--worklist-complete-on-store",
+        "first-instance",
+    )
+    built = Site(server, hl7_port)
+    yield built
+    built.services.close()
+    server.stop()
+    assert "Traceback" not in server.log(), server.log()
+
+
+def msa(reply: hl7.Message) -> tuple[str, str]:
+    segment = reply.segment("MSA")
+    return str(segment(1)), str(segment(2))
+
+
+def value(ds: dict[str, Any], tag: str) -> Any:
+    return ds[tag]["Value"][0]
+
+
+def state(ds: dict[str, Any]) -> str:
+    return str(value(ds, "00741000"))
+
+
+def output_sops(ds: dict[str, Any]) -> list[str]:
+    return [
+        ref["00081155"]["Value"][0]
+        for performed in ds.get("00741216", {}).get("Value", [])
+        for output in performed.get("00404033", {}).get("Value", [])
+        for ref in output.get("00081199", {}).get("Value", [])
+    ]
+
+
+def test_orm_and_omi_orders_become_workitems(site: Site) -> None:
+    replies = site.send(omi(accession="E2E-OMI", control_id="C1"), orm(accession="E2E-ORM"))
+    assert [msa(r) for r in replies] == [("AA", "C1"), ("AA", "ORM00001")]
+    [ds] = site.workitems("E2E-OMI")
+    assert state(ds) == "SCHEDULED"
+    assert value(ds, "00100020") == "PAT001"
+    assert value(value(ds, "00404026"), "00080100") == "CT"
+    [ds] = site.workitems("E2E-ORM")
+    assert value(value(ds, "00404025"), "00080100") == "MR01"
+
+
+def test_cancel_message_cancels_and_a_resend_is_acknowledged(site: Site) -> None:
+    site.send(omi(accession="E2E-CA"))
+    [cancel, again] = site.send(
+        omi(accession="E2E-CA", control="CA", control_id="CA1"),
+        omi(accession="E2E-CA", control="CA", control_id="CA2"),
+    )
+    assert msa(cancel) == ("AA", "CA1") and msa(again) == ("AA", "CA2")
+    [ds] = site.workitems("E2E-CA")
+    assert state(ds) == "CANCELED"
+
+
+def test_malformed_orders_get_a_nak_and_create_nothing(site: Site) -> None:
+    [reply] = site.send(omi(accession="E2E-BAD", patient_id="", control_id="BAD"))
+    assert msa(reply) == ("AE", "BAD")
+    assert str(reply.segment("ERR")(3)).startswith("101^")
+    assert site.workitems("E2E-BAD") == []
+    [reply] = site.send(omi(accession="E2E-UNKNOWN", control="CA", control_id="BAD2"))
+    assert msa(reply) == ("AE", "BAD2")
+    assert site.server.alive()
+
+
+def test_mllp_send_tool_of_the_library(site: Site, tmp_path: Path) -> None:
+    """python-hl7's own command line client, as an operator would test an interface."""
+    message = tmp_path / "order.hl7"
+    message.write_text(omi(accession="E2E-TOOL", control_id="TOOL1").replace("\r", "\n"))
+    done = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "mllp_send"),
+            "--port",
+            str(site.hl7_port),
+            "--file",
+            str(message),
+            "--loose",
+            "127.0.0.1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "MSA|AA|TOOL1" in done.stdout
+    assert len(site.workitems("E2E-TOOL")) == 1
+
+
+def test_the_whole_loop_over_c_store(site: Site) -> None:
+    study = uid()
+    [reply] = site.send(omi(accession="E2E-LOOP", study_uid=study, control_id="LOOP"))
+    assert msa(reply) == ("AA", "LOOP")
+    response = http().get(f"{site.server.root}/open", params={"AccessionNumber": "E2E-LOOP"})
+    assert response.status_code == 404
+    assert "No images yet" in response.text and "SCHEDULED" in response.text
+    ae = AE(ae_title="MODALITY1")
+    ae.add_requested_context(CT_IMAGE_STORAGE)
+    assoc = ae.associate("127.0.0.1", site.server.dimse_port, ae_title="DICOMWEB")
+    assert assoc.is_established
+    sops = [uid(), uid()]
+    series = uid()
+    try:
+        for n, sop in enumerate(sops, start=1):
+            image = make_dataset(
+                study=study, series=series, sop=sop, accession="E2E-LOOP", instance_number=n
+            )
+            assert assoc.send_c_store(image).Status == 0x0000
+    finally:
+        assoc.release()
+    [ds] = site.workitems("E2E-LOOP")
+    assert state(ds) == "COMPLETED"  # rule first-instance
+    assert sorted(output_sops(ds)) == sorted(sops)
+    found = http().get(
+        f"{site.server.url}/studies",
+        params={"AccessionNumber": "E2E-LOOP"},
+        headers={"Accept": "application/dicom+json"},
+    )
+    assert found.status_code == 200
+    assert [value(s, "0020000D") for s in found.json()] == [study]
+    opened = http().get(f"{site.server.root}/open", params={"AccessionNumber": "E2E-LOOP"})
+    assert opened.status_code == 302
+    assert opened.headers["location"] == f"/viewer?StudyInstanceUIDs={study}"
+
+
+def test_hand_typed_accession_without_order_is_found_by_qido(site: Site) -> None:
+    study = uid()
+    body, content_type = multipart([to_part10(make_dataset(study=study, accession="TYPED-123"))])
+    stored = http().post(
+        f"{site.server.url}/studies", content=body, headers={"Content-Type": content_type}
+    )
+    assert stored.status_code == 200, stored.text
+    found = http().get(
+        f"{site.server.url}/studies",
+        params={"AccessionNumber": "TYPED-123"},
+        headers={"Accept": "application/dicom+json"},
+    )
+    assert [value(s, "0020000D") for s in found.json()] == [study]
+    assert site.workitems("TYPED-123") == []
+
+
+def test_serve_help_documents_the_hl7_flags() -> None:
+    done = run_cli("serve", "--help")
+    for flag in ("--hl7", "--hl7-port", "--hl7-max-message-bytes", "--worklist-complete-on-store"):
+        assert flag in done.stdout
+    assert "DICOMWEB_HL7_PORT" in done.stdout
+
+
+def test_hl7_port_in_use_exits_with_a_message(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = run_cli(
+            "serve",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--port",
+            str(free_port()),
+            "--dimse-port",
+            str(free_port()),
+            "--hl7",
+            "--hl7-port",
+            str(port),
+            timeout=60,
+        )
+    assert done.returncode == 1
+    assert f"HL7 port {port}" in done.stderr
