@@ -1,8 +1,10 @@
 """One HL7 message in, its acknowledgement out: parse, apply, answer.
 
 The reply is always an acknowledgement, whatever arrives: a message that cannot be
-read, mapped or applied gets a NAK saying why, and nothing of it is applied (the
-orders of a message are all mapped before the first one is applied).
+read, mapped or applied gets a NAK saying why. A message that cannot be read or mapped
+changes nothing (its orders are all mapped before the first is applied); one refused
+while applying keeps its earlier orders, and since applying is idempotent the sender
+may resend it whole.
 """
 
 from __future__ import annotations
