@@ -1,6 +1,7 @@
 """HL7 orders and the order-to-image loop end to end, over real sockets: python-hl7's
-MLLP client sends orders to `dicomweb-server serve --hl7`, pynetdicom C-STOREs and
-httpx STOWs the images, DICOMweb finds them. Both index backends."""
+MLLP client sends orders to `dicomweb-server serve --hl7`, UPS-RS search and retrieve
+show the workitems, pynetdicom C-STOREs and httpx STOWs the images, QIDO-RS finds
+them. Both index backends."""
 
 from __future__ import annotations
 
@@ -16,8 +17,6 @@ import pytest
 from hl7.mllp import open_hl7_connection
 from pynetdicom import AE
 
-from dicomweb_server.bootstrap import Services, build_services
-from dicomweb_server.config import Settings
 from tests.conftest import (
     BACKENDS,
     Server,
@@ -37,10 +36,6 @@ class Site:
     def __init__(self, server: Server, hl7_port: int) -> None:
         self.server = server
         self.hl7_port = hl7_port
-        # The same index, read directly, until UPS-RS search is served over HTTP.
-        self.services: Services = build_services(
-            Settings(data_dir=server.data_dir, database_url=server.database_url)
-        )
 
     def send(self, *messages: str) -> list[hl7.Message]:
         return asyncio.run(self._send(messages))
@@ -59,11 +54,26 @@ class Site:
             await writer.wait_closed()
 
     def workitems(self, accession: str) -> list[dict[str, Any]]:
-        items = self.services.workitems.find(
-            states=("SCHEDULED", "IN PROGRESS", "COMPLETED", "CANCELED"),
-            accession_number=accession,
+        """The order's workitems as UPS-RS shows them: Search Workitems by the accession
+        number in the Referenced Request Sequence, then Retrieve Workitem each."""
+        found = http().get(
+            f"{self.server.url}/workitems",
+            params={"ReferencedRequestSequence.AccessionNumber": accession},
+            headers={"Accept": "application/dicom+json"},
         )
-        return [self.services.workitems.get(i.uid).dataset for i in items]
+        assert found.status_code in (200, 204), found.text
+        if found.status_code == 204:
+            return []
+        items = []
+        for hit in found.json():
+            uid = hit["00080018"]["Value"][0]
+            got = http().get(
+                f"{self.server.url}/workitems/{uid}", headers={"Accept": "application/dicom+json"}
+            )
+            assert got.status_code == 200, got.text
+            body = got.json()
+            items.append(body[0] if isinstance(body, list) else body)
+        return items
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
@@ -84,7 +94,6 @@ def site(
     )
     built = Site(server, hl7_port)
     yield built
-    built.services.close()
     server.stop()
     assert "Traceback" not in server.log(), server.log()
 

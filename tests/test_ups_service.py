@@ -3,6 +3,7 @@ state table of PS3.4 CC.1.1-2, the final-state requirements, events, archive ope
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import pytest
@@ -140,6 +141,9 @@ def test_update_rules(svc: WorkitemService, rec: Recorder) -> None:
     progress = {"00741002": el("SQ", {"00741004": el("DS", 50)})}
     svc.update(uid, progress, txn)
     assert rec.types() == [UPS_PROGRESS_REPORT]
+    assert rec.events[0].info["00741002"]["Value"][0]["00741004"]["Value"] == [50]
+    svc.update(uid, {"00741204": el("LO", "CT abdomen")}, txn)
+    assert rec.types() == [UPS_PROGRESS_REPORT]  # no progress change: no new event
     assert svc.get(uid).dataset["00741204"]["Value"] == ["CT abdomen"]  # refusals changed nothing
     svc.update(uid, completion(), txn)
     svc.change_state(uid, COMPLETED, txn)
@@ -183,7 +187,9 @@ def test_change_state_table(svc: WorkitemService, rec: Recorder) -> None:
     svc.update(uid, completion(), txn)
     assert svc.change_state(uid, COMPLETED, txn) == []
     assert state_of(svc, uid) == COMPLETED
-    assert svc.change_state(uid, COMPLETED, txn) == ["The workitem is already COMPLETED"]
+    assert svc.change_state(uid, COMPLETED, txn) == [
+        "The UPS is already in the requested state of COMPLETED."
+    ]
     refused(COMPLETED, other, 0xC301)
     refused(CANCELED, txn, 0xC300)
     refused(IN_PROGRESS, txn, 0xC300)
@@ -201,7 +207,9 @@ def test_cancel_by_performer(svc: WorkitemService, rec: Recorder) -> None:
     info = rec.events[0].info
     assert info["00741000"]["Value"] == [CANCELED]
     assert info["00741238"]["Value"] == ["wrong patient"]
-    assert svc.change_state(uid, CANCELED, txn) == ["The workitem is already CANCELED"]
+    assert svc.change_state(uid, CANCELED, txn) == [
+        "The UPS is already in the requested state of CANCELED."
+    ]
     with pytest.raises(UpsConflict) as exc:
         svc.change_state(uid, COMPLETED, txn)
     assert exc.value.status == 0xC300
@@ -218,7 +226,9 @@ def test_request_cancellation(svc: WorkitemService, rec: Recorder) -> None:
     assert "00404052" in progress and progress["00741238"]["Value"] == ["patient left"]
     assert "0074100E" in progress  # a discontinuation reason code is required
     assert rec.types() == [UPS_STATE_REPORT]
-    assert svc.request_cancellation(scheduled, {}) == ["The workitem is already CANCELED"]
+    assert svc.request_cancellation(scheduled, {}) == [
+        "The UPS is already in the requested state of CANCELED."
+    ]
 
     running = svc.create(order(accession="A2")).uid
     svc.change_state(running, IN_PROGRESS, str(generate_uid()))
@@ -227,6 +237,7 @@ def test_request_cancellation(svc: WorkitemService, rec: Recorder) -> None:
     assert state_of(svc, running) == IN_PROGRESS
     assert rec.types() == [UPS_CANCEL_REQUESTED]
     assert rec.events[0].info["0074100C"]["Value"] == ["Dr. Who"]
+    assert rec.events[0].info["00741236"]["Value"] == ["DICOMWEB"]  # Requesting AE, Type 1
 
     done = svc.create(order(accession="A3")).uid
     txn = svc.claim(done)
@@ -356,3 +367,43 @@ def test_assignment_event_on_update(svc: WorkitemService, rec: Recorder) -> None
     assert rec.types() == [UPS_ASSIGNED]
     svc.update(uid, {"00741204": el("LO", "again")}, None)
     assert rec.types() == [UPS_ASSIGNED]  # no new event: nothing assigned changed
+
+
+class Broken:
+    def publish(self, event: WorkitemEvent) -> None:
+        raise RuntimeError("subscriber store down")
+
+
+def test_publisher_failure_does_not_fail_the_change(
+    index: SqlIndex, caplog: pytest.LogCaptureFixture
+) -> None:
+    svc = WorkitemService(SqlWorkitems(index), Broken())
+    uid = svc.create(order()).uid
+    txn = svc.claim(uid)
+    assert svc.get(uid).transaction_uid == txn
+    assert "could not publish UPS event" in caplog.text
+
+
+def test_concurrent_claims_one_wins(index: SqlIndex) -> None:
+    """Row-locked read-modify-write: of several performers claiming one workitem at
+    once, exactly one gets it; the others, with other Transaction UIDs, get 0xC301
+    (PS3.4 Table CC.1.1-2)."""
+    svc = WorkitemService(SqlWorkitems(index))
+    uid = svc.create(order()).uid
+    txns = [str(generate_uid()) for _ in range(6)]
+    outcomes: list[str] = []
+
+    def claim(txn: str) -> None:
+        try:
+            svc.change_state(uid, IN_PROGRESS, txn)
+            outcomes.append("won")
+        except UpsConflict as exc:
+            outcomes.append(hex(exc.status))
+
+    threads = [threading.Thread(target=claim, args=(t,)) for t in txns]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert sorted(outcomes) == ["0xc301"] * 5 + ["won"]
+    assert svc.get(uid).transaction_uid in txns

@@ -77,6 +77,12 @@ class UpsConflict(Conflict):
         self.status = status
 
 
+class MissingTransactionUid(InvalidRequest):
+    """A change that needs the performer's Transaction UID came without one (C301)."""
+
+    status = WRONG_TRANSACTION_UID
+
+
 @dataclass(frozen=True)
 class Outcome:
     """What a requested change does: the new state (None: unchanged) and warnings."""
@@ -92,6 +98,11 @@ def check_state_value(state: Any) -> str:
             f"ProcedureStepState (00741000) must be one of {', '.join(STATES)}, not {state!r}"
         )
     return state
+
+
+def already(state: str) -> str:
+    """The warning text of PS3.18 Tables 11.7.3-2 and 11.8.3-2."""
+    return f"The UPS is already in the requested state of {state}."
 
 
 def change_state(current: str, target: str, stored_uid: str | None, given_uid: str) -> Outcome:
@@ -120,7 +131,7 @@ def change_state(current: str, target: str, stored_uid: str | None, given_uid: s
         return Outcome(target)
     if current == target:
         code = ALREADY_COMPLETED if target == COMPLETED else ALREADY_CANCELED
-        return Outcome(None, (f"The workitem is already {target}",), code)
+        return Outcome(None, (already(target),), code)
     raise _final(current)
 
 
@@ -132,7 +143,7 @@ def request_cancel(current: str) -> Outcome:
     if current == IN_PROGRESS:
         return Outcome(None)
     if current == CANCELED:
-        return Outcome(None, ("The workitem is already CANCELED",), ALREADY_CANCELED)
+        return Outcome(None, (already(CANCELED),), ALREADY_CANCELED)
     raise UpsConflict(ALREADY_COMPLETED_FAILURE, "the workitem is already COMPLETED")
 
 
@@ -145,7 +156,9 @@ def check_updatable(current: str, stored_uid: str | None, given_uid: str | None)
         )
     if current == IN_PROGRESS:
         if given_uid is None:
-            raise InvalidRequest("the workitem is IN PROGRESS: its Transaction UID is required")
+            raise MissingTransactionUid(
+                "the workitem is IN PROGRESS: its Transaction UID is required"
+            )
         if given_uid != stored_uid:
             raise _wrong_uid()
 
@@ -170,7 +183,6 @@ _REQUIRED = (
     MODIFICATION_DATETIME,
     SCHEDULED_START,
     INPUT_READINESS_STATE,
-    PROCEDURE_STEP_LABEL,
 )
 # P: needed in the Performed Procedure Sequence item for COMPLETED.
 _COMPLETED_ITEM = (

@@ -9,6 +9,7 @@ Each change is one transaction on the row; its events are published after the co
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +43,8 @@ from dicomweb_server.services.workitem_events import (
 )
 from dicomweb_server.storage.interfaces import WorkitemFilter, WorkitemStore
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     "CANCELED",
     "COMPLETED",
@@ -52,10 +55,13 @@ __all__ = [
     "WorkitemService",
 ]
 
-# Attributes whose change assigns the workitem (PS3.4 CC.2.4.2, UPS Assigned).
-_ASSIGNMENT = (w.STATION_NAME_SEQUENCE, w.SCHEDULED_HUMAN_PERFORMERS, "00404036")
-# Progress attributes inside the Progress Information Sequence (UPS Progress Report).
+# Attributes whose change assigns the workitem (PS3.4 CC.2.4.3, UPS Assigned).
+_ASSIGNMENT = (w.STATION_NAME_SEQUENCE, w.SCHEDULED_HUMAN_PERFORMERS)
+# Progress Information Sequence attributes whose change is a UPS Progress Report (CC.2.4.3).
 _PROGRESS = (w.PROGRESS, w.PROGRESS_DESCRIPTION, w.COMMUNICATIONS_URI_SEQUENCE)
+# The Requesting AE of a Cancel Requested event (Type 1) when the request names none:
+# UPS-RS requests and the archive's own cancellations carry no AE title.
+DEFAULT_REQUESTING_AE = "DICOMWEB"
 
 
 @dataclass
@@ -86,23 +92,29 @@ def _progress(dataset: dict[str, Any]) -> dict[str, Any]:
 
 
 def _change_events(before: Workitem | None, after: Workitem) -> list[WorkitemEvent]:
-    """The events a change from ``before`` (None: created) to ``after`` causes."""
+    """The events a change from ``before`` (None: created) to ``after`` causes, per
+    PS3.4 CC.2.4.3: a State Report when created or when Procedure Step State or Input
+    Readiness State changes; UPS Assigned when created with, or updated in, the scheduled
+    station or human performers; a Progress Report when the progress, its description
+    or the communications URIs change (with the whole Progress Information Sequence)."""
     events: list[WorkitemEvent] = []
+    new = after.dataset
     old = before.dataset if before is not None else {}
     if (
         before is None
         or before.state != after.state
-        or old.get(w.INPUT_READINESS_STATE) != after.dataset.get(w.INPUT_READINESS_STATE)
+        or old.get(w.INPUT_READINESS_STATE) != new.get(w.INPUT_READINESS_STATE)
     ):
         events.append(_state_report(after))
-    assigned = _pick(after.dataset, _ASSIGNMENT)
-    if assigned and any(old.get(k) != after.dataset.get(k) for k in _ASSIGNMENT):
-        has_value = any(w.has_value(after.dataset, k) for k in _ASSIGNMENT)
-        if has_value:
-            events.append(WorkitemEvent(after.uid, UPS_ASSIGNED, w.sort_keys(assigned)))
-    progress = _progress(after.dataset)
-    if progress and progress != _progress(old):
-        info = {w.PROGRESS_INFORMATION_SEQUENCE: w.element("SQ", w.sort_keys(progress))}
+    if before is None:
+        assigned = any(w.has_value(new, k) for k in _ASSIGNMENT)
+    else:
+        assigned = any(old.get(k) != new.get(k) for k in _ASSIGNMENT)
+    if assigned:
+        info = {k: copy.deepcopy(new.get(k, w.element("SQ"))) for k in _ASSIGNMENT}
+        events.append(WorkitemEvent(after.uid, UPS_ASSIGNED, info))
+    if _progress(new) != _progress(old):
+        info = _pick(new, (w.PROGRESS_INFORMATION_SEQUENCE,))
         events.append(WorkitemEvent(after.uid, UPS_PROGRESS_REPORT, info))
     return events
 
@@ -124,8 +136,14 @@ class WorkitemService:
     # -- helpers -----------------------------------------------------------------------
 
     def _publish(self, events: Sequence[WorkitemEvent]) -> None:
+        """After the commit; a failing publisher never fails the change it reports."""
         for event in events:
-            self.events.publish(event)
+            try:
+                self.events.publish(event)
+            except Exception:
+                log.exception(
+                    "could not publish UPS event %d of %s", event.event_type, event.workitem_uid
+                )
 
     def _modify(self, uid: str, change: Any) -> tuple[Workitem, Workitem]:
         before, after = self.store.modify_workitem(uid, change)
@@ -174,7 +192,9 @@ class WorkitemService:
         """
         state = rules.check_state_value(state)
         if not transaction_uid:
-            raise InvalidRequest("TransactionUID (00081195) is required to change the state")
+            raise rules.MissingTransactionUid(
+                "TransactionUID (00081195) is required to change the state"
+            )
         check_uid(transaction_uid, "TransactionUID (00081195)")
         warnings: list[str] = []
 
@@ -215,14 +235,20 @@ class WorkitemService:
 
     @staticmethod
     def _cancel_requested(uid: str, info: dict[str, Any]) -> WorkitemEvent:
-        """UPS Cancel Requested event information (PS3.4 Table CC.2.4-2)."""
+        """UPS Cancel Requested event information (PS3.4 Table CC.2.4-1): the Requesting
+        AE, and the reason and contact when the request gave them."""
         keys = (
             w.REASON_FOR_CANCELLATION,
             w.DISCONTINUATION_REASON_SEQUENCE,
             w.CONTACT_URI,
             w.CONTACT_DISPLAY_NAME,
         )
-        return WorkitemEvent(uid, UPS_CANCEL_REQUESTED, w.sort_keys(_pick(info, keys)))
+        event = _pick(info, keys)
+        if w.has_value(info, w.REQUESTING_AE):
+            event[w.REQUESTING_AE] = copy.deepcopy(info[w.REQUESTING_AE])
+        else:
+            event[w.REQUESTING_AE] = w.element("AE", DEFAULT_REQUESTING_AE)
+        return WorkitemEvent(uid, UPS_CANCEL_REQUESTED, w.sort_keys(event))
 
     def search_page(self, params: Mapping[str, Sequence[str]]) -> SearchPage:
         """Search for Workitems (PS3.18 11.9): results, warnings, and whether more match."""

@@ -24,6 +24,7 @@ from dicomweb_server.web.audit import audit_routes
 from dicomweb_server.web.errors import handle_domain_error, handle_os_error
 from dicomweb_server.web.open_link import open_routes
 from dicomweb_server.web.pixel import pixel_routes
+from dicomweb_server.web.ups import ups_routes
 from dicomweb_server.web.viewer import viewer_routes
 
 log = logging.getLogger(__name__)
@@ -109,7 +110,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
     routes = [
         Route("/health", health, methods=["GET"]),
         Route("/wado", wado_uri.wado, methods=["GET"]),
-        Mount(settings.dicomweb_root, routes=dicomweb_routes() + pixel_routes()),
+        Mount(settings.dicomweb_root, routes=dicomweb_routes() + pixel_routes() + ups_routes()),
     ]
     routes += audit_routes()
     routes += admin_modality_routes()
