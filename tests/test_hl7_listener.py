@@ -34,8 +34,9 @@ class Recorder:
             self.messages.append(message)
         return f"{len(message.orders)} order(s) accepted"
 
-    def handle(self, payload: bytes) -> bytes:
-        return handle_message(payload, self.apply)
+    def handle(self, payload: bytes, peer: str) -> bytes:
+        assert peer == "127.0.0.1"
+        return handle_message(payload, self.apply).reply
 
 
 @pytest.fixture(scope="module")
@@ -200,4 +201,4 @@ def test_port_in_use_raises() -> None:
         sock.listen()
         busy = Settings(hl7_enabled=True, hl7_port=sock.getsockname()[1])
         with pytest.raises(OSError):
-            MllpListener(busy, lambda payload: payload).start()
+            MllpListener(busy, lambda payload, peer: payload).start()

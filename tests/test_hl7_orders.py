@@ -204,10 +204,10 @@ def test_handler_answers_garbage_with_a_reject() -> None:
         applied.append(message)
         return "ok"
 
-    reply = hl7.parse(handle_message(b"\x00\xff garbage", apply).decode("latin-1"))
+    reply = hl7.parse(handle_message(b"\x00\xff garbage", apply).reply.decode("latin-1"))
     assert str(reply.segment("MSA")(1)) == "AR"
     assert applied == []
-    good = hl7.parse(handle_message(omi().encode(), apply).decode())
+    good = hl7.parse(handle_message(omi().encode(), apply).reply.decode())
     assert str(good.segment("MSA")(1)) == "AA" and len(applied) == 1
 
 
@@ -215,7 +215,7 @@ def test_handler_turns_a_failure_into_an_application_error() -> None:
     def apply(message: OrderMessage) -> str:
         raise RuntimeError("database down")
 
-    reply = hl7.parse(handle_message(omi().encode(), apply).decode())
+    reply = hl7.parse(handle_message(omi().encode(), apply).reply.decode())
     assert str(reply.segment("MSA")(1)) == "AE"
     assert str(reply.segment("MSA")(2)) == "MSG00001"
     assert str(reply.segment("ERR")(3)).startswith("207^")

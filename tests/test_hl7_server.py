@@ -6,6 +6,7 @@ them. Both index backends."""
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -150,6 +151,24 @@ def test_malformed_orders_get_a_nak_and_create_nothing(site: Site) -> None:
     [reply] = site.send(omi(accession="E2E-UNKNOWN", control="CA", control_id="BAD2"))
     assert msa(reply) == ("AE", "BAD2")
     assert site.server.alive()
+
+
+def test_each_message_leaves_an_order_record_in_the_audit_trail(site: Site) -> None:
+    site.send(omi(accession="E2E-AUDIT", control_id="AUD1", patient_id="PAT-AUDIT"))
+    site.send(omi(accession="E2E-AUDIT", control="CA", control_id="AUD2"))
+    site.send(omi(accession="E2E-AUDIT2", control_id="AUD3", patient_id=""))
+    lines = (site.server.data_dir / "audit" / "audit.jsonl").read_text().splitlines()
+    records = {
+        r["detail"].split(":")[0]: r
+        for r in map(json.loads, lines)
+        if r["event_id"]["code"] == "110109"
+    }
+    created, cancelled, refused = records["AUD1"], records["AUD2"], records["AUD3"]
+    assert (created["action"], created["outcome"], created["user"]) == ("C", 0, "RIS@HOSP")
+    assert created["patient_ids"] == ["PAT-AUDIT"] and created["source_ip"] == "127.0.0.1"
+    assert created["user_kind"] == "hl7-application" and created["method"] == "OMI^O23"
+    assert (cancelled["action"], cancelled["outcome"]) == ("U", 0)
+    assert (refused["action"], refused["outcome"]) == ("E", 4)
 
 
 def test_mllp_send_tool_of_the_library(site: Site, tmp_path: Path) -> None:

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from dicomweb_server.hl7v2.ack import build_ack
 from dicomweb_server.hl7v2.orders import (
     APPLICATION_INTERNAL_ERROR,
+    Header,
     OrderMessage,
     OrderRejected,
     decode,
@@ -29,9 +31,21 @@ log = logging.getLogger(__name__)
 Apply = Callable[[OrderMessage], str]
 
 
-def handle_message(payload: bytes, apply: Apply) -> bytes:
+@dataclass(frozen=True)
+class Handled:
+    """The reply to one message and what the audit trail needs to know of it."""
+
+    reply: bytes
+    header: Header
+    ack_code: str  # MSA-1
+    detail: str
+    message: OrderMessage | None = None
+
+
+def handle_message(payload: bytes, apply: Apply) -> Handled:
     text, encoding = decode(payload)
     header = read_header(text)
+    message: OrderMessage | None = None
     try:
         message = parse_message(text)
         detail = apply(message)
@@ -44,16 +58,24 @@ def handle_message(payload: bytes, apply: Apply) -> bytes:
             header.sending_facility,
             exc.message,
         )
-        ack = build_ack(header, exc)
+        return _handled(header, exc, exc.message, encoding, message)
     except Exception:
         log.exception("HL7: message %s could not be applied", header.control_id)
-        ack = build_ack(
-            header,
-            OrderRejected(
-                APPLICATION_INTERNAL_ERROR, "the archive could not apply the message; resend it"
-            ),
+        failure = OrderRejected(
+            APPLICATION_INTERNAL_ERROR, "the archive could not apply the message; resend it"
         )
-    else:
-        log.info("HL7: %s %s: %s", message.message_type, message.control_id, detail)
-        ack = build_ack(header, text=detail)
-    return ack.encode(encoding, errors="replace")
+        return _handled(header, failure, failure.message, encoding, message)
+    log.info("HL7: %s %s: %s", message.message_type, message.control_id, detail)
+    return _handled(header, None, detail, encoding, message)
+
+
+def _handled(
+    header: Header,
+    rejected: OrderRejected | None,
+    detail: str,
+    encoding: str,
+    message: OrderMessage | None,
+) -> Handled:
+    ack = build_ack(header, rejected, text=detail)
+    code = "AA" if rejected is None else rejected.ack_code
+    return Handled(ack.encode(encoding, errors="replace"), header, code, detail, message)

@@ -34,7 +34,8 @@ from dicomweb_server.hl7v2.orders import APPLICATION_INTERNAL_ERROR, Header, Ord
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[bytes], bytes]
+# One block's payload and the peer's address -> the reply's payload.
+Handler = Callable[[bytes, str], bytes]
 _SEPARATOR = END_BLOCK + CARRIAGE_RETURN
 
 
@@ -46,8 +47,7 @@ def _too_large(limit: int) -> bytes:
 
 
 class MllpListener:
-    """Serves ``handler`` (one MLLP block's payload -> the reply's payload) on
-    (host, hl7_port) until ``stop``."""
+    """Serves ``handler`` on (host, hl7_port) until ``stop``."""
 
     def __init__(self, settings: Settings, handler: Handler) -> None:
         self.settings = settings
@@ -154,6 +154,7 @@ class MllpListener:
                 log.warning("HL7: ignored %d bytes from %s outside a block", len(block), peer)
                 continue
             payload = block[start + 1 : -len(_SEPARATOR)]
-            reply = await loop.run_in_executor(self._executor, self.handler, payload)
+            address = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+            reply = await loop.run_in_executor(self._executor, self.handler, payload, address)
             writer.write(START_BLOCK + reply + _SEPARATOR)
             await writer.drain()

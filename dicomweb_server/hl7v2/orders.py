@@ -156,6 +156,7 @@ class OrderMessage:
     control_id: str  # MSH-10, echoed in MSA-2
     message_type: str  # e.g. "OMI^O23"
     orders: list[Order]
+    patient_id: str = ""  # PID-3.1, for the audit trail
 
 
 @dataclass(frozen=True)
@@ -371,7 +372,12 @@ def parse_message(text: str, now: datetime | None = None) -> OrderMessage:
     orders: list[Order] = []
     for seq, (orc, rest) in enumerate(groups, start=1):
         orders.extend(_orders_of(orc, seq, rest, pid, pv1, message_time))
-    return OrderMessage(control_id=control_id, message_type=f"{msg_type}^{trigger}", orders=orders)
+    return OrderMessage(
+        control_id=control_id,
+        message_type=f"{msg_type}^{trigger}",
+        orders=orders,
+        patient_id=_value(pid, 3) if pid is not None else "",
+    )
 
 
 def _patient(pid: Any | None) -> dict[str, Any]:
