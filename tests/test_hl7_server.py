@@ -9,6 +9,7 @@ import asyncio
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -245,6 +246,28 @@ def test_hand_typed_accession_without_order_is_found_by_qido(site: Site) -> None
     )
     assert [value(s, "0020000D") for s in found.json()] == [study]
     assert site.workitems("TYPED-123") == []
+
+
+def test_images_that_came_before_their_order_are_linked(site: Site) -> None:
+    study = uid()
+    sops = [uid(), uid()]
+    body, content_type = multipart(
+        [to_part10(make_dataset(study=study, sop=s, accession="E2E-EMERG")) for s in sops]
+    )
+    stored = http().post(
+        f"{site.server.url}/studies", content=body, headers={"Content-Type": content_type}
+    )
+    assert stored.status_code == 200, stored.text
+    [reply] = site.send(omi(accession="E2E-EMERG", study_uid="", control_id="EMERG"))
+    assert msa(reply) == ("AA", "EMERG")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # linked after the ACK, in the background
+        [ds] = site.workitems("E2E-EMERG")
+        if state(ds) == "COMPLETED":
+            break
+        time.sleep(0.2)
+    assert state(ds) == "COMPLETED"
+    assert sorted(output_sops(ds)) == sorted(sops)
 
 
 def test_serve_help_documents_the_hl7_flags() -> None:

@@ -14,6 +14,7 @@ from dicomweb_server.bootstrap import Services, build_services, prepare
 from dicomweb_server.config import Settings
 from dicomweb_server.hl7v2.orders import OrderRejected, parse_message
 from dicomweb_server.hl7v2.workitems import WorkitemOrders
+from dicomweb_server.services.workitem_loop import WorkitemLoop
 from dicomweb_server.services.workitems import CANCELED, COMPLETED, IN_PROGRESS, SCHEDULED
 from tests.dicomgen import make_dataset, to_part10, uid
 from tests.hl7samples import omi, orm
@@ -209,6 +210,18 @@ def test_hl7_change_updates_a_scheduled_order(build: Build) -> None:
     assert station == ["CT09"]
     # the request (and its Study Instance UID) is kept
     assert after.dataset["0040A370"] == before.dataset["0040A370"]
+
+
+def test_images_stored_before_the_order_are_linked_when_it_arrives(build: Build) -> None:
+    services = build(worklist_complete_on_store="first-instance")
+    sops = store(services, accession="EMERG1", study=uid(), count=3)
+    store(services, accession="OTHER1", study=uid())
+    loop = WorkitemLoop(services.workitems, services.settings, services.index)
+    orders = WorkitemOrders(services.workitems, loop.link_existing)
+    orders.apply(parse_message(omi(accession="EMERG1")))
+    [item] = services.workitems.find(states=(COMPLETED,), accession_number="EMERG1")
+    assert sorted(outputs(services, item.uid)) == sorted(sops)
+    assert loop.link_existing(item.uid) == 0  # idempotent
 
 
 def test_store_cost_with_and_without_workitems(

@@ -3,6 +3,8 @@ each message leaves an audit record."""
 
 from __future__ import annotations
 
+import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from dicomweb_server.bootstrap import Services, build_services
@@ -13,6 +15,9 @@ from dicomweb_server.hl7v2.orders import NEW
 from dicomweb_server.hl7v2.workitems import WorkitemOrders
 from dicomweb_server.services import audit
 from dicomweb_server.services.audit import AuditEvent
+from dicomweb_server.services.workitem_loop import WorkitemLoop
+
+log = logging.getLogger(__name__)
 
 # PS3.15 A.5.3 Order Record (EventID 110109, DCM): an order created, changed or cancelled.
 ORDER_RECORD = ("110109", "Order Record")
@@ -23,6 +28,9 @@ _OUTCOMES = {"AA": audit.OUTCOME_SUCCESS, "AE": audit.OUTCOME_MINOR_FAILURE}
 class HL7Service:
     services: Services
     listener: MllpListener
+    # Links images stored before their order, after the order's ACK has gone: a large
+    # study takes a while and the HIS waits for its ACK.
+    linker: ThreadPoolExecutor
 
     @property
     def port(self) -> int:
@@ -30,6 +38,7 @@ class HL7Service:
 
     def stop(self) -> None:
         self.listener.stop()
+        self.linker.shutdown(wait=True)
         self.services.close()
 
 
@@ -56,7 +65,21 @@ def audit_event(handled: Handled, source_ip: str) -> AuditEvent:
 def start(settings: Settings) -> HL7Service:
     """Listen on (host, hl7_port); raises OSError when the port cannot be bound."""
     services = build_services(settings)
-    orders = WorkitemOrders(services.workitems)
+    linker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hl7-link")
+    on_created = None
+    if settings.worklist_link_on_store:
+        loop = WorkitemLoop(services.workitems, settings, services.index)
+
+        def link(uid: str) -> None:
+            try:
+                loop.link_existing(uid)
+            except Exception:
+                log.exception("linking stored images to the new workitem %s failed", uid)
+
+        def on_created(uid: str) -> None:
+            linker.submit(link, uid)
+
+    orders = WorkitemOrders(services.workitems, on_created)
 
     def handle(payload: bytes, source_ip: str) -> bytes:
         handled = handle_message(payload, orders.apply)
@@ -68,6 +91,7 @@ def start(settings: Settings) -> HL7Service:
     try:
         listener.start()
     except BaseException:
+        linker.shutdown()
         services.close()
         raise
-    return HL7Service(services, listener)
+    return HL7Service(services, listener, linker)

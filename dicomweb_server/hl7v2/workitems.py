@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from dicomweb_server.errors import Conflict, InvalidRequest, NotFound
@@ -44,8 +45,12 @@ _NOT_CHANGED = ("00741000", "0040A370")
 
 
 class WorkitemOrders:
-    def __init__(self, workitems: WorkitemService) -> None:
+    def __init__(
+        self, workitems: WorkitemService, on_created: Callable[[str], object] | None = None
+    ) -> None:
         self.workitems = workitems
+        # Told the UID of each workitem created (to link images that came first).
+        self.on_created = on_created
 
     def apply(self, message: OrderMessage) -> str:
         """Apply each order in turn; the text of MSA-3, or OrderRejected."""
@@ -78,6 +83,8 @@ class WorkitemOrders:
                 segment="OBR",
                 field=18,
             ) from None
+        if self.on_created is not None:
+            self.on_created(order.workitem_uid)
         return f"order {order.accession} scheduled"
 
     def _cancel(self, order: Order) -> str:

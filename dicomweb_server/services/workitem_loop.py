@@ -25,9 +25,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 from dicomweb_server.config import Settings
+from dicomweb_server.dicom.attributes import Level
 from dicomweb_server.dicom.ingest import InstanceRecord
+from dicomweb_server.dicom.matching import STUDY_INSTANCE_UID, Condition, Kind, QueryRequest
 from dicomweb_server.errors import Conflict, NotFound
 from dicomweb_server.services.workitems import (
     COMPLETED,
@@ -35,17 +38,24 @@ from dicomweb_server.services.workitems import (
     SCHEDULED,
     WorkitemService,
 )
+from dicomweb_server.storage.interfaces import IndexStore
 
 log = logging.getLogger(__name__)
 
 # Workitems that still take outputs: a CANCELED order's images stay unlinked.
 LINKABLE = (SCHEDULED, IN_PROGRESS, COMPLETED)
+ACCESSION_NUMBER = 0x00080050
+# An accession number names one order; more studies than this under it is a data error.
+_MAX_STUDIES = 20
 
 
 class WorkitemLoop:
-    def __init__(self, workitems: WorkitemService, settings: Settings) -> None:
+    def __init__(
+        self, workitems: WorkitemService, settings: Settings, index: IndexStore | None = None
+    ) -> None:
         self.workitems = workitems
         self.complete_on_store = settings.worklist_complete_on_store
+        self.index = index  # only ``link_existing`` needs it
 
     def stored(self, records: Sequence[InstanceRecord]) -> None:
         """Link newly stored instances to their workitems; never raises."""
@@ -86,6 +96,33 @@ class WorkitemLoop:
                 if self.complete_on_store == "first-instance" and item.state == SCHEDULED:
                     self._complete(item.uid)
 
+    def link_existing(self, uid: str) -> int:
+        """Link the instances stored before their order arrived (an emergency: the
+        images came first, with the number typed by hand); returns how many were added.
+        The same rules as on store: by Accession Number, else Study Instance UID."""
+        assert self.index is not None, "link_existing needs the index"
+        item = self.workitems.get(uid)
+        accession = _request_value(item.dataset, "00080050")
+        study = _request_value(item.dataset, "0020000D")
+        if accession:
+            condition = Condition(ACCESSION_NUMBER, Kind.SINGLE, (accession,))
+        elif study:
+            condition = Condition(STUDY_INSTANCE_UID, Kind.SINGLE, (study,))
+        else:
+            return 0
+        query = QueryRequest(level=Level.STUDY, conditions=[condition], limit=_MAX_STUDIES)
+        added = 0
+        for row in self.index.search(query).rows:
+            for inst in self.index.instances(str(row["study_uid"])):
+                added += self.workitems.add_output(
+                    uid, inst.study_uid, inst.series_uid, inst.sop_class_uid, inst.sop_instance_uid
+                )
+        if added:
+            log.info("linked %d instance(s) stored before its order to workitem %s", added, uid)
+            if self.complete_on_store == "first-instance" and item.state == SCHEDULED:
+                self._complete(uid)
+        return added
+
     def _complete(self, uid: str) -> None:
         try:
             self.workitems.claim(uid)
@@ -95,3 +132,12 @@ class WorkitemLoop:
             log.info("workitem %s not completed on store: %s", uid, exc.message)
             return
         log.info("workitem %s completed: its images arrived", uid)
+
+
+def _request_value(dataset: dict[str, Any], tag: str) -> str:
+    """``tag`` from the Referenced Request Sequence's first item, else the top level."""
+    for source in [*dataset.get("0040A370", {}).get("Value", [])[:1], dataset]:
+        values = source.get(tag, {}).get("Value") or []
+        if values and str(values[0]).strip():
+            return str(values[0]).strip()
+    return ""
