@@ -3,7 +3,6 @@ on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -222,26 +221,3 @@ def test_images_stored_before_the_order_are_linked_when_it_arrives(build: Build)
     [item] = services.workitems.find(states=(COMPLETED,), accession_number="EMERG1")
     assert sorted(outputs(services, item.uid)) == sorted(sops)
     assert loop.link_existing(item.uid) == 0  # idempotent
-
-
-def test_store_cost_with_and_without_workitems(
-    build: Build, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """A rough measure for the report (printed with -s): store_batch of 32 small
-    instances, the loop off, on with no matching workitem, on with one."""
-    results: dict[str, float] = {}
-    for name, settings in (
-        ("off", {"worklist_link_on_store": False}),
-        ("on, no match", {}),
-        ("on, match", {}),
-    ):
-        services = build(**settings)
-        accession = f"COST{len(results)}"
-        if name == "on, match":
-            services.workitems.create(order(accession=accession))
-        start = time.perf_counter()
-        for _ in range(3):
-            store(services, accession=accession, study=uid(), count=32)
-        results[name] = (time.perf_counter() - start) / 96 * 1000
-    with capsys.disabled():
-        print("\nstore_batch ms/instance:", {k: round(v, 2) for k, v in results.items()})

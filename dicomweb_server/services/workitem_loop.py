@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
 
 from dicomweb_server.config import Settings
 from dicomweb_server.dicom.attributes import Level
 from dicomweb_server.dicom.ingest import InstanceRecord
 from dicomweb_server.dicom.matching import STUDY_INSTANCE_UID, Condition, Kind, QueryRequest
+from dicomweb_server.dicom.workitem import request_value
 from dicomweb_server.errors import Conflict, NotFound
 from dicomweb_server.services.workitems import (
     COMPLETED,
@@ -102,8 +102,8 @@ class WorkitemLoop:
         The same rules as on store: by Accession Number, else Study Instance UID."""
         assert self.index is not None, "link_existing needs the index"
         item = self.workitems.get(uid)
-        accession = _request_value(item.dataset, "00080050")
-        study = _request_value(item.dataset, "0020000D")
+        accession = request_value(item.dataset, "00080050")
+        study = request_value(item.dataset, "0020000D")
         if accession:
             condition = Condition(ACCESSION_NUMBER, Kind.SINGLE, (accession,))
         elif study:
@@ -132,12 +132,3 @@ class WorkitemLoop:
             log.info("workitem %s not completed on store: %s", uid, exc.message)
             return
         log.info("workitem %s completed: its images arrived", uid)
-
-
-def _request_value(dataset: dict[str, Any], tag: str) -> str:
-    """``tag`` from the Referenced Request Sequence's first item, else the top level."""
-    for source in [*dataset.get("0040A370", {}).get("Value", [])[:1], dataset]:
-        values = source.get(tag, {}).get("Value") or []
-        if values and str(values[0]).strip():
-            return str(values[0]).strip()
-    return ""
