@@ -219,3 +219,22 @@ def test_handler_turns_a_failure_into_an_application_error() -> None:
     assert str(reply.segment("MSA")(1)) == "AE"
     assert str(reply.segment("MSA")(2)) == "MSG00001"
     assert str(reply.segment("ERR")(3)).startswith("207^")
+
+
+def test_each_ipc_is_a_step_and_each_orc_an_order() -> None:
+    """OMI: one requested procedure with two scheduled steps (two IPC), then a second
+    order (ORC group) in the same message."""
+    lines = omi(accession="MULTI1").split("\r")
+    ipc = next(line for line in lines if line.startswith("IPC"))
+    second_step = ipc.replace("SPS0001", "SPS0002").replace("|CT01", "|CT02")
+    second_order = omi(accession="MULTI2", rp_id="RP0009", sps_id="SPS0009").split("\r")[3:]
+    text = "\r".join([*lines[:-1], second_step, *second_order])
+    orders = parse_message(text).orders
+    assert [(o.accession, o.step_id) for o in orders] == [
+        ("MULTI1", "SPS0001"),
+        ("MULTI1", "SPS0002"),
+        ("MULTI2", "SPS0009"),
+    ]
+    assert len({o.workitem_uid for o in orders}) == 3
+    stations = [_value(_value(o.dataset, "00404025"), "00080100") for o in orders]
+    assert stations == ["CT01", "CT02", "CT01"]
