@@ -202,3 +202,31 @@ def test_port_in_use_raises() -> None:
         busy = Settings(hl7_enabled=True, hl7_port=sock.getsockname()[1])
         with pytest.raises(OSError):
             MllpListener(busy, lambda payload, peer: payload).start()
+
+
+def test_stop_finishes_the_message_being_applied_and_does_not_wait_for_idle_peers() -> None:
+    applied: list[str] = []
+    started = threading.Event()
+
+    def slow(payload: bytes, peer: str) -> bytes:
+        started.set()
+        time.sleep(1)
+        applied.append(payload.decode()[:3])
+        return b"MSH|^~\\&|ACK"
+
+    settings = Settings(hl7_enabled=True, hl7_port=free_port(), hl7_idle_timeout=600)
+    mllp = MllpListener(settings, slow)
+    mllp.start()
+    idle = socket.create_connection(("127.0.0.1", mllp.port), timeout=10)
+    busy = socket.create_connection(("127.0.0.1", mllp.port), timeout=10)
+    try:
+        busy.sendall(SB + omi().encode() + EB)
+        assert started.wait(10)
+        begin = time.monotonic()
+        mllp.stop()
+        assert time.monotonic() - begin < 10
+        assert applied == ["MSH"]  # the message in progress was applied, not cut off
+        assert idle.recv(10) == b""
+    finally:
+        idle.close()
+        busy.close()

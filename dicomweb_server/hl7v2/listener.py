@@ -56,6 +56,7 @@ class MllpListener:
         self._thread = threading.Thread(target=self._run, name="hl7-mllp", daemon=True)
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=max(1, settings.hl7_max_connections), thread_name_prefix="hl7"
         )
@@ -104,6 +105,10 @@ class MllpListener:
             self._server.close()
         for writer in list(self._writers):
             writer.transport.abort()
+        # Let each connection end itself (a message being applied finishes; its ACK
+        # cannot go out, so the sender will resend it, and applying is idempotent).
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=5)
 
     def _shutdown_loop(self) -> None:
         if self._thread.is_alive():
@@ -113,6 +118,10 @@ class MllpListener:
             self._loop.close()
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         peer = writer.get_extra_info("peername")
         if len(self._writers) >= self.settings.hl7_max_connections:
             log.warning("HL7: refusing %s: %d connections open", peer, len(self._writers))
