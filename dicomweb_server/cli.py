@@ -255,6 +255,7 @@ def _hl7_loop_overrides(args: argparse.Namespace) -> dict[str, object]:
         "hl7_max_connections": args.hl7_max_connections,
         "hl7_max_message_bytes": args.hl7_max_message_bytes,
         "hl7_idle_timeout": args.hl7_idle_timeout,
+        "hl7_allowed_peers": args.hl7_allowed_peers,
         "worklist_link_on_store": False if args.no_worklist_link else None,
         "worklist_complete_on_store": args.worklist_complete_on_store,
     }
@@ -266,6 +267,13 @@ def _start_hl7(settings: Settings) -> HL7Service | None:
         return None
     from dicomweb_server.hl7v2.service import start
 
+    if not settings.is_loopback_bind() and not settings.hl7_allowed_peers:
+        log.warning(
+            "HL7 orders are accepted from any address on %s:%d (MLLP has no "
+            "authentication); set hl7_allowed_peers to your HIS/RIS",
+            settings.host,
+            settings.hl7_port,
+        )
     try:
         return start(settings)
     except OSError as exc:
@@ -305,6 +313,11 @@ def _add_hl7_loop_flags(serve: argparse.ArgumentParser) -> None:
         type=int,
         help="close an MLLP connection idle this many seconds (default 600) "
         f"[env {env_name('hl7_idle_timeout')}]",
+    )
+    group.add_argument(
+        "--hl7-allowed-peers",
+        help="comma-separated addresses/networks that may send HL7 orders (default: any; "
+        f"MLLP has no authentication) [env {env_name('hl7_allowed_peers')}]",
     )
     group.add_argument(
         "--no-worklist-link",

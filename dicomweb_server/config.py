@@ -125,6 +125,8 @@ class Settings:
     hl7_max_message_bytes: int = 1024 * 1024
     # A connection that completes no message for this many seconds is closed.
     hl7_idle_timeout: int = 600
+    # MLLP has no authentication: addresses/networks allowed to send orders (empty: any).
+    hl7_allowed_peers: tuple[str, ...] = ()
     # The order-to-image loop: stored instances whose Accession Number (else Study
     # Instance UID) matches an open workitem are recorded as its output.
     worklist_link_on_store: bool = True
@@ -244,6 +246,11 @@ def _validate_hl7_loop(s: Settings) -> None:
             raise ValueError(f"{name} must be at least 1")
     if s.hl7_max_message_bytes < 1024:
         raise ValueError("hl7_max_message_bytes must be at least 1024")
+    for peer in s.hl7_allowed_peers:
+        try:
+            ipaddress.ip_network(peer, strict=False)
+        except ValueError as exc:
+            raise ValueError(f"hl7_allowed_peers: {exc}") from None
     if s.worklist_complete_on_store not in COMPLETE_ON_STORE:
         raise ValueError(
             f"worklist_complete_on_store must be one of {', '.join(COMPLETE_ON_STORE)}, "

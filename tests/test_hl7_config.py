@@ -38,6 +38,7 @@ def test_environment_and_toml(tmp_path: Path) -> None:
         ({"DICOMWEB_HL7_MAX_MESSAGE_BYTES": "10"}, "hl7_max_message_bytes"),
         ({"DICOMWEB_HL7_IDLE_TIMEOUT": "0"}, "hl7_idle_timeout"),
         ({"DICOMWEB_WORKLIST_COMPLETE_ON_STORE": "sometimes"}, "worklist_complete_on_store"),
+        ({"DICOMWEB_HL7_ALLOWED_PEERS": "10.0.0.0/8,his.example"}, "hl7_allowed_peers"),
     ],
 )
 def test_bad_values_are_clear_errors(env: dict[str, str], message: str) -> None:

@@ -85,7 +85,10 @@ def _raw(port: int, data: bytes, *, replies: int = 1, timeout: float = 30) -> li
         blocks: list[bytes] = []
         deadline = time.monotonic() + timeout
         while len(blocks) < replies and time.monotonic() < deadline:
-            chunk = sock.recv(65536)
+            try:
+                chunk = sock.recv(65536)
+            except ConnectionResetError:  # refused connections are aborted
+                break
             if not chunk:
                 break
             buffer += chunk
@@ -230,3 +233,17 @@ def test_stop_finishes_the_message_being_applied_and_does_not_wait_for_idle_peer
     finally:
         idle.close()
         busy.close()
+
+
+@pytest.mark.parametrize(("allowed", "served"), [(("10.0.0.0/8",), False), (("127.0.0.1",), True)])
+def test_only_allowed_peers_are_served(allowed: tuple[str, ...], served: bool) -> None:
+    recorder = Recorder()
+    settings = Settings(hl7_enabled=True, hl7_port=free_port(), hl7_allowed_peers=allowed)
+    mllp = MllpListener(settings, recorder.handle)
+    mllp.start()
+    try:
+        blocks = _raw(mllp.port, SB + omi(control_id="PEER").encode() + EB, timeout=10)
+    finally:
+        mllp.stop()
+    assert (blocks != []) == served
+    assert len(recorder.messages) == int(served)

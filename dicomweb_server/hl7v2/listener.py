@@ -11,7 +11,8 @@ Robustness: bytes outside a block (before its <VT>) are ignored; a block larger 
 ``hl7_max_message_bytes`` gets a reject and the connection is closed (the rest of the
 stream cannot be trusted); a connection that sends no complete block for
 ``hl7_idle_timeout`` seconds is closed, and at most ``hl7_max_connections`` are served
-at once. A peer that disconnects mid-block loses only that block (it had no ACK, so
+at once, only from ``hl7_allowed_peers`` when that is set (MLLP itself has no
+authentication). A peer that disconnects mid-block loses only that block (it had no ACK, so
 it will resend it).
 """
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import ipaddress
 import logging
 import threading
 from collections.abc import Callable
@@ -57,6 +59,7 @@ class MllpListener:
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._allowed = [ipaddress.ip_network(p, strict=False) for p in settings.hl7_allowed_peers]
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=max(1, settings.hl7_max_connections), thread_name_prefix="hl7"
         )
@@ -123,6 +126,10 @@ class MllpListener:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         peer = writer.get_extra_info("peername")
+        if not self._allowed_peer(peer):
+            log.warning("HL7: refusing %s: not in hl7_allowed_peers", peer)
+            writer.transport.abort()
+            return
         if len(self._writers) >= self.settings.hl7_max_connections:
             log.warning("HL7: refusing %s: %d connections open", peer, len(self._writers))
             writer.transport.abort()
@@ -137,6 +144,15 @@ class MllpListener:
         finally:
             self._writers.discard(writer)
             writer.close()
+
+    def _allowed_peer(self, peer: Any) -> bool:
+        if not self._allowed:
+            return True
+        try:
+            address = ipaddress.ip_address(str(peer[0]))
+        except (ValueError, TypeError, IndexError):
+            return False
+        return any(address in network for network in self._allowed)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: Any, peer: Any) -> None:
         loop = asyncio.get_running_loop()
