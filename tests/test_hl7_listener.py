@@ -238,8 +238,9 @@ def test_stop_finishes_the_message_being_applied_and_does_not_wait_for_idle_peer
 @pytest.mark.parametrize(("allowed", "served"), [(("10.0.0.0/8",), False), (("127.0.0.1",), True)])
 def test_only_allowed_peers_are_served(allowed: tuple[str, ...], served: bool) -> None:
     recorder = Recorder()
+    refusals: list[tuple[str, str]] = []
     settings = Settings(hl7_enabled=True, hl7_port=free_port(), hl7_allowed_peers=allowed)
-    mllp = MllpListener(settings, recorder.handle)
+    mllp = MllpListener(settings, recorder.handle, lambda peer, why: refusals.append((peer, why)))
     mllp.start()
     try:
         blocks = _raw(mllp.port, SB + omi(control_id="PEER").encode() + EB, timeout=10)
@@ -247,3 +248,4 @@ def test_only_allowed_peers_are_served(allowed: tuple[str, ...], served: bool) -
         mllp.stop()
     assert (blocks != []) == served
     assert len(recorder.messages) == int(served)
+    assert refusals == ([] if served else [("127.0.0.1", "not in hl7_allowed_peers")])

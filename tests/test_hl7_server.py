@@ -6,7 +6,9 @@ them. Both index backends."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -172,6 +174,32 @@ def test_each_message_leaves_an_order_record_in_the_audit_trail(site: Site) -> N
     assert (refused["action"], refused["outcome"]) == ("E", 4)
 
 
+def test_refused_peers_are_a_security_alert(tmp_path: Path) -> None:
+    hl7_port = free_port()
+    server = start_server(
+        tmp_path / "data",
+        f"sqlite:///{tmp_path / 'index.sqlite3'}",
+        "--no-dimse",
+        "--hl7",
+        "--hl7-port",
+        str(hl7_port),
+        "--hl7-allowed-peers",
+        "192.0.2.0/24",
+    )
+    try:
+        with socket.create_connection(("127.0.0.1", hl7_port), timeout=10) as sock:
+            sock.sendall(b"\x0b" + omi().encode() + b"\x1c\r")
+            with contextlib.suppress(ConnectionResetError):
+                assert sock.recv(100) == b""
+    finally:
+        server.stop()
+    audit_file = tmp_path / "data" / "audit" / "audit.jsonl"
+    records = [json.loads(line) for line in audit_file.read_text().splitlines()]
+    [alert] = [r for r in records if r["event_id"]["code"] == "110113"]
+    assert alert["source_ip"] == "127.0.0.1" and "hl7_allowed_peers" in alert["detail"]
+    assert not any(r["event_id"]["code"] == "110109" for r in records)
+
+
 def test_mllp_send_tool_of_the_library(site: Site, tmp_path: Path) -> None:
     """python-hl7's own command line client, as an operator would test an interface."""
     message = tmp_path / "order.hl7"
@@ -278,8 +306,6 @@ def test_serve_help_documents_the_hl7_flags() -> None:
 
 
 def test_hl7_port_in_use_exits_with_a_message(tmp_path: Path) -> None:
-    import socket
-
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()

@@ -51,9 +51,16 @@ def _too_large(limit: int) -> bytes:
 class MllpListener:
     """Serves ``handler`` on (host, hl7_port) until ``stop``."""
 
-    def __init__(self, settings: Settings, handler: Handler) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        handler: Handler,
+        refused: Callable[[str, str], None] | None = None,
+    ) -> None:
         self.settings = settings
         self.handler = handler
+        # Told (peer address, why) of each connection refused.
+        self.refused = refused
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, name="hl7-mllp", daemon=True)
         self._server: asyncio.Server | None = None
@@ -126,13 +133,17 @@ class MllpListener:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         peer = writer.get_extra_info("peername")
+        why = ""
         if not self._allowed_peer(peer):
-            log.warning("HL7: refusing %s: not in hl7_allowed_peers", peer)
+            why = "not in hl7_allowed_peers"
+        elif len(self._writers) >= self.settings.hl7_max_connections:
+            why = f"{len(self._writers)} connections open (hl7_max_connections)"
+        if why:
+            log.warning("HL7: refusing %s: %s", peer, why)
             writer.transport.abort()
-            return
-        if len(self._writers) >= self.settings.hl7_max_connections:
-            log.warning("HL7: refusing %s: %d connections open", peer, len(self._writers))
-            writer.transport.abort()
+            if self.refused is not None:
+                address = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+                self.refused(address, why)
             return
         self._writers.add(writer)
         try:

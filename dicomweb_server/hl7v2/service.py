@@ -1,5 +1,5 @@
 """Start and stop the HL7 order intake: services, the order applier, the MLLP listener;
-each message leaves an audit record."""
+each message leaves an audit record, and so does each refused connection."""
 
 from __future__ import annotations
 
@@ -87,7 +87,22 @@ def start(settings: Settings) -> HL7Service:
         services.audit.record(audit_event(handled, source_ip))
         return handled.reply
 
-    listener = MllpListener(settings, handle)
+    def refused(source_ip: str, why: str) -> None:
+        services.audit.record(
+            AuditEvent(
+                audit.SECURITY_ALERT,
+                "E",
+                audit.OUTCOME_MINOR_FAILURE,
+                user="unknown",
+                user_kind="hl7-application",
+                source_ip=source_ip or None,
+                method="HL7",
+                event_type=audit.USE_OF_RESTRICTED_FUNCTION,
+                detail=f"MLLP connection refused: {why}",
+            )
+        )
+
+    listener = MllpListener(settings, handle, refused)
     try:
         listener.start()
     except BaseException:
