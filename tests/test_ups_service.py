@@ -94,6 +94,7 @@ def test_create_uid_from_dataset_and_conflict(svc: WorkitemService) -> None:
         (lambda d: d.update({"00741200": el("CS", "URGENT")}), "ScheduledProcedureStepPriority"),
         (lambda d: d.update({"00741000": el("CS", "IN PROGRESS")}), "SCHEDULED"),
         (lambda d: d.update({"00081195": el("UI", "1.2.3")}), "TransactionUID"),
+        (lambda d: d.update({"00741002": el("SQ", {"00741004": el("DS", 1)})}), "empty"),
         (lambda d: d.update({"00404005": el("DT", "tomorrow")}), "date-time"),
         (lambda d: d.update({"0020000D": el("UI", "1.02.x")}), "not a valid UID"),
         (lambda d: d.update({"zz": {}}), "not an attribute tag"),
@@ -182,7 +183,6 @@ def test_change_state_table(svc: WorkitemService, rec: Recorder) -> None:
     refused(SCHEDULED, txn, 0xC303)
     # final-state requirements: nothing performed recorded yet
     refused(COMPLETED, txn, 0xC304)
-    refused(CANCELED, txn, 0xC304)
     assert state_of(svc, uid) == IN_PROGRESS
     svc.update(uid, completion(), txn)
     assert svc.change_state(uid, COMPLETED, txn) == []
@@ -194,6 +194,18 @@ def test_change_state_table(svc: WorkitemService, rec: Recorder) -> None:
     refused(CANCELED, txn, 0xC300)
     refused(IN_PROGRESS, txn, 0xC300)
     refused(SCHEDULED, txn, 0xC303)
+
+
+def test_performer_cancels_without_update(svc: WorkitemService) -> None:
+    """PS3.4 CC.2.5.1.3.2 note: two N-ACTIONs and no N-SET cancel a SCHEDULED workitem;
+    the SCP fills the Cancellation DateTime (Table CC.2.5-3) and a reason."""
+    uid = svc.create(order()).uid
+    txn = str(generate_uid())
+    svc.change_state(uid, IN_PROGRESS, txn)
+    assert svc.change_state(uid, CANCELED, txn) == []
+    progress = svc.get(uid).dataset["00741002"]["Value"][0]
+    assert progress["00404052"]["Value"][0].startswith("20")
+    assert progress["0074100E"]["Value"][0]["00080100"]["Value"] == ["110513"]
 
 
 def test_cancel_by_performer(svc: WorkitemService, rec: Recorder) -> None:
@@ -225,10 +237,15 @@ def test_request_cancellation(svc: WorkitemService, rec: Recorder) -> None:
     progress = item.dataset["00741002"]["Value"][0]
     assert "00404052" in progress and progress["00741238"]["Value"] == ["patient left"]
     assert "0074100E" in progress  # a discontinuation reason code is required
-    assert rec.types() == [UPS_STATE_REPORT]
+    # PS3.4 CC.2.2.3: Cancel Requested, then SCHEDULED -> IN PROGRESS -> CANCELED
+    assert rec.types() == [UPS_CANCEL_REQUESTED, UPS_STATE_REPORT, UPS_STATE_REPORT]
+    assert [e.info["00741000"]["Value"][0] for e in rec.events[1:]] == [IN_PROGRESS, CANCELED]
+    assert item.transaction_uid is not None  # the SCP performed it
+    rec.events.clear()
     assert svc.request_cancellation(scheduled, {}) == [
         "The UPS is already in the requested state of CANCELED."
     ]
+    assert rec.events == []  # nothing happened
 
     running = svc.create(order(accession="A2")).uid
     svc.change_state(running, IN_PROGRESS, str(generate_uid()))
@@ -340,7 +357,11 @@ def test_archive_operations(svc: WorkitemService, rec: Recorder) -> None:
         svc.cancel(uid, "order withdrawn")
 
     scheduled = svc.create(order(accession="C1")).uid
+    rec.events.clear()
     svc.cancel(scheduled, "order withdrawn")
+    assert rec.types() == [UPS_STATE_REPORT, UPS_STATE_REPORT]
+    with pytest.raises(UpsConflict):
+        svc.cancel(scheduled, "twice")
     canceled = svc.get(scheduled)
     assert canceled.state == CANCELED
     assert canceled.dataset["00741002"]["Value"][0]["00741238"]["Value"] == ["order withdrawn"]

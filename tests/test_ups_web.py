@@ -5,6 +5,7 @@ changes nothing."""
 from __future__ import annotations
 
 import secrets
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -185,7 +186,7 @@ def test_change_state_transitions(shared_server: Server) -> None:
     refused(
         put_state(shared_server, uid, "COMPLETED", None), 400, "The Transaction UID is missing."
     )
-    # final-state requirements (PS3.4 CC.2.5.1.3.1) not met yet
+    # final-state requirements (PS3.4 CC.2.5.1.1) not met yet
     unmet = put_state(shared_server, uid, "COMPLETED", txn)
     refused(unmet, 409, inconsistent)
     assert (
@@ -209,12 +210,19 @@ def test_cancel_by_performer(shared_server: Server) -> None:
     uid = new_workitem(shared_server)
     txn = str(generate_uid())
     assert put_state(shared_server, uid, "IN PROGRESS", txn).status_code == 200
-    assert put_state(shared_server, uid, "CANCELED", txn).status_code == 409  # no reason yet
     assert post_update(shared_server, uid, cancellation(), txn).status_code == 200
     assert put_state(shared_server, uid, "CANCELED", txn).status_code == 200
+    progress = get(shared_server, uid)["00741002"]["Value"][0]
+    assert progress["00741238"]["Value"] == ["wrong patient"]  # the performer's reason kept
+    assert progress["0074100E"]["Value"][0]["00080100"]["Value"] == ["110514"]
     again = put_state(shared_server, uid, "CANCELED", txn)
     assert again.status_code == 200
     assert warning(again).endswith("The UPS is already in the requested state of CANCELED.")
+    # without an update first, the SCP fills the cancellation date-time and a reason
+    quick = new_workitem(shared_server)
+    assert put_state(shared_server, quick, "IN PROGRESS", txn).status_code == 200
+    assert put_state(shared_server, quick, "CANCELED", txn).status_code == 200
+    assert "00404052" in get(shared_server, quick)["00741002"]["Value"][0]
 
 
 def test_request_cancellation(shared_server: Server) -> None:
@@ -313,3 +321,22 @@ def test_search(shared_server: Server) -> None:
     assert (
         http().get(f"{shared_server.url}/workitems?PatientID=none-such", headers=JSON).json() == []
     )
+
+
+def test_concurrent_claims_over_http(shared_server: Server) -> None:
+    """Several performers claim one workitem at once: one wins, the rest are told the
+    Transaction UID is not theirs, and the workitem keeps the winner's."""
+    uid = new_workitem(shared_server)
+    txns = [str(generate_uid()) for _ in range(5)]
+    with httpx.Client(timeout=60) as client, ThreadPoolExecutor(max_workers=5) as pool:
+
+        def claim(txn: str) -> int:
+            body = {"00741000": el("CS", "IN PROGRESS"), "00081195": el("UI", txn)}
+            url = f"{shared_server.url}/workitems/{uid}/state"
+            return client.put(url, json=body, headers=JSON).status_code
+
+        codes = list(pool.map(claim, txns))
+    assert sorted(codes) == [200, 400, 400, 400, 400]
+    winner = txns[codes.index(200)]
+    update = post_update(shared_server, uid, {"00741204": el("LO", "mine")}, winner)
+    assert update.status_code == 200

@@ -59,7 +59,7 @@ def order(
 
 
 def completion(start: str = "20260115093500", end: str = "20260115094500") -> dict[str, Any]:
-    """What a performer sets (Update) before COMPLETED (PS3.4 CC.2.5.1.3.1)."""
+    """What a performer sets (Update) before COMPLETED (PS3.4 CC.2.5.1.1)."""
     return {
         "00741216": el(
             "SQ",
@@ -89,7 +89,7 @@ def completion(start: str = "20260115093500", end: str = "20260115094500") -> di
 
 
 def cancellation(when: str = "20260115094000") -> dict[str, Any]:
-    """What a performer sets (Update) before CANCELED (PS3.4 CC.2.5.1.3.1)."""
+    """What a performer sets (Update) before CANCELED (PS3.4 CC.2.5.1.1)."""
     return {
         "00741002": el(
             "SQ",

@@ -103,15 +103,22 @@ _CREATE_TYPE2: dict[str, str] = {
     STATION_CLASS_SEQUENCE: "SQ",
     "00404027": "SQ",  # ScheduledStationGeographicLocationCodeSequence
     "00404021": "SQ",  # InputInformationSequence
-    "00404011": "DT",  # ExpectedCompletionDateTime
+    "00741210": "SQ",  # ScheduledProcessingParametersSequence
     REFERENCED_REQUEST_SEQUENCE: "SQ",
 }
-# Only the SCP sets these; a client may not give them (PS3.4 CC.2.5.1.1, CC.2.5.1.3).
-_CREATE_REFUSED = (TRANSACTION_UID,)
 # Attributes an Update (N-SET) may not touch (PS3.4 Table CC.2.5-3, CC.2.6.1.2): the
 # identity, the state (Change State does that) and the lock.
 UPDATE_REFUSED = frozenset(
-    {SOP_CLASS_UID, SOP_INSTANCE_UID, PROCEDURE_STEP_STATE, TRANSACTION_UID, MODIFICATION_DATETIME}
+    {
+        SOP_CLASS_UID,
+        SOP_INSTANCE_UID,
+        PROCEDURE_STEP_STATE,
+        TRANSACTION_UID,
+        MODIFICATION_DATETIME,
+        "00100021",  # IssuerOfPatientID: N-SET "Not allowed"
+        "00100024",  # IssuerOfPatientIDQualifiersSequence: N-SET "Not allowed"
+        "00741224",  # ReplacedProcedureStepSequence: N-SET "Not allowed"
+    }
 )
 
 _KEY_RE = re.compile(r"^[0-9A-F]{8}$")
@@ -124,7 +131,7 @@ _DT_RE = re.compile(
 class Workitem:
     uid: str  # SOP Instance UID of the UPS
     state: str  # one of STATES
-    transaction_uid: str | None  # never shown to clients (PS3.4 CC.2.5.1.3)
+    transaction_uid: str | None  # never shown to clients (PS3.4 CC.2.7.3)
     dataset: dict[str, Any]  # DICOM JSON, with ProcedureStepState, no TransactionUID
 
 
@@ -166,7 +173,7 @@ def element(vr: str, *value: Any) -> dict[str, Any]:
 
 
 def has_value(dataset: dict[str, Any], key: str) -> bool:
-    """PS3.4 CC.2.5.1.3.1 speaks of attributes that 'have a value': present, not empty."""
+    """PS3.4 CC.2.5.1.1 speaks of attributes that 'have a value': present, not empty."""
     return any(v not in (None, "") for v in values(dataset, key))
 
 
@@ -250,9 +257,10 @@ def prepare_create(dataset: Any, uid: str | None, now: str) -> tuple[str, dict[s
     added empty. Raises InvalidRequest naming the first offending attribute.
     """
     dataset = copy.deepcopy(check_json(dataset))
-    for key in _CREATE_REFUSED:
-        if key in dataset:
-            raise InvalidRequest(f"{_name(key)} must not be given when creating a workitem")
+    # Table CC.2.5-3: Transaction UID "2/2, shall be empty" at creation.
+    if has_value(dataset, TRANSACTION_UID):
+        raise InvalidRequest(f"{_name(TRANSACTION_UID)} must be empty when creating a workitem")
+    dataset.pop(TRANSACTION_UID, None)
     given = text(dataset, SOP_INSTANCE_UID)
     if uid is not None and given is not None and uid != given:
         raise InvalidRequest(
@@ -377,5 +385,5 @@ def index_keys(dataset: dict[str, Any]) -> WorkitemKeys:
 
 
 def public(dataset: dict[str, Any]) -> dict[str, Any]:
-    """The dataset as clients see it: never the Transaction UID (PS3.4 CC.2.5.1.3)."""
+    """The dataset as clients see it: never the Transaction UID (PS3.4 CC.2.7.3)."""
     return {k: v for k, v in dataset.items() if k != TRANSACTION_UID}

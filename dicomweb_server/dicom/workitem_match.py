@@ -28,7 +28,7 @@ from typing import Any
 from dicomweb_server.dicom.attributes import keyword_of, parse_attribute_path, tag_hex, vr_of
 from dicomweb_server.dicom.ingest import normalize_name, normalize_time
 from dicomweb_server.dicom.matching import Condition, Kind, parse_condition
-from dicomweb_server.dicom.workitem import normalize_dt, values
+from dicomweb_server.dicom.workitem import TRANSACTION_UID, normalize_dt, values
 from dicomweb_server.errors import InvalidRequest
 
 _CONTROL = frozenset({"limit", "offset", "fuzzymatching", "includefield"})
@@ -135,6 +135,9 @@ def parse_search(
             continue
         tags = parse_attribute_path(name)
         path = tuple(tag_hex(t) for t in tags)
+        if TRANSACTION_UID in path:
+            # Table CC.2.5-3: the Transaction UID "cannot be queried".
+            raise InvalidRequest("TransactionUID (00081195) cannot be queried")
         for parent in tags[:-1]:
             if vr_of(parent) != "SQ":
                 raise InvalidRequest(f"{name}: {keyword_of(parent)} is not a sequence")
@@ -176,10 +179,12 @@ def _strings(element: dict[str, Any] | None) -> list[str]:
     out: list[str] = []
     for value in element.get("Value") or []:
         if isinstance(value, dict):
-            groups = [value.get(g) for g in ("Alphabetic", "Ideographic", "Phonetic")]
-            text = "=".join(g or "" for g in groups).rstrip("=")
-            if text:
-                out.append(text)
+            # A person name matches by any of its component groups, or as a whole.
+            groups = [value.get(g) or "" for g in ("Alphabetic", "Ideographic", "Phonetic")]
+            out += [g for g in groups if g]
+            whole = "=".join(groups).rstrip("=")
+            if whole and whole not in out:
+                out.append(whole)
         elif value is not None and str(value) != "":
             out.append(str(value))
     return out

@@ -1,7 +1,7 @@
 """UPS state rules: the transition table and the final-state requirements (pure).
 
 PS3.4 Table CC.1.1-2 (the UPS state transition table) with the statuses of PS3.4
-CC.2.1.4 (N-ACTION Change State) and CC.2.4.4 (Request Cancel); PS3.4 CC.2.5.1.3.1 and
+CC.2.1.4 (N-ACTION Change State) and CC.2.2.4 (Request Cancel); PS3.4 CC.2.5.1.1 and
 Table CC.2.5-1 for what a workitem must hold before it may become COMPLETED or CANCELED.
 A refused change raises ``UpsConflict`` carrying the DIMSE status the standard gives,
 so every adapter (UPS-RS, DIMSE) reports the same reason.
@@ -51,7 +51,7 @@ from dicomweb_server.dicom.workitem import (
 )
 from dicomweb_server.errors import Conflict, InvalidRequest
 
-# Statuses of PS3.4 CC.2.1.4 / CC.2.4.4 / CC.2.6.4 (warnings B3xx, failures C3xx).
+# Statuses of PS3.4 CC.2.1.4 / CC.2.2.4 / CC.2.6.4 (warnings B3xx, failures C3xx).
 ALREADY_CANCELED = 0xB304
 ALREADY_COMPLETED = 0xB306
 NO_LONGER_UPDATABLE = 0xC300
@@ -61,7 +61,8 @@ ONLY_CREATE_SCHEDULES = 0xC303
 FINAL_STATE_NOT_MET = 0xC304
 NOT_IN_PROGRESS = 0xC310
 ALREADY_COMPLETED_FAILURE = 0xC311
-PERFORMER_REFUSES_CANCEL = 0xC312
+PERFORMER_UNREACHABLE = 0xC312
+PERFORMER_REFUSES_CANCEL = 0xC313
 
 # CID 9300 "Procedure Discontinuation Reasons": used when the canceller gives none.
 UNSPECIFIED_DISCONTINUATION = ("110513", "DCM", "Discontinued for unspecified reason")
@@ -136,7 +137,7 @@ def change_state(current: str, target: str, stored_uid: str | None, given_uid: s
 
 
 def request_cancel(current: str) -> Outcome:
-    """PS3.4 CC.2.4.3 / Table CC.1.1-2, Request Cancel: a SCHEDULED workitem is canceled at
+    """PS3.4 CC.2.2.3 / Table CC.1.1-2, Request Cancel: a SCHEDULED workitem is canceled at
     once; an IN PROGRESS one stays so (its performer is told: UPS Cancel Requested)."""
     if current == SCHEDULED:
         return Outcome(CANCELED)
@@ -173,7 +174,7 @@ def _final(current: str) -> UpsConflict:
     return UpsConflict(NO_LONGER_UPDATABLE, f"the workitem is {current} and may no longer change")
 
 
-# -- final-state requirements (PS3.4 CC.2.5.1.3.1, Table CC.2.5-3 "Final State") ---------
+# -- final-state requirements (PS3.4 CC.2.5.1.1, Table CC.2.5-3 "Final State") ---------
 
 # R: needed for both final states.
 _REQUIRED = (
@@ -214,8 +215,15 @@ def missing_for_final(dataset: dict[str, Any], target: str) -> list[str]:
     if not found:
         missing.append(_label(parent))
     else:
-        missing += [_label(k, parent) for k in needed if not has_value(found[0], k)]
+        item = found[0]
+        missing += [_label(k, parent) for k in needed if not _valued(item, k)]
     return missing
+
+
+def _valued(item: dict[str, Any], key: str) -> bool:
+    # "If there are no relevant output objects, then this sequence may have no items"
+    # (Table CC.2.5-3): present is enough for the Output Information Sequence.
+    return key in item if key == OUTPUT_INFORMATION_SEQUENCE else has_value(item, key)
 
 
 def check_final(dataset: dict[str, Any], target: str) -> None:
@@ -224,13 +232,13 @@ def check_final(dataset: dict[str, Any], target: str) -> None:
         raise UpsConflict(
             FINAL_STATE_NOT_MET,
             f"the workitem cannot become {target}: it lacks {', '.join(missing)} "
-            "(PS3.4 CC.2.5.1.3.1); set them with an update first",
+            "(PS3.4 CC.2.5.1.1); set them with an update first",
         )
 
 
 def fill_canceled(dataset: dict[str, Any], now: str, info: dict[str, Any]) -> dict[str, Any]:
     """Add what CANCELED requires, taking the reason and contact from ``info`` (a Request
-    Cancel's dataset, PS3.4 CC.2.4.2) where it has them."""
+    Cancel's dataset, PS3.4 CC.2.2.1) where it has them."""
     out = copy.deepcopy(dataset)
     progress = items(out, PROGRESS_INFORMATION_SEQUENCE)
     item = progress[0] if progress else {}

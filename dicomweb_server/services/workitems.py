@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +30,7 @@ from dicomweb_server.dicom.workitem_match import (
     parse_search,
     result,
 )
+from dicomweb_server.dicom.workitem_performed import merge_performed, with_output
 from dicomweb_server.dicom.workitem_states import UpsConflict
 from dicomweb_server.errors import InvalidRequest, NotFound
 from dicomweb_server.services.workitem_events import (
@@ -76,7 +77,7 @@ def _pick(dataset: dict[str, Any], keys: Sequence[str]) -> dict[str, Any]:
 
 
 def _state_report(item: Workitem) -> WorkitemEvent:
-    """UPS State Report event information (PS3.4 Table CC.2.4-2)."""
+    """UPS State Report event information (PS3.4 Table CC.2.4-1)."""
     info = _pick(item.dataset, (w.PROCEDURE_STEP_STATE, w.INPUT_READINESS_STATE))
     if item.state == CANCELED:
         progress = w.items(item.dataset, w.PROGRESS_INFORMATION_SEQUENCE)
@@ -197,41 +198,71 @@ class WorkitemService:
             )
         check_uid(transaction_uid, "TransactionUID (00081195)")
         warnings: list[str] = []
+        now = w.now_dt()
 
         def change(item: Workitem) -> Workitem | None:
             outcome = rules.change_state(item.state, state, item.transaction_uid, transaction_uid)
             warnings.extend(outcome.warnings)
             if outcome.state is None:
                 return None
+            dataset = item.dataset
+            if outcome.state == CANCELED:
+                # The SCP fills the Cancellation DateTime (Table CC.2.5-3) and, so that a
+                # performer may cancel without an N-SET (CC.2.5.1.3.2 note), the reason.
+                dataset = rules.fill_canceled(dataset, now, {})
             if outcome.state in (COMPLETED, CANCELED):
-                rules.check_final(item.dataset, outcome.state)
-            dataset = rules.with_state(item.dataset, outcome.state)
+                rules.check_final(dataset, outcome.state)
+            dataset = rules.with_state(dataset, outcome.state)
             return Workitem(item.uid, outcome.state, transaction_uid, dataset)
 
         self._modify(uid, change)
         return warnings
 
     def request_cancellation(self, uid: str, info: dict[str, Any]) -> list[str]:
-        """Request Cancellation (PS3.18 11.8, PS3.4 CC.2.4.3): a SCHEDULED workitem is
-        canceled; an IN PROGRESS one gets a UPS Cancel Requested event to its performer."""
+        """Request Cancellation (PS3.18 11.8, PS3.4 CC.2.2.3): UPS Cancel Requested goes to
+        the subscribers; a SCHEDULED workitem is then canceled by the SCP itself, by way of
+        IN PROGRESS; an IN PROGRESS one is left to its performer."""
         info = w.check_json(info or {}, "cancellation request")
         warnings: list[str] = []
-        requested: list[WorkitemEvent] = []
-        now = w.now_dt()
 
-        def change(item: Workitem) -> Workitem | None:
+        def check(item: Workitem) -> bool:
             outcome = rules.request_cancel(item.state)
             warnings.extend(outcome.warnings)
-            if outcome.state is None:
-                if item.state == IN_PROGRESS:
-                    requested.append(self._cancel_requested(item.uid, info))
+            return outcome.state is not None or item.state == IN_PROGRESS
+
+        self._cancel(uid, info, check, requested=True)
+        return warnings
+
+    def _cancel(
+        self,
+        uid: str,
+        info: dict[str, Any],
+        check: Callable[[Workitem], bool],
+        *,
+        requested: bool,
+    ) -> None:
+        """Cancel a SCHEDULED workitem as its own performer, or ask the performer of an IN
+        PROGRESS one (``check`` refuses, or says whether anything is to be done)."""
+        now = w.now_dt()
+        acted: list[bool] = []
+
+        def change(item: Workitem) -> Workitem | None:
+            acted.append(check(item))
+            if item.state != SCHEDULED or not acted[-1]:
                 return None
             dataset = rules.with_state(rules.fill_canceled(item.dataset, now, info), CANCELED)
-            return Workitem(item.uid, CANCELED, item.transaction_uid, dataset)
+            return Workitem(item.uid, CANCELED, w.new_uid(), dataset)
 
-        self._modify(uid, change)
-        self._publish(requested)
-        return warnings
+        before, after = self.store.modify_workitem(uid, change)
+        if not acted or not acted[-1]:
+            return
+        events = [self._cancel_requested(uid, info)] if requested or after is before else []
+        if after is not before:
+            # PS3.4 CC.2.2.3: "first to IN PROGRESS and then to CANCELED".
+            passing = rules.with_state(before.dataset, IN_PROGRESS)
+            events.append(_state_report(Workitem(uid, IN_PROGRESS, None, passing)))
+            events.append(_state_report(after))
+        self._publish(events)
 
     @staticmethod
     def _cancel_requested(uid: str, info: dict[str, Any]) -> WorkitemEvent:
@@ -325,7 +356,7 @@ class WorkitemService:
         """IN PROGRESS -> COMPLETED or CANCELED on the archive's behalf, merging
         ``performed`` (top-level attributes; the first item of the Performed Procedure
         and Progress Information sequences merged into the stored one) and filling what
-        PS3.4 CC.2.5.1.3.1 still requires."""
+        PS3.4 CC.2.5.1.1 still requires."""
         if state not in (COMPLETED, CANCELED):
             raise InvalidRequest(f"a workitem finishes COMPLETED or CANCELED, not {state!r}")
         extra = w.check_json(performed or {}, "performed procedure information")
@@ -340,7 +371,7 @@ class WorkitemService:
                 )
             if item.state != IN_PROGRESS:
                 raise UpsConflict(rules.NO_LONGER_UPDATABLE, f"the workitem is {item.state}")
-            dataset = _merge(item.dataset, extra)
+            dataset = merge_performed(item.dataset, extra)
             if state == COMPLETED:
                 dataset = rules.fill_completed(dataset, now)
             else:
@@ -354,28 +385,19 @@ class WorkitemService:
             return
 
     def cancel(self, uid: str, reason: str) -> None:
-        """The order was cancelled (e.g. by the HIS): SCHEDULED -> CANCELED; IN PROGRESS ->
-        a cancellation request to the performer; final states -> Conflict."""
+        """The order was cancelled (e.g. by the HIS): SCHEDULED -> CANCELED (by way of IN
+        PROGRESS); IN PROGRESS -> UPS Cancel Requested to the performer; final states ->
+        Conflict."""
         info = {w.REASON_FOR_CANCELLATION: w.element("LT", reason)} if reason else {}
-        requested: list[WorkitemEvent] = []
-        now = w.now_dt()
 
-        def change(item: Workitem) -> Workitem | None:
-            if item.state in (COMPLETED, CANCELED):
-                raise UpsConflict(
-                    rules.ALREADY_COMPLETED_FAILURE
-                    if item.state == COMPLETED
-                    else rules.NO_LONGER_UPDATABLE,
-                    f"the workitem is already {item.state}",
-                )
-            if item.state == IN_PROGRESS:
-                requested.append(self._cancel_requested(item.uid, info))
-                return None
-            dataset = rules.with_state(rules.fill_canceled(item.dataset, now, info), CANCELED)
-            return Workitem(item.uid, CANCELED, item.transaction_uid, dataset)
+        def check(item: Workitem) -> bool:
+            if item.state == COMPLETED:
+                raise UpsConflict(rules.ALREADY_COMPLETED_FAILURE, "the workitem is COMPLETED")
+            if item.state == CANCELED:
+                raise UpsConflict(rules.NO_LONGER_UPDATABLE, "the workitem is already CANCELED")
+            return True
 
-        self._modify(uid, change)
-        self._publish(requested)
+        self._cancel(uid, info, check, requested=False)
 
     def add_output(
         self, uid: str, study_uid: str, series_uid: str, sop_class_uid: str, sop_instance_uid: str
@@ -386,7 +408,7 @@ class WorkitemService:
         added: list[bool] = []
 
         def change(item: Workitem) -> Workitem | None:
-            dataset = _with_output(
+            dataset = with_output(
                 item.dataset, study_uid, series_uid, sop_class_uid, sop_instance_uid
             )
             if dataset is None:
@@ -400,56 +422,3 @@ class WorkitemService:
 
 class _Unchanged(Exception):
     """Leaves a modification without change (rolled back, nothing published)."""
-
-
-def _merge(dataset: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(dataset)
-    for key, value in extra.items():
-        if key in w.UPDATE_REFUSED:
-            continue
-        if key in (w.PERFORMED_PROCEDURE_SEQUENCE, w.PROGRESS_INFORMATION_SEQUENCE):
-            new_items = w.items(extra, key)
-            old_items = w.items(out, key)
-            if new_items:
-                merged = dict(old_items[0]) if old_items else {}
-                merged.update(copy.deepcopy(new_items[0]))
-                out[key] = w.element("SQ", w.sort_keys(merged))
-            continue
-        out[key] = copy.deepcopy(value)
-    return w.sort_keys(out)
-
-
-def _with_output(
-    dataset: dict[str, Any], study: str, series: str, sop_class: str, sop_instance: str
-) -> dict[str, Any] | None:
-    out = copy.deepcopy(dataset)
-    performed = w.items(out, w.PERFORMED_PROCEDURE_SEQUENCE)
-    item = performed[0] if performed else {}
-    outputs = w.items(item, w.OUTPUT_INFORMATION_SEQUENCE)
-    reference = {
-        w.REFERENCED_SOP_CLASS_UID: w.element("UI", sop_class),
-        w.REFERENCED_SOP_INSTANCE_UID: w.element("UI", sop_instance),
-    }
-    target = None
-    for output in outputs:
-        for ref in w.items(output, w.REFERENCED_SOP_SEQUENCE):
-            if w.text(ref, w.REFERENCED_SOP_INSTANCE_UID) == sop_instance:
-                return None
-        if (
-            w.text(output, w.STUDY_INSTANCE_UID) == study
-            and w.text(output, w.SERIES_INSTANCE_UID) == series
-        ):
-            target = output
-    if target is None:
-        target = {
-            w.STUDY_INSTANCE_UID: w.element("UI", study),
-            w.SERIES_INSTANCE_UID: w.element("UI", series),
-            w.TYPE_OF_INSTANCES: w.element("CS", "DICOM"),
-            w.REFERENCED_SOP_SEQUENCE: w.element("SQ"),
-        }
-        outputs.append(target)
-    refs = w.items(target, w.REFERENCED_SOP_SEQUENCE)
-    target[w.REFERENCED_SOP_SEQUENCE] = w.element("SQ", *refs, reference)
-    item[w.OUTPUT_INFORMATION_SEQUENCE] = w.element("SQ", *[w.sort_keys(o) for o in outputs])
-    out[w.PERFORMED_PROCEDURE_SEQUENCE] = w.element("SQ", w.sort_keys(item))
-    return w.sort_keys(out)

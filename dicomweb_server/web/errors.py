@@ -55,7 +55,7 @@ async def handle_os_error(request: Request, exc: Exception) -> Response:
 
 
 # --- ups-core ---
-# UPS-RS refusals by transaction and UPS status (PS3.4 CC.2.1.4, CC.2.4.4, CC.2.6.4):
+# UPS-RS refusals by transaction and UPS status (PS3.4 CC.2.1.4, CC.2.2.4, CC.2.6.4):
 # the HTTP status and the Warning text PS3.18 gives for them. Update: Tables 11.6.3-1/-2
 # (a final state or a missing or wrong Transaction UID is 400); Change State: Tables
 # 11.7.3-1/-2 (Transaction UID missing or wrong: 400; a transition the state forbids,
@@ -79,7 +79,8 @@ UPS_REFUSALS: dict[str, dict[int, tuple[int, str]]] = {
     },
     "cancel": {
         0xC311: (409, "The UPS is already COMPLETED."),
-        0xC312: (409, "Performer chooses not to cancel."),
+        0xC312: (409, "The performer cannot be contacted."),
+        0xC313: (409, "Performer chooses not to cancel."),
     },
 }
 _MISSING_UID = "The Transaction UID is missing."
