@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from dicomweb_server.dicom.workitem import UPDATE_REFUSED
 from dicomweb_server.errors import Conflict, InvalidRequest, NotFound
 from dicomweb_server.hl7v2.orders import (
     APPLICATION_INTERNAL_ERROR,
@@ -39,9 +40,10 @@ from dicomweb_server.services.workitems import (
 )
 
 ALL_STATES = (SCHEDULED, IN_PROGRESS, COMPLETED, CANCELED)
-# What an order change may change: not the state, not the request (its Study Instance
-# UID may already be on images).
-_NOT_CHANGED = ("00741000", "0040A370")
+# What an order change does not change: what UPS N-SET may not (PS3.4 Table CC.2.5-3,
+# e.g. the state, the Issuer of Patient ID) and the request (its Study Instance UID may
+# already be on images).
+_NOT_CHANGED = UPDATE_REFUSED | {"0040A370"}
 
 
 class WorkitemOrders:
