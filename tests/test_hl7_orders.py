@@ -113,6 +113,11 @@ def test_message_time_is_the_start_when_the_order_has_none() -> None:
     assert _value(ds, "00404005") == "20261125083000"  # MSH-7
 
 
+def test_a_byte_order_mark_is_ignored() -> None:
+    text, _ = decode(b"\xef\xbb\xbf" + omi().encode())
+    assert parse_message(text).control_id == "MSG00001"
+
+
 def test_lf_line_ends_and_latin1_are_taken() -> None:
     raw = omi().replace("Doe^John", "Müller^Jürgen").replace("\r", "\n").encode("latin-1")
     text, encoding = decode(raw)

@@ -185,7 +185,7 @@ def decode(payload: bytes) -> tuple[str, str]:
         encoding = "latin-1"
         text = payload.decode(encoding)
     # Segments end with CR (HL7 v2.5 2.8); files edited by hand carry LF or CRLF.
-    text = text.replace("\r\n", "\r").replace("\n", "\r").strip("\r\x00 \t")
+    text = text.replace("\r\n", "\r").replace("\n", "\r").strip("\r\x00 \t\ufeff")
     return text, encoding
 
 
