@@ -32,6 +32,7 @@ from tests.conftest import (
 )
 from tests.dicomgen import make_dataset, multipart, to_part10, uid
 from tests.hl7samples import omi, orm
+from tests.upsgen import order
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 
@@ -258,6 +259,28 @@ def test_the_whole_loop_over_c_store(site: Site) -> None:
     opened = http().get(f"{site.server.root}/open", params={"AccessionNumber": "E2E-LOOP"})
     assert opened.status_code == 302
     assert opened.headers["location"] == f"/viewer?StudyInstanceUIDs={study}"
+
+
+def test_a_ups_rs_order_is_linked_by_stow_rs(site: Site) -> None:
+    """The loop does not care how the order came: UPS-RS create, then STOW-RS."""
+    workitem = uid()
+    created = http().post(
+        f"{site.server.url}/workitems?{workitem}",
+        json=order(accession="E2E-REST"),
+        headers={"Content-Type": "application/dicom+json", "Accept": "application/dicom+json"},
+    )
+    assert created.status_code == 201, created.text
+    study, sop = uid(), uid()
+    body, content_type = multipart(
+        [to_part10(make_dataset(study=study, sop=sop, accession="E2E-REST"))]
+    )
+    stored = http().post(
+        f"{site.server.url}/studies", content=body, headers={"Content-Type": content_type}
+    )
+    assert stored.status_code == 200, stored.text
+    [ds] = site.workitems("E2E-REST")
+    assert output_sops(ds) == [sop]
+    assert state(ds) == "COMPLETED"  # the server runs with first-instance
 
 
 def test_hand_typed_accession_without_order_is_found_by_qido(site: Site) -> None:
