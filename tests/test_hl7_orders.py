@@ -9,13 +9,10 @@ import hl7
 import pytest
 
 from dicomweb_server.hl7v2.ack import build_ack
+from dicomweb_server.hl7v2.codes import CANCEL, CHANGE, NEW, OrderRejected
 from dicomweb_server.hl7v2.handler import handle_message
 from dicomweb_server.hl7v2.orders import (
-    CANCEL,
-    CHANGE,
-    NEW,
     OrderMessage,
-    OrderRejected,
     decode,
     parse_message,
     read_header,

@@ -11,7 +11,8 @@ import pytest
 
 from dicomweb_server.bootstrap import Services, build_services, prepare
 from dicomweb_server.config import Settings
-from dicomweb_server.hl7v2.orders import OrderRejected, parse_message
+from dicomweb_server.hl7v2.codes import OrderRejected
+from dicomweb_server.hl7v2.orders import parse_message
 from dicomweb_server.hl7v2.workitems import WorkitemOrders
 from dicomweb_server.services.workitem_loop import WorkitemLoop
 from dicomweb_server.services.workitems import CANCELED, COMPLETED, IN_PROGRESS, SCHEDULED

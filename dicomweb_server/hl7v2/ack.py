@@ -13,7 +13,8 @@ from __future__ import annotations
 import secrets
 from datetime import UTC, datetime
 
-from dicomweb_server.hl7v2.orders import ERROR_TEXT, Header, OrderRejected
+from dicomweb_server.hl7v2.codes import ERROR_TEXT, OrderRejected
+from dicomweb_server.hl7v2.orders import Header
 
 APPLICATION = "DICOMWEB"
 

@@ -14,15 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from dicomweb_server.hl7v2.ack import build_ack
-from dicomweb_server.hl7v2.orders import (
-    APPLICATION_INTERNAL_ERROR,
-    Header,
-    OrderMessage,
-    OrderRejected,
-    decode,
-    parse_message,
-    read_header,
-)
+from dicomweb_server.hl7v2.codes import APPLICATION_INTERNAL_ERROR, OrderRejected
+from dicomweb_server.hl7v2.orders import Header, OrderMessage, decode, parse_message, read_header
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,8 @@ from hl7.mllp.streams import CARRIAGE_RETURN, END_BLOCK, START_BLOCK
 
 from dicomweb_server.config import Settings
 from dicomweb_server.hl7v2.ack import build_ack
-from dicomweb_server.hl7v2.orders import APPLICATION_INTERNAL_ERROR, Header, OrderRejected
+from dicomweb_server.hl7v2.codes import APPLICATION_INTERNAL_ERROR, OrderRejected
+from dicomweb_server.hl7v2.orders import Header
 
 log = logging.getLogger(__name__)
 

@@ -46,67 +46,21 @@ from typing import Any
 import hl7
 
 from dicomweb_server.dicom.uids import is_valid_uid
+from dicomweb_server.hl7v2.codes import (
+    CANCEL,
+    DATA_TYPE_ERROR,
+    MODALITY_MEANINGS,
+    ORDER_CONTROLS,
+    REQUIRED_FIELD_MISSING,
+    SEGMENT_SEQUENCE_ERROR,
+    SUPPORTED_TYPES,
+    TABLE_VALUE_NOT_FOUND,
+    UNSUPPORTED_EVENT_CODE,
+    UNSUPPORTED_MESSAGE_TYPE,
+    UNSUPPORTED_VERSION_ID,
+    OrderRejected,
+)
 
-NEW = "NW"
-CANCEL = "CA"
-CHANGE = "XO"
-# ORC-1 values and what they do to a workitem.
-ORDER_CONTROLS = {
-    "NW": NEW,
-    "CA": CANCEL,
-    "DC": CANCEL,
-    "OC": CANCEL,
-    "OD": CANCEL,
-    "XO": CHANGE,
-    "XX": CHANGE,
-}
-SUPPORTED_TYPES = {("ORM", "O01"), ("OMI", "O23")}
-
-# HL7 Table 0357, message error condition codes.
-SEGMENT_SEQUENCE_ERROR = 100
-REQUIRED_FIELD_MISSING = 101
-DATA_TYPE_ERROR = 102
-TABLE_VALUE_NOT_FOUND = 103
-UNSUPPORTED_MESSAGE_TYPE = 200
-UNSUPPORTED_EVENT_CODE = 201
-UNSUPPORTED_VERSION_ID = 203
-UNKNOWN_KEY_IDENTIFIER = 204
-DUPLICATE_KEY_IDENTIFIER = 205
-APPLICATION_RECORD_LOCKED = 206
-APPLICATION_INTERNAL_ERROR = 207
-ERROR_TEXT = {
-    SEGMENT_SEQUENCE_ERROR: "Segment sequence error",
-    REQUIRED_FIELD_MISSING: "Required field missing",
-    DATA_TYPE_ERROR: "Data type error",
-    TABLE_VALUE_NOT_FOUND: "Table value not found",
-    UNSUPPORTED_MESSAGE_TYPE: "Unsupported message type",
-    UNSUPPORTED_EVENT_CODE: "Unsupported event code",
-    UNSUPPORTED_VERSION_ID: "Unsupported version id",
-    UNKNOWN_KEY_IDENTIFIER: "Unknown key identifier",
-    DUPLICATE_KEY_IDENTIFIER: "Duplicate key identifier",
-    APPLICATION_RECORD_LOCKED: "Application record locked",
-    APPLICATION_INTERNAL_ERROR: "Application internal error",
-}
-
-# CID 29 (Acquisition Modality) meanings of the common codes; others keep the code.
-MODALITY_MEANINGS = {
-    "CR": "Computed Radiography",
-    "CT": "Computed Tomography",
-    "DX": "Digital Radiography",
-    "ES": "Endoscopy",
-    "IO": "Intra-oral Radiography",
-    "MG": "Mammography",
-    "MR": "Magnetic Resonance",
-    "NM": "Nuclear Medicine",
-    "OP": "Ophthalmic Photography",
-    "OT": "Other",
-    "PT": "Positron emission tomography",
-    "PX": "Panoramic X-Ray",
-    "RF": "Radio Fluoroscopy",
-    "US": "Ultrasound",
-    "XA": "X-Ray Angiography",
-    "XC": "External-camera Photography",
-}
 _PRIORITY = {"S": "HIGH", "A": "HIGH", "T": "HIGH", "R": "MEDIUM"}
 _DT_RE = re.compile(r"^(\d{4}(?:\d{2}(?:\d{2}(?:\d{2}(?:\d{2}(?:\d{2}(?:\.\d{1,6})?)?)?)?)?)?)")
 _TZ_RE = re.compile(r"[+-]\d{4}$")
@@ -114,28 +68,6 @@ _CS_RE = re.compile(r"^[A-Z0-9 _]{1,16}$")
 # A workitem UID derived from the order identifiers: a HIS that resends an order
 # (its ACK was lost) finds the same workitem instead of creating a second one.
 _ORDER_NAMESPACE = uuid.UUID("6f0c1a52-7d44-4a4e-9a87-2f4cbe1c0b7e")
-
-
-class OrderRejected(Exception):
-    """The message cannot be taken; becomes a NAK (MSA-1 ``ack_code``, ERR segment)."""
-
-    def __init__(
-        self,
-        code: int,
-        message: str,
-        *,
-        ack_code: str = "AE",
-        segment: str = "",
-        sequence: int = 1,
-        field: int = 0,
-    ) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.ack_code = ack_code
-        self.segment = segment
-        self.sequence = sequence
-        self.field = field
 
 
 @dataclass(frozen=True)

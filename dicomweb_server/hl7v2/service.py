@@ -9,9 +9,9 @@ from dataclasses import dataclass
 
 from dicomweb_server.bootstrap import Services, build_services
 from dicomweb_server.config import Settings
+from dicomweb_server.hl7v2.codes import NEW
 from dicomweb_server.hl7v2.handler import Handled, handle_message
 from dicomweb_server.hl7v2.listener import MllpListener
-from dicomweb_server.hl7v2.orders import NEW
 from dicomweb_server.hl7v2.workitems import WorkitemOrders
 from dicomweb_server.services import audit
 from dicomweb_server.services.audit import AuditEvent

@@ -19,7 +19,7 @@ from typing import Any
 
 from dicomweb_server.dicom.workitem import UPDATE_REFUSED
 from dicomweb_server.errors import Conflict, InvalidRequest, NotFound
-from dicomweb_server.hl7v2.orders import (
+from dicomweb_server.hl7v2.codes import (
     APPLICATION_INTERNAL_ERROR,
     APPLICATION_RECORD_LOCKED,
     CANCEL,
@@ -27,10 +27,9 @@ from dicomweb_server.hl7v2.orders import (
     DUPLICATE_KEY_IDENTIFIER,
     NEW,
     UNKNOWN_KEY_IDENTIFIER,
-    Order,
-    OrderMessage,
     OrderRejected,
 )
+from dicomweb_server.hl7v2.orders import Order, OrderMessage
 from dicomweb_server.services.workitems import (
     CANCELED,
     COMPLETED,
