@@ -23,6 +23,7 @@ from dicomweb_server.services.retrieve import RetrieveService
 from dicomweb_server.services.store import StoreService
 from dicomweb_server.services.subscriptions import SubscriptionService
 from dicomweb_server.services.ups_delivery import EventHub
+from dicomweb_server.services.workitem_loop import WorkitemLoop
 from dicomweb_server.services.workitems import WorkitemService
 from dicomweb_server.storage.blob_fs import FileBlobStore
 from dicomweb_server.storage.sql.index import SqlIndex
@@ -127,4 +128,7 @@ def build_services(settings: Settings) -> Services:
     )
     # The workitem service publishes through subscriptions, which read workitems back.
     subscriptions.attach(services.workitems)
+    # --- hl7-loop ---
+    if settings.worklist_link_on_store:
+        services.store.after_store = WorkitemLoop(services.workitems, settings).stored
     return services

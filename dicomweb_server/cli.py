@@ -21,6 +21,7 @@ from dicomweb_server.workers import run_workers
 if TYPE_CHECKING:
     from dicomweb_server.bootstrap import Services
     from dicomweb_server.dimse.scp import Listener as DimseListener
+    from dicomweb_server.hl7v2.service import HL7Service
 
 # bootstrap (SQLAlchemy, pydicom) is imported by the commands that need it, so that
 # --help, --version and settings errors answer at once.
@@ -73,6 +74,7 @@ def _serve(args: argparse.Namespace) -> int:
         tls_key=args.tls_key,
         cors_origins=args.cors_origins,
         **_dimse_overrides(args),
+        **_hl7_loop_overrides(args),
     )
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -107,8 +109,17 @@ def _serve(args: argparse.Namespace) -> int:
     )
     listener = _start_dimse(settings)
     try:
+        hl7_listener = _start_hl7(settings)
+    except BaseException:
+        if listener is not None:
+            listener.stop()
+            listener.services.close()
+        raise
+    try:
         return _run_uvicorn(settings, args)
     finally:
+        if hl7_listener is not None:
+            hl7_listener.stop()
         if listener is not None:
             listener.stop()
             listener.services.close()
@@ -234,6 +245,92 @@ def _add_dimse_flags(serve: argparse.ArgumentParser) -> None:
         group.add_argument(
             f"--dimse-tls-{name}", type=Path, help=f"{what} [env {env_name('dimse_tls_' + name)}]"
         )
+
+
+# --- hl7-loop ---
+def _hl7_loop_overrides(args: argparse.Namespace) -> dict[str, object]:
+    return {
+        "hl7_enabled": True if args.hl7 else None,
+        "hl7_port": args.hl7_port,
+        "hl7_max_connections": args.hl7_max_connections,
+        "hl7_max_message_bytes": args.hl7_max_message_bytes,
+        "hl7_idle_timeout": args.hl7_idle_timeout,
+        "hl7_allowed_peers": args.hl7_allowed_peers,
+        "worklist_link_on_store": False if args.no_worklist_link else None,
+        "worklist_complete_on_store": args.worklist_complete_on_store,
+    }
+
+
+def _start_hl7(settings: Settings) -> HL7Service | None:
+    """The one MLLP listener per `serve`, in this (parent) process, like DIMSE."""
+    if not settings.hl7_enabled:
+        return None
+    from dicomweb_server.hl7v2.service import start
+
+    if not settings.is_loopback_bind() and not settings.hl7_allowed_peers:
+        log.warning(
+            "HL7 orders are accepted from any address on %s:%d (MLLP has no "
+            "authentication); set hl7_allowed_peers to your HIS/RIS",
+            settings.host,
+            settings.hl7_port,
+        )
+    try:
+        return start(settings)
+    except OSError as exc:
+        raise OSError(
+            exc.errno,
+            f"HL7 port {settings.hl7_port}: {exc.strerror or exc} "
+            "(address already in use?); choose another with --hl7-port",
+        ) from exc
+
+
+def _add_hl7_loop_flags(serve: argparse.ArgumentParser) -> None:
+    group = serve.add_argument_group("HL7 orders and the order-to-image loop")
+    group.add_argument(
+        "--hl7",
+        action="store_true",
+        help="accept HL7 v2 orders (ORM^O01, OMI^O23) over MLLP "
+        f"[env {env_name('hl7_enabled')}=true]",
+    )
+    group.add_argument(
+        "--hl7-port",
+        type=int,
+        help=f"MLLP port, on the same host as HTTP (default 2575) [env {env_name('hl7_port')}]",
+    )
+    group.add_argument(
+        "--hl7-max-connections",
+        type=int,
+        help=f"concurrent MLLP connections (default 10) [env {env_name('hl7_max_connections')}]",
+    )
+    group.add_argument(
+        "--hl7-max-message-bytes",
+        type=int,
+        help="largest HL7 message taken; a larger one is rejected (default 1048576) "
+        f"[env {env_name('hl7_max_message_bytes')}]",
+    )
+    group.add_argument(
+        "--hl7-idle-timeout",
+        type=int,
+        help="close an MLLP connection idle this many seconds (default 600) "
+        f"[env {env_name('hl7_idle_timeout')}]",
+    )
+    group.add_argument(
+        "--hl7-allowed-peers",
+        help="comma-separated addresses/networks that may send HL7 orders (default: any; "
+        f"MLLP has no authentication) [env {env_name('hl7_allowed_peers')}]",
+    )
+    group.add_argument(
+        "--no-worklist-link",
+        action="store_true",
+        help="do not link stored instances to workitems by Accession Number / Study "
+        f"Instance UID [env {env_name('worklist_link_on_store')}=false]",
+    )
+    group.add_argument(
+        "--worklist-complete-on-store",
+        choices=["never", "first-instance"],
+        help="complete a workitem when its first instance is stored, or never (MPPS or "
+        f"UPS-RS complete it; default) [env {env_name('worklist_complete_on_store')}]",
+    )
 
 
 def _files(paths: Sequence[Path]) -> Iterator[Path]:
@@ -491,6 +588,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--access-log", action="store_true", help="log every request")
     _add_dimse_flags(serve)
+    _add_hl7_loop_flags(serve)
     serve.set_defaults(func=_serve)
 
     imp = sub.add_parser("import", help="bulk-load DICOM files and folders")

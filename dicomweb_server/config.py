@@ -122,6 +122,23 @@ class Settings:
     ups_event_poll_ms: int = 200
     ups_event_retention_seconds: int = 300
 
+    # --- hl7-loop ---
+    # HL7 v2 orders (ORM^O01, OMI^O23) over MLLP, started by `serve` beside DIMSE.
+    hl7_enabled: bool = False
+    hl7_port: int = 2575
+    hl7_max_connections: int = 10
+    hl7_max_message_bytes: int = 1024 * 1024
+    # A connection that completes no message for this many seconds is closed.
+    hl7_idle_timeout: int = 600
+    # MLLP has no authentication: addresses/networks allowed to send orders (empty: any).
+    hl7_allowed_peers: tuple[str, ...] = ()
+    # The order-to-image loop: stored instances whose Accession Number (else Study
+    # Instance UID) matches an open workitem are recorded as its output.
+    worklist_link_on_store: bool = True
+    # "never": completion is left to MPPS or UPS-RS; "first-instance": the workitem is
+    # completed when its first instance is stored.
+    worklist_complete_on_store: str = "never"
+
     @property
     def auth_enabled(self) -> bool:
         return bool(
@@ -197,6 +214,7 @@ class Settings:
             raise ValueError("ups_event_poll_ms must be 10 to 60000")
         if self.ups_event_retention_seconds < 10:
             raise ValueError("ups_event_retention_seconds must be at least 10")
+        _validate_hl7_loop(self)
         for peer in self.trusted_proxies:
             try:
                 ipaddress.ip_network(peer, strict=False)
@@ -222,6 +240,31 @@ def _validate_dimse(self: Settings) -> None:
         raise ValueError("dimse_tls_ca needs dimse_tls_cert and dimse_tls_key")
     if self.dimse_max_pdu != 0 and not 4096 <= self.dimse_max_pdu <= 2**32 - 1:
         raise ValueError("dimse_max_pdu must be 0 (unlimited) or 4096 to 4294967295")
+
+
+COMPLETE_ON_STORE = ("never", "first-instance")
+
+
+def _validate_hl7_loop(s: Settings) -> None:
+    if not 1 <= s.hl7_port <= 65535:
+        raise ValueError(f"hl7_port {s.hl7_port} is out of range")
+    if s.hl7_enabled and s.hl7_port in (s.port, s.dimse_port if s.dimse_enabled else -1):
+        raise ValueError("hl7_port must differ from the HTTP and DIMSE ports")
+    for name in ("hl7_max_connections", "hl7_idle_timeout"):
+        if getattr(s, name) < 1:
+            raise ValueError(f"{name} must be at least 1")
+    if s.hl7_max_message_bytes < 1024:
+        raise ValueError("hl7_max_message_bytes must be at least 1024")
+    for peer in s.hl7_allowed_peers:
+        try:
+            ipaddress.ip_network(peer, strict=False)
+        except ValueError as exc:
+            raise ValueError(f"hl7_allowed_peers: {exc}") from None
+    if s.worklist_complete_on_store not in COMPLETE_ON_STORE:
+        raise ValueError(
+            f"worklist_complete_on_store must be one of {', '.join(COMPLETE_ON_STORE)}, "
+            f"not {s.worklist_complete_on_store!r}"
+        )
 
 
 def _validate_security(s: Settings) -> None:

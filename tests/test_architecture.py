@@ -27,9 +27,21 @@ ALLOWED: dict[str, set[str]] = {
     },
     "web": {"services", "bootstrap", "dicom", "errors", "config", "__init__"},
     "workers": set(),
-    "cli": {"services", "bootstrap", "dicom", "errors", "config", "workers", "__init__", "dimse"},
+    "cli": {
+        "services",
+        "bootstrap",
+        "dicom",
+        "errors",
+        "config",
+        "workers",
+        "__init__",
+        "dimse",
+        "hl7v2",
+    },
     # The DIMSE adapter, like web: never storage, web or cli.
     "dimse": {"services", "bootstrap", "dicom", "errors", "config"},
+    # The HL7 v2 / MLLP adapter, like dimse: never storage, web, dimse or cli.
+    "hl7v2": {"services", "bootstrap", "dicom", "errors", "config"},
 }
 
 

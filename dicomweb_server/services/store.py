@@ -14,7 +14,7 @@ import os
 import secrets
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -89,6 +89,9 @@ class StoreService:
         self.index = index
         self.blobs = blobs
         self.settings = settings
+        # Called with the newly stored instances of a batch, after its index commit
+        # (the order-to-image loop, services/workitem_loop.py); None: nothing is called.
+        self.after_store: Callable[[Sequence[InstanceRecord]], None] | None = None
 
     def new_spool_file(self) -> tuple[Path, BinaryIO]:
         """A temp file on the blob filesystem, so that storing it is a rename."""
@@ -147,7 +150,27 @@ class StoreService:
         finally:
             for item in pending:
                 item.path.unlink(missing_ok=True)
+        if self.after_store is not None:
+            self._after_store(self.after_store, pending)
         return [item.outcome for item in pending]
+
+    @staticmethod
+    def _after_store(
+        hook: Callable[[Sequence[InstanceRecord]], None], pending: list[_Pending]
+    ) -> None:
+        """New or replaced instances only: an identical or kept duplicate changed nothing."""
+        changed = [
+            item.rec
+            for item in pending
+            if item.rec is not None
+            and item.outcome.stored
+            and (
+                not item.outcome.duplicate
+                or item.outcome.warning_reason == status.DUPLICATE_REPLACED_WARNING
+            )
+        ]
+        if changed:
+            hook(changed)
 
     @contextlib.contextmanager
     def _failing(self, *items: _Pending) -> Iterator[None]:

@@ -7,12 +7,15 @@ a study, it does not search), then:
 - one study: 302 to OHIF's viewer route, ``/viewer?StudyInstanceUIDs=<uid>``;
 - several: 302 to OHIF's study list filtered the same way (its URL keys ``accession``
   and ``mrn``);
-- none: a 404 page; a missing, repeated, unknown or malformed parameter: a 400 page.
+- none: a 404 page; when a workitem (an order) has that key but no images arrived yet,
+  the 404 page says so, with the order's state, procedure and scheduled time;
+- a missing, repeated, unknown or malformed parameter: a 400 page.
 """
 
 from __future__ import annotations
 
 import html
+from typing import Any
 from urllib.parse import urlencode
 
 import anyio.to_thread
@@ -26,12 +29,14 @@ from dicomweb_server.dicom.attributes import Level
 from dicomweb_server.dicom.matching import STUDY_INSTANCE_UID, Condition, Kind, QueryRequest
 from dicomweb_server.dicom.uids import is_valid_uid
 from dicomweb_server.errors import InvalidRequest
+from dicomweb_server.services.workitems import CANCELED, COMPLETED, IN_PROGRESS, SCHEDULED
 from dicomweb_server.web.qido import query_pairs
 from dicomweb_server.web.urls import base_url
 
 ACCESSION_NUMBER = 0x00080050
 PATIENT_ID = 0x00100020
 # parameter -> (tag, maximum length of its VR (PS3.5 6.2), OHIF study-list URL key)
+ALL_STATES = (SCHEDULED, IN_PROGRESS, COMPLETED, CANCELED)
 KEYS: dict[str, tuple[int, int, str | None]] = {
     "AccessionNumber": (ACCESSION_NUMBER, 16, "accession"),
     "PatientID": (PATIENT_ID, 64, "mrn"),
@@ -95,12 +100,55 @@ async def open_study(request: Request) -> Response:
     uids = [r["0020000D"]["Value"][0] for r in outcome.results if "0020000D" in r]
     headers = _HEADERS
     if not uids:
-        return _page(404, "No study found", f"No study has {name} {value}.")
+        return await _no_study(services, name, value)
     if len(uids) == 1:
         target = "/viewer?" + urlencode({"StudyInstanceUIDs": uids[0]})
         return RedirectResponse(target, status_code=302, headers=headers)
     assert list_key is not None  # a StudyInstanceUID names one study
     return RedirectResponse("/?" + urlencode({list_key: value}), status_code=302, headers=headers)
+
+
+_FIND_KEYS = {
+    "AccessionNumber": "accession_number",
+    "StudyInstanceUID": "study_uid",
+    "PatientID": "patient_id",
+}
+
+
+async def _no_study(services: Services, name: str, value: str) -> Response:
+    """No images: a 404 still, but one that says when the order exists and waits for
+    its images, so the person who clicked the HIS link knows it is not a wrong link."""
+    criteria = {_FIND_KEYS[name]: value}
+    items = await anyio.to_thread.run_sync(
+        lambda: services.workitems.find(states=ALL_STATES, limit=5, **criteria)
+    )
+    if not items:
+        return _page(404, "No study found", f"No study has {name} {value}.")
+    item = items[0]
+    when = _text(item.dataset, "00404005")
+    what = _text(item.dataset, "00741204")
+    detail = ", ".join(p for p in (what, f"scheduled {_show_dt(when)}" if when else "") if p)
+    return _page(
+        404,
+        "No images yet",
+        f"The order with {name} {value} is {item.state}"
+        + (f" ({detail})" if detail else "")
+        + "; no images have arrived for it yet. Open this link again once they have.",
+    )
+
+
+def _text(dataset: dict[str, Any], tag: str) -> str:
+    values = dataset.get(tag, {}).get("Value") or [""]
+    return str(values[0])
+
+
+def _show_dt(value: str) -> str:
+    """YYYYMMDDHHMM... as YYYY-MM-DD HH:MM for a person."""
+    if len(value) >= 12 and value[:12].isdigit():
+        return f"{value[:4]}-{value[4:6]}-{value[6:8]} {value[8:10]}:{value[10:12]}"
+    if len(value) >= 8 and value[:8].isdigit():
+        return f"{value[:4]}-{value[4:6]}-{value[6:8]}"
+    return value
 
 
 def open_routes(settings: Settings) -> list[BaseRoute]:
