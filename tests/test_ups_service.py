@@ -428,3 +428,38 @@ def test_concurrent_claims_one_wins(index: SqlIndex) -> None:
         t.join(timeout=60)
     assert sorted(outcomes) == ["0xc301"] * 5 + ["won"]
     assert svc.get(uid).transaction_uid in txns
+
+
+def test_outputs_of_a_batch_are_one_write_of_the_workitem(
+    index: SqlIndex, rec: Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A STOW batch of 64 instances links with one rewrite of the workitem, not 64:
+    each rewrite copies the whole Output Information Sequence."""
+    store = SqlWorkitems(index)
+    svc = WorkitemService(store, rec)
+    uid = svc.create(order(accession="BATCH1")).uid
+    writes: list[str] = []
+    modify = store.modify_workitem
+
+    def counted(workitem_uid: str, change: Any) -> Any:
+        writes.append(workitem_uid)
+        return modify(workitem_uid, change)
+
+    monkeypatch.setattr(store, "modify_workitem", counted)
+    ct, study = "1.2.840.10008.5.1.4.1.1.2", "1.2.3"
+    refs = [(study, f"1.2.3.{n % 2 + 1}", ct, f"1.2.3.9.{n}") for n in range(64)]
+    assert svc.add_outputs(uid, refs) == 64
+    assert writes == [uid]
+    # Again, with four already there, one repeated in the batch, and one new series.
+    again = [
+        *refs[:4],
+        (study, "1.2.3.3", ct, "1.2.3.9.100"),
+        (study, "1.2.3.3", ct, "1.2.3.9.100"),
+    ]
+    assert svc.add_outputs(uid, again) == 1
+    assert svc.add_outputs(uid, refs[:10]) == 0
+    outputs = svc.get(uid).dataset["00741216"]["Value"][0]["00404033"]["Value"]
+    by_series = {o["0020000E"]["Value"][0]: o["00081199"]["Value"] for o in outputs}
+    assert {k: len(v) for k, v in by_series.items()} == {"1.2.3.1": 32, "1.2.3.2": 32, "1.2.3.3": 1}
+    linked = [r["00081155"]["Value"][0] for v in by_series.values() for r in v]
+    assert len(linked) == len(set(linked)) == 65

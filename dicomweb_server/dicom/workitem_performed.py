@@ -7,6 +7,7 @@ Procedure Step Performed Procedure Information and Progress Information modules)
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from typing import Any
 
 from dicomweb_server.dicom import workitem as w
@@ -33,40 +34,64 @@ def merge_performed(dataset: dict[str, Any], extra: dict[str, Any]) -> dict[str,
     return w.sort_keys(out)
 
 
+# (Study, Series, SOP Class, SOP Instance) UIDs of one stored instance.
+OutputRef = tuple[str, str, str, str]
+
+
 def with_output(
     dataset: dict[str, Any], study: str, series: str, sop_class: str, sop_instance: str
 ) -> dict[str, Any] | None:
     """``dataset`` with an instance added to Unified Procedure Step Performed Procedure
     Sequence > Output Information Sequence (PS3.4 Table CC.2.5-3; one item per series,
     as the Referenced Instances and Access Macro lists them); None if already there."""
+    out, added = with_outputs(dataset, [(study, series, sop_class, sop_instance)])
+    return out if added else None
+
+
+def with_outputs(dataset: dict[str, Any], refs: Sequence[OutputRef]) -> tuple[dict[str, Any], int]:
+    """``dataset`` with every instance of ``refs`` not yet referenced added (see
+    ``with_output``), and how many were added. One copy and one pass however many:
+    a study of a thousand images is linked batch by batch, not image by image."""
     out = copy.deepcopy(dataset)
     performed = w.items(out, w.PERFORMED_PROCEDURE_SEQUENCE)
     item = performed[0] if performed else {}
     outputs = w.items(item, w.OUTPUT_INFORMATION_SEQUENCE)
-    reference = {
-        w.REFERENCED_SOP_CLASS_UID: w.element("UI", sop_class),
-        w.REFERENCED_SOP_INSTANCE_UID: w.element("UI", sop_instance),
-    }
-    target = None
+    known: set[str] = set()
+    by_series: dict[tuple[str, str], dict[str, Any]] = {}
     for output in outputs:
         for ref in w.items(output, w.REFERENCED_SOP_SEQUENCE):
-            if w.text(ref, w.REFERENCED_SOP_INSTANCE_UID) == sop_instance:
-                return None
-        if (
-            w.text(output, w.STUDY_INSTANCE_UID) == study
-            and w.text(output, w.SERIES_INSTANCE_UID) == series
-        ):
-            target = output
-    if target is None:
-        target = {
-            w.STUDY_INSTANCE_UID: w.element("UI", study),
-            w.SERIES_INSTANCE_UID: w.element("UI", series),
-            w.TYPE_OF_INSTANCES: w.element("CS", "DICOM"),
-            w.REFERENCED_SOP_SEQUENCE: w.element("SQ"),
-        }
-        outputs.append(target)
-    refs = w.items(target, w.REFERENCED_SOP_SEQUENCE)
-    target[w.REFERENCED_SOP_SEQUENCE] = w.element("SQ", *refs, reference)
+            known.add(w.text(ref, w.REFERENCED_SOP_INSTANCE_UID) or "")
+        key = (
+            w.text(output, w.STUDY_INSTANCE_UID) or "",
+            w.text(output, w.SERIES_INSTANCE_UID) or "",
+        )
+        by_series[key] = output  # the last item of a series takes new references
+    added: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for study, series, sop_class, sop_instance in refs:
+        if sop_instance in known:
+            continue
+        known.add(sop_instance)
+        if (study, series) not in by_series:
+            target = {
+                w.STUDY_INSTANCE_UID: w.element("UI", study),
+                w.SERIES_INSTANCE_UID: w.element("UI", series),
+                w.TYPE_OF_INSTANCES: w.element("CS", "DICOM"),
+                w.REFERENCED_SOP_SEQUENCE: w.element("SQ"),
+            }
+            outputs.append(target)
+            by_series[(study, series)] = target
+        added.setdefault((study, series), []).append(
+            {
+                w.REFERENCED_SOP_CLASS_UID: w.element("UI", sop_class),
+                w.REFERENCED_SOP_INSTANCE_UID: w.element("UI", sop_instance),
+            }
+        )
+    if not added:
+        return dataset, 0
+    for key, new_refs in added.items():
+        target = by_series[key]
+        refs_now = w.items(target, w.REFERENCED_SOP_SEQUENCE)
+        target[w.REFERENCED_SOP_SEQUENCE] = w.element("SQ", *refs_now, *new_refs)
     item[w.OUTPUT_INFORMATION_SEQUENCE] = w.element("SQ", *[w.sort_keys(o) for o in outputs])
     out[w.PERFORMED_PROCEDURE_SEQUENCE] = w.element("SQ", w.sort_keys(item))
-    return w.sort_keys(out)
+    return w.sort_keys(out), sum(len(r) for r in added.values())

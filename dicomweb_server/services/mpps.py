@@ -261,8 +261,7 @@ class MppsService:
             elif item.state != IN_PROGRESS:
                 return f"{uid}: already {item.state}"
             if state == COMPLETED:
-                for study, series, sop_class, sop in mpps.outputs(ds):
-                    self.workitems.add_output(uid, study, series, sop_class, sop)
+                self.workitems.add_outputs(uid, list(mpps.outputs(ds)))
             self.workitems.finish(uid, state, performed=mpps.performed(ds))
             return f"{uid}: {state}"
         except DicomWebError as exc:

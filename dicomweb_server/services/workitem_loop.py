@@ -76,20 +76,17 @@ class WorkitemLoop:
             else:
                 items = self.workitems.find(states=LINKABLE, study_uid=value)
             for item in items:
-                added = [
-                    self.workitems.add_output(
-                        item.uid,
-                        rec.study_uid,
-                        rec.series_uid,
-                        rec.sop_class_uid,
-                        rec.sop_instance_uid,
-                    )
-                    for rec in recs
-                ]
-                if any(added):
+                added = self.workitems.add_outputs(
+                    item.uid,
+                    [
+                        (r.study_uid, r.series_uid, r.sop_class_uid, r.sop_instance_uid)
+                        for r in recs
+                    ],
+                )
+                if added:
                     log.info(
                         "linked %d instance(s) of study %s to workitem %s",
-                        sum(added),
+                        added,
                         recs[0].study_uid,
                         item.uid,
                     )
@@ -113,10 +110,13 @@ class WorkitemLoop:
         query = QueryRequest(level=Level.STUDY, conditions=[condition], limit=_MAX_STUDIES)
         added = 0
         for row in self.index.search(query).rows:
-            for inst in self.index.instances(str(row["study_uid"])):
-                added += self.workitems.add_output(
-                    uid, inst.study_uid, inst.series_uid, inst.sop_class_uid, inst.sop_instance_uid
-                )
+            added += self.workitems.add_outputs(
+                uid,
+                [
+                    (i.study_uid, i.series_uid, i.sop_class_uid, i.sop_instance_uid)
+                    for i in self.index.instances(str(row["study_uid"]))
+                ],
+            )
         if added:
             log.info("linked %d instance(s) stored before its order to workitem %s", added, uid)
             if self.complete_on_store == "first-instance" and item.state == SCHEDULED:

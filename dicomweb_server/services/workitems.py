@@ -30,7 +30,7 @@ from dicomweb_server.dicom.workitem_match import (
     parse_search,
     result,
 )
-from dicomweb_server.dicom.workitem_performed import merge_performed, with_output
+from dicomweb_server.dicom.workitem_performed import OutputRef, merge_performed, with_outputs
 from dicomweb_server.dicom.workitem_states import UpsConflict
 from dicomweb_server.errors import InvalidRequest, NotFound
 from dicomweb_server.services.workitem_events import (
@@ -405,19 +405,22 @@ class WorkitemService:
         """Record an arrived instance in Unified Procedure Step Performed Procedure Sequence
         > Output Information Sequence (PS3.4 Table CC.2.5-3; items per the Referenced
         Instances and Access Macro, one per series); False if it was already there."""
-        added: list[bool] = []
+        return self.add_outputs(uid, [(study_uid, series_uid, sop_class_uid, sop_instance_uid)]) > 0
+
+    def add_outputs(self, uid: str, refs: Sequence[OutputRef]) -> int:
+        """``add_output`` for many instances in one write of the workitem; how many were
+        new (a batch of a STOW request costs one rewrite, not one per instance)."""
+        added: list[int] = []
 
         def change(item: Workitem) -> Workitem | None:
-            dataset = with_output(
-                item.dataset, study_uid, series_uid, sop_class_uid, sop_instance_uid
-            )
-            if dataset is None:
+            dataset, count = with_outputs(item.dataset, refs)
+            if not count:
                 return None
-            added.append(True)
+            added.append(count)
             return Workitem(item.uid, item.state, item.transaction_uid, dataset)
 
         self.store.modify_workitem(uid, change)
-        return bool(added)
+        return sum(added)
 
 
 class _Unchanged(Exception):
