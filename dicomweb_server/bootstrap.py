@@ -16,6 +16,7 @@ from dicomweb_server.services.audit import AuditSink, AuditTrail, JsonlFileSink,
 from dicomweb_server.services.check import CheckService
 from dicomweb_server.services.delete import DeleteService
 from dicomweb_server.services.modalities import ModalityService
+from dicomweb_server.services.mpps import MppsService
 from dicomweb_server.services.pixels import PixelService
 from dicomweb_server.services.query import QueryService
 from dicomweb_server.services.rendering import RenderService
@@ -28,6 +29,7 @@ from dicomweb_server.services.workitems import WorkitemService
 from dicomweb_server.storage.blob_fs import FileBlobStore
 from dicomweb_server.storage.sql.index import SqlIndex
 from dicomweb_server.storage.sql.modalities import SqlModalities
+from dicomweb_server.storage.sql.mpps import SqlMpps
 from dicomweb_server.storage.sql.ups_events import SqlSubscriptions
 from dicomweb_server.storage.sql.workitems import SqlWorkitems
 
@@ -54,6 +56,8 @@ class Services:
     # --- ups-events ---
     subscriptions: SubscriptionService
     ups_hub: EventHub
+    # --- mpps ---
+    mpps: MppsService
 
     def close(self) -> None:
         self.index.close()
@@ -102,6 +106,12 @@ def build_services(settings: Settings) -> Services:
     rendering = RenderService(retrieve, pixels, settings.data_dir / "cache" / "thumbs")
     ups_store = SqlSubscriptions(index)
     subscriptions = SubscriptionService(ups_store, settings.ups_event_retention_seconds)
+    workitems = WorkitemService(
+        SqlWorkitems(index),
+        subscriptions,
+        default_limit=settings.qido_default_limit,
+        max_limit=settings.qido_max_limit,
+    )
     services = Services(
         settings=settings,
         store=StoreService(index, blobs, settings),
@@ -117,14 +127,10 @@ def build_services(settings: Settings) -> Services:
         modalities=ModalityService(
             settings, SqlModalities(index), PynetdicomNetwork(settings, retrieve)
         ),
-        workitems=WorkitemService(
-            SqlWorkitems(index),
-            subscriptions,
-            default_limit=settings.qido_default_limit,
-            max_limit=settings.qido_max_limit,
-        ),
+        workitems=workitems,
         subscriptions=subscriptions,
         ups_hub=EventHub(ups_store, settings.ups_event_poll_ms / 1000),
+        mpps=MppsService(workitems, SqlMpps(index)),
     )
     # The workitem service publishes through subscriptions, which read workitems back.
     subscriptions.attach(services.workitems)

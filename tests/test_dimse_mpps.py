@@ -17,6 +17,8 @@ from dicomweb_server.bootstrap import Services, build_services
 from dicomweb_server.config import load_settings
 from dicomweb_server.dicom import mwl
 from dicomweb_server.services.mpps import MppsService
+from dicomweb_server.storage.sql.index import SqlIndex
+from dicomweb_server.storage.sql.mpps import SqlMpps
 from tests.conftest import BACKENDS, Server, SmallFs, http, make_database_url, start_server
 from tests.dicomgen import make_dataset, uid
 from tests.orders import order
@@ -245,7 +247,7 @@ def test_unscheduled_step_is_recorded_and_the_scp_names_it(site: Site, assoc: An
     assert code == 0x0000
     # No instance UID in the request: the N-CREATE-RSP names the one created.
     step = str(commands[-1].AffectedSOPInstanceUID)
-    assert step and (site.server.data_dir / "mpps" / f"{step}.json").exists()
+    assert step and site.services.mpps.get(step) is not None  # in the index, shared
     assert n_set(assoc, step, ended("COMPLETED", uid())).Status == 0x0000
 
 
@@ -276,14 +278,28 @@ def test_an_ae_without_the_operations_is_refused(site: Site) -> None:
     assert site.state(workitem) == "SCHEDULED"
 
 
-def test_an_instance_uid_never_names_a_path(site: Site, tmp_path: Path) -> None:
-    (tmp_path / "secret.json").write_text("{}")
-    service = MppsService(site.services.workitems, tmp_path / "mpps")
+def test_a_malformed_instance_uid_is_refused_and_nothing_recorded(site: Site) -> None:
+    service = site.services.mpps
     outcome = service.set("../secret", ended("COMPLETED", uid()))
     assert outcome.refusal is not None and outcome.refusal.status == 0x0112
     refused = service.create("../secret", started(f"{site.tag}-PATH"), "CT01")
     assert refused.refusal is not None and refused.refusal.status == 0x0117
-    assert not (tmp_path / "mpps").exists() or not list((tmp_path / "mpps").glob("*.json"))
+    assert service.get("../secret") is None
+
+
+def test_of_two_n_sets_read_at_once_one_applies(site: Site) -> None:
+    """Two processes may read a step together: the second write must not undo the first."""
+    workitem, accession = site.schedule("RACE")
+    step = uid()
+    service = site.services.mpps
+    assert service.create(step, started(accession), "CT01").refusal is None
+    stale = service.store.get_step(step)
+    assert stale is not None
+    assert service.set(step, ended("DISCONTINUED", uid())).refusal is None
+    assert not service.store.replace_step(step, "IN PROGRESS", stale[0], stale[1])
+    record = service.get(step)
+    assert record is not None and record.status == "DISCONTINUED"
+    assert site.state(workitem) == "CANCELED"
 
 
 def test_one_step_for_two_orders_claims_both(site: Site, assoc: Any) -> None:
@@ -397,17 +413,57 @@ def test_a_modality_day(site: Site) -> None:
 
 
 def test_a_full_disk_refuses_the_step_and_claims_nothing(site: Site, small_fs: SmallFs) -> None:
+    """The step's index (SQLite here) lives on a disk that fills up: 0110, not an ACK."""
     workitem, accession = site.schedule("FULL")
-    service = MppsService(site.services.workitems, small_fs.path / "mpps")
-    (small_fs.path / "mpps").mkdir()
-    with open(small_fs.path / "filler", "wb") as fh:
+    index = SqlIndex(f"sqlite:///{small_fs.path / 'index.sqlite'}")
+    index.migrate()
+    try:
+        service = MppsService(site.services.workitems, SqlMpps(index))
+        with open(small_fs.path / "filler", "wb") as fh:
+            try:
+                while True:
+                    fh.write(b"\0" * 65536)
+                    fh.flush()
+            except OSError:
+                pass
+        step = uid()
+        outcome = service.create(step, started(accession), "CT01")
+        assert outcome.refusal is not None and outcome.refusal.status == 0x0110
+        assert site.state(workitem) == "SCHEDULED"
+        (small_fs.path / "filler").unlink()
+        assert service.get(step) is None
+    finally:
+        index.close()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_n_set_may_reach_another_server_process(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Two `serve` processes on one index (two hosts behind one address): the step
+    started through one is ended through the other."""
+    url = make_database_url(backend, tmp_path, request)
+    first = start_server(tmp_path / "a", url)
+    second = start_server(tmp_path / "b", url)
+    services = build_services(load_settings(environ={}, data_dir=tmp_path / "a", database_url=url))
+    try:
+        site_a, site_b = Site(first, services, uid()[-8:]), Site(second, services, "")
+        workitem, accession = site_a.schedule("TWO")
+        step = uid()
+        on_a = _associate(site_a, "CT01")
         try:
-            while True:
-                fh.write(b"\0" * 65536)
-                fh.flush()
-        except OSError:
-            pass
-    outcome = service.create(uid(), started(accession), "CT01")
-    assert outcome.refusal is not None and outcome.refusal.status == 0x0110
-    assert site.state(workitem) == "SCHEDULED"
-    assert not list((small_fs.path / "mpps").glob("*.json*"))
+            assert create(on_a, started(accession), step)[0] == 0x0000
+        finally:
+            on_a.release()
+        on_b = _associate(site_b, "CT01")
+        try:
+            assert n_set(on_b, step, ended("COMPLETED", uid())).Status == 0x0000
+        finally:
+            on_b.release()
+        assert site_a.state(workitem) == "COMPLETED"
+    finally:
+        services.close()
+        first.stop()
+        second.stop()
+    for server in (first, second):
+        assert "Traceback" not in server.log(), server.log()[-3000:]

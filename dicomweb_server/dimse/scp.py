@@ -29,7 +29,6 @@ from dicomweb_server.dimse import commitment, handlers, mpps, worklist
 from dicomweb_server.dimse.handlers import Gateway
 from dicomweb_server.dimse.syntaxes import STORAGE_SYNTAXES, UNCOMPRESSED
 from dicomweb_server.dimse.tls import server_context
-from dicomweb_server.services.mpps import MppsService
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +97,7 @@ def start(services: Services) -> Listener:
         logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     ae = build_ae(settings)
     gateway = Gateway(services, services.modalities)
-    steps = MppsService(services.workitems, settings.data_dir / "mpps")
+    steps = services.mpps
     events: list[Any] = [
         (evt.EVT_REQUESTED, handlers.on_requested, [gateway]),
         (evt.EVT_C_ECHO, handlers.on_echo, [gateway]),

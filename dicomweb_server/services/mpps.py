@@ -1,31 +1,26 @@
 """Modality Performed Procedure Step instances (PS3.4 F.7) and their workitems.
 
-An MPPS instance is kept as a small JSON file under ``{data_dir}/mpps/`` (its DICOM JSON,
-status, linked workitems and creator), written durably (temp file, fsync, rename):
-the N-SET rules need the step's own status and attributes, an unscheduled step has no
-workitem to live in, and no index migration is needed. Only the DIMSE listener (one
-process) writes them; a thread lock and an flock serialize the read-modify-write.
+An MPPS instance is kept in the index (``MppsStore``, schema v7) as its DICOM JSON,
+status, linked workitems and creator: the N-SET rules need the step's own status and
+attributes, and an unscheduled step has no workitem to live in. In the index, because
+the N-CREATE and the N-SET of one step may reach two `serve` processes (hosts behind one
+address). Each write is conditional on the version read, so of two concurrent N-SETs of
+a step one applies and the other is refused (0110), never silently lost.
 
 An N-CREATE is linked to the workitems its Scheduled Step Attributes Sequence names
 (Accession Number, Study Instance UID, Scheduled Procedure Step ID, as the worklist
 gave them) and claims those still SCHEDULED; an N-SET to COMPLETED records the
 reported objects on each workitem and finishes it, DISCONTINUED cancels it. The step is
-acknowledged once its file is durable; what then happens to the workitems (already
+acknowledged once the index committed it; what then happens to the workitems (already
 finished by someone else, say) is reported in the outcome's notes, never a failure.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
-import os
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -43,6 +38,7 @@ from dicomweb_server.services.workitems import (
     Workitem,
     WorkitemService,
 )
+from dicomweb_server.storage.interfaces import MppsStore
 
 log = logging.getLogger(__name__)
 
@@ -70,61 +66,22 @@ class MppsOutcome:
     notes: list[str] = field(default_factory=list)
 
 
-class MppsFiles:
-    """One durable JSON file per MPPS instance, named by its (checked) UID."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-
-    def _path(self, uid: str) -> Path:
-        # A checked UID is digits and dots only: it cannot leave the folder.
-        return self.folder / f"{check_uid(uid, 'MPPS SOP Instance UID')}.json"
-
-    def get(self, uid: str) -> MppsRecord | None:
-        try:
-            data = json.loads(self._path(uid).read_bytes())
-        except FileNotFoundError:
-            return None
-        return MppsRecord(**data)
-
-    def put(self, record: MppsRecord) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        final = self._path(record.uid)
-        tmp = final.with_suffix(f".tmp{os.getpid()}")
-        try:
-            with open(tmp, "wb") as fh:
-                fh.write(json.dumps(asdict(record), ensure_ascii=False).encode())
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, final)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        dir_fd = os.open(self.folder, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
-    @contextmanager
-    def locked(self) -> Iterator[None]:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        with open(self.folder / ".lock", "a+b") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+def _encoded(record: MppsRecord) -> bytes:
+    return json.dumps(asdict(record), ensure_ascii=False).encode()
 
 
 class MppsService:
-    def __init__(self, workitems: WorkitemService, folder: Path) -> None:
+    def __init__(self, workitems: WorkitemService, store: MppsStore) -> None:
         self.workitems = workitems
-        self.files = MppsFiles(folder)
-        self._lock = threading.Lock()
+        self.store = store
 
     def get(self, uid: str) -> MppsRecord | None:
-        return self.files.get(uid)
+        found = self.store.get_step(uid) if is_valid_uid(uid) else None
+        return None if found is None else MppsRecord(**json.loads(found[0]))
+
+    def _read(self, uid: str) -> tuple[MppsRecord, int] | None:
+        found = self.store.get_step(uid)
+        return None if found is None else (MppsRecord(**json.loads(found[0])), found[1])
 
     def create(self, uid: str | None, ds: Dataset | None, creator: str) -> MppsOutcome:
         """N-CREATE (PS3.4 F.7.2.1.3): record the step, link and claim its workitems."""
@@ -135,19 +92,20 @@ class MppsService:
             uid = check_uid(uid, "Affected SOP Instance UID") if uid else str(generate_uid())
         except InvalidRequest as exc:
             return MppsOutcome(Refusal(INVALID_OBJECT_INSTANCE, exc.message))
-        with self._lock, self.files.locked():
-            if self.files.get(uid) is not None:
+        if self.store.get_step(uid) is not None:
+            return MppsOutcome(Refusal(mpps.DUPLICATE_SOP_INSTANCE, "the step exists"))
+        try:
+            data = mpps.json_of(ds)
+        except (ValueError, TypeError) as exc:
+            return MppsOutcome(Refusal(mpps.INVALID_ATTRIBUTE_VALUE, str(exc)))
+        links = self._link(mpps.references(ds))
+        linked = list(links)
+        record = MppsRecord(uid, mpps.IN_PROGRESS, data, linked, creator)
+        try:
+            if not self.store.add_step(uid, record.status, _encoded(record)):
                 return MppsOutcome(Refusal(mpps.DUPLICATE_SOP_INSTANCE, "the step exists"))
-            try:
-                data = mpps.json_of(ds)
-            except (ValueError, TypeError) as exc:
-                return MppsOutcome(Refusal(mpps.INVALID_ATTRIBUTE_VALUE, str(exc)))
-            links = self._link(mpps.references(ds))
-            linked = list(links)
-            record = MppsRecord(uid, mpps.IN_PROGRESS, data, linked, creator)
-            refusal = self._put(record)
-            if refusal is not None:
-                return MppsOutcome(refusal)
+        except (OSError, DicomWebError) as exc:
+            return MppsOutcome(self._not_recorded(uid, exc))
         outcome = MppsOutcome(record=record)
         if not linked:
             outcome.notes.append("unscheduled: no workitem matches")
@@ -157,44 +115,49 @@ class MppsService:
 
     def set(self, uid: str, changes: Dataset | None) -> MppsOutcome:
         """N-SET (PS3.4 F.7.2.2.3); a final status finishes the linked workitems."""
-        with self._lock, self.files.locked():
-            record = self.files.get(uid) if is_valid_uid(uid) else None
-            if record is None:
-                return MppsOutcome(Refusal(mpps.NO_SUCH_OBJECT_INSTANCE, "no such step"))
-            refusal = mpps.check_set(record.status, changes)
-            if refusal is not None or changes is None:
-                return MppsOutcome(refusal, record)
-            try:
-                merged = mpps.merged(record.dataset, changes)
-                merged_ds = Dataset.from_json(merged)
-            except (ValueError, TypeError) as exc:
-                return MppsOutcome(Refusal(mpps.INVALID_ATTRIBUTE_VALUE, str(exc)), record)
-            status = mpps.status_of(merged_ds)
-            if status in mpps.FINAL:
-                refusal = mpps.check_final(merged_ds)
-                if refusal is not None:
-                    return MppsOutcome(refusal, record)
-            before = (record.dataset, record.status, record.updated)
-            record.dataset, record.status, record.updated = merged, status, time.time()
-            refusal = self._put(record)
+        found = self._read(uid) if is_valid_uid(uid) else None
+        if found is None:
+            return MppsOutcome(Refusal(mpps.NO_SUCH_OBJECT_INSTANCE, "no such step"))
+        record, version = found
+        refusal = mpps.check_set(record.status, changes)
+        if refusal is not None or changes is None:
+            return MppsOutcome(refusal, record)
+        try:
+            merged = mpps.merged(record.dataset, changes)
+            merged_ds = Dataset.from_json(merged)
+        except (ValueError, TypeError) as exc:
+            return MppsOutcome(Refusal(mpps.INVALID_ATTRIBUTE_VALUE, str(exc)), record)
+        status = mpps.status_of(merged_ds)
+        if status in mpps.FINAL:
+            refusal = mpps.check_final(merged_ds)
             if refusal is not None:
-                record.dataset, record.status, record.updated = before
                 return MppsOutcome(refusal, record)
+        changed = MppsRecord(
+            record.uid, status, merged, record.workitems, record.creator, record.created
+        )
+        try:
+            if not self.store.replace_step(uid, status, _encoded(changed), version):
+                # Another N-SET of this step won the race: this one applies to nothing.
+                return MppsOutcome(
+                    Refusal(mpps.PROCESSING_FAILURE, "the step changed meanwhile; send again"),
+                    record,
+                )
+        except (OSError, DicomWebError) as exc:
+            return MppsOutcome(self._not_recorded(uid, exc), record)
+        record = changed
         outcome = MppsOutcome(record=record)
         if status in mpps.FINAL:
             for wuid in record.workitems:
                 outcome.notes.append(self._finish(wuid, status, merged_ds))
         return outcome
 
-    def _put(self, record: MppsRecord) -> Refusal | None:
-        """Write the step durably; a full or failing disk refuses the request (0110)
-        rather than acknowledging what was not kept."""
-        try:
-            self.files.put(record)
-        except OSError as exc:
-            log.error("MPPS: cannot record %s: %s", record.uid, exc)
-            return Refusal(mpps.PROCESSING_FAILURE, f"cannot record the step: {exc.strerror}")
-        return None
+    @staticmethod
+    def _not_recorded(uid: str, exc: Exception) -> Refusal:
+        """A full disk or an unreachable index refuses the request (0110) rather than
+        acknowledging what was not kept."""
+        reason = exc.message if isinstance(exc, DicomWebError) else str(exc)
+        log.error("MPPS: cannot record %s: %s", uid, reason)
+        return Refusal(mpps.PROCESSING_FAILURE, f"cannot record the step: {reason}")
 
     # -- workitems -------------------------------------------------------------------
 

@@ -316,3 +316,18 @@ class SubscriptionStore(Protocol):
         ...
 
     def prune_events(self, older_than: float) -> int: ...
+
+
+class MppsStore(Protocol):
+    """MPPS instances (schema v7): each step's record (JSON) with a version that every
+    write increments, so a read-modify-write never overwrites another's change."""
+
+    def get_step(self, uid: str) -> tuple[bytes, int] | None: ...
+
+    def add_step(self, uid: str, status: str, record: bytes) -> bool:
+        """False when a step with this UID exists."""
+        ...
+
+    def replace_step(self, uid: str, status: str, record: bytes, version: int) -> bool:
+        """False when the step is no longer at ``version``."""
+        ...

@@ -12,7 +12,7 @@ from sqlmodel import SQLModel
 
 from dicomweb_server.storage.sql import models
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 
 def is_sqlite(url: str) -> bool:
@@ -111,8 +111,13 @@ def _v6(conn: Connection) -> None:
         table.create(conn, checkfirst=True)
 
 
+def _v7(conn: Connection) -> None:
+    """MPPS instances in the index, where every process that takes an N-SET sees them."""
+    models.MppsStep.__table__.create(conn, checkfirst=True)  # type: ignore[attr-defined]
+
+
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
-    1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6,
+    1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6, 7: _v7,
 }  # fmt: skip
 
 

@@ -175,3 +175,19 @@ class UpsEvent(SQLModel, table=True):
     ae_title: str = Field(max_length=16)
     workitem_uid: str = Field(max_length=64)
     message: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+
+
+class MppsStep(SQLModel, table=True):
+    """A Modality Performed Procedure Step instance (schema v7): its record as JSON.
+
+    In the index, not beside one listener: several `serve` processes (hosts) may take
+    the N-CREATE and the N-SET of one step."""
+
+    __tablename__ = "mpps_step"
+
+    uid: str = Field(primary_key=True, max_length=64)
+    status: str = Field(max_length=16)
+    record: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    # Incremented by every write: an N-SET applies to the version it read or not at all.
+    version: int = Field(default=1)
+    updated_at: float = Field(default=0.0)
