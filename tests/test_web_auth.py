@@ -24,6 +24,7 @@ from dicomweb_server.web.app import create_app
 from tests import authgen
 from tests.authgen import AUDIENCE, ISSUER, JwksServer, SigningKey, token
 from tests.conftest import Server, run_cli, start_server
+from tests.dicomgen import make_dataset, multipart, to_part10
 
 API_KEY = "dwk_test-key-for-the-pipeline-0123456789"
 ADMIN_KEY = "dwk_admin-key-0123456789abcdef"
@@ -226,7 +227,7 @@ VIEWER_CATCH_ALL = "/" + UID  # the viewer's "/{path:path}" as _walk fills it in
 
 
 def _expected_role(method: str, path: str) -> str | None:
-    if path in ("/health", VIEWER_CATCH_ALL):
+    if path in ("/health", VIEWER_CATCH_ALL, "/open"):
         return None
     if method == "DELETE" and "/subscribers/" in path:
         return "writer"  # UPS-RS Unsubscribe, like Subscribe
@@ -250,7 +251,8 @@ def test_every_route_refuses_anonymous_and_wrong_roles(auth: AuthServer, tmp_pat
             anonymous = client.request(method, path)
             if role is None:
                 # Anonymous; the viewer answers this made-up file name with 404.
-                expected = (200, 404) if path == VIEWER_CATCH_ALL else (200,)
+                # /open without a parameter is a bad link (400), for anyone.
+                expected = {VIEWER_CATCH_ALL: (200, 404), "/open": (400,)}.get(path, (200,))
                 assert anonymous.status_code in expected, (method, path)
                 continue
             assert anonymous.status_code == 401, (method, path, anonymous.status_code)
@@ -270,9 +272,39 @@ def test_unknown_paths_are_denied_by_default(auth: AuthServer) -> None:
             assert client.request(method, "/secret-new-route").status_code == 401
         assert client.request("PATCH", "/secret-new-route", headers=admin).status_code == 403
     assert _get(auth, "/dicom-web/../admin/audit").status_code == 401
-    assert _get(auth, "/open?AccessionNumber=A1").status_code == 401
     # GET of any other path is the viewer's (OHIF's shell, its client-side routes).
     assert _get(auth, "/secret-new-route").status_code == 200
+
+
+def test_open_links_tell_nothing_without_the_reader_role(auth: AuthServer) -> None:
+    """An HIS link opened in a browser carries no token (OIDC): it is sent to the study
+    list filtered by the link's key, the same answer whether the study exists or not;
+    a reader is sent straight to the study."""
+    study = make_dataset(accession="OPEN-AUTH-1")
+    body, content_type = multipart([to_part10(study)])
+    stored = httpx.post(
+        f"{auth.server.url}/studies",
+        content=body,
+        headers={"Content-Type": content_type, "X-API-Key": API_KEY},
+        timeout=60,
+    )
+    assert stored.status_code == 200, stored.text
+    answers = []
+    for accession in ("OPEN-AUTH-1", "OPEN-AUTH-NONE"):
+        response = _get(auth, f"/open?AccessionNumber={accession}")
+        assert response.status_code == 302, response.text
+        assert response.headers["location"] == f"/?accession={accession}"
+        answers.append((response.status_code, response.content))
+    assert answers[0] == answers[1]
+    uid_link = _get(auth, f"/open?StudyInstanceUID={study.StudyInstanceUID}")
+    assert uid_link.headers["location"] == f"/viewer?StudyInstanceUIDs={study.StudyInstanceUID}"
+    reader = _bearer(token(auth.k1, roles=["reader"]))
+    found = _get(auth, "/open?AccessionNumber=OPEN-AUTH-1", **reader)
+    assert found.status_code == 302
+    assert found.headers["location"] == f"/viewer?StudyInstanceUIDs={study.StudyInstanceUID}"
+    assert _get(auth, "/open?AccessionNumber=OPEN-AUTH-NONE", **reader).status_code == 404
+    wrong = _bearer(_tamper(token(auth.k1, roles=["reader"])))
+    assert _get(auth, "/open?AccessionNumber=OPEN-AUTH-1", **wrong).status_code == 401
 
 
 # -- safe defaults -------------------------------------------------------------------

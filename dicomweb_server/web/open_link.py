@@ -10,6 +10,12 @@ a study, it does not search), then:
 - none: a 404 page; when a workitem (an order) has that key but no images arrived yet,
   the 404 page says so, with the order's state, procedure and scheduled time;
 - a missing, repeated, unknown or malformed parameter: a 400 page.
+
+Whether a study exists is a reader's question. A browser following an HIS link carries
+no token when users sign in with OpenID Connect (OHIF keeps it in the page), so without
+the ``reader`` role nothing is looked up: the answer is a redirect that depends only on
+the link, to the viewer on that study (StudyInstanceUID) or to the study list filtered
+by the key; OHIF then signs the user in and searches with the user's token.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from dicomweb_server.dicom.matching import STUDY_INSTANCE_UID, Condition, Kind, 
 from dicomweb_server.dicom.uids import is_valid_uid
 from dicomweb_server.errors import InvalidRequest
 from dicomweb_server.services.workitems import CANCELED, COMPLETED, IN_PROGRESS, SCHEDULED
+from dicomweb_server.web import policy
 from dicomweb_server.web.qido import query_pairs
 from dicomweb_server.web.urls import base_url
 
@@ -93,6 +100,11 @@ async def open_study(request: Request) -> Response:
     except InvalidRequest as exc:
         return _page(400, "Bad link", exc.message)
     tag, _, list_key = KEYS[name]
+    principal = request.scope.get("state", {}).get("principal")
+    if services.settings.auth_enabled and not (
+        principal is not None and policy.allows(principal.roles, policy.READER)
+    ):
+        return _blind_redirect(name, value)
     query = QueryRequest(level=Level.STUDY, conditions=[Condition(tag, Kind.SINGLE, (value,))])
     query.limit = 2  # enough to tell one study from several
     base = base_url(request, services.settings)
@@ -106,6 +118,16 @@ async def open_study(request: Request) -> Response:
         return RedirectResponse(target, status_code=302, headers=headers)
     assert list_key is not None  # a StudyInstanceUID names one study
     return RedirectResponse("/?" + urlencode({list_key: value}), status_code=302, headers=headers)
+
+
+def _blind_redirect(name: str, value: str) -> Response:
+    """Where a link goes for someone not (yet) signed in: the same for any value."""
+    _, _, list_key = KEYS[name]
+    if list_key is None:  # a Study Instance UID names the study itself
+        target = "/viewer?" + urlencode({"StudyInstanceUIDs": value})
+    else:
+        target = "/?" + urlencode({list_key: value})
+    return RedirectResponse(target, status_code=302, headers=_HEADERS)
 
 
 _FIND_KEYS = {

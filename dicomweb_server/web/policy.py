@@ -15,7 +15,8 @@ Roles are ordered: admin implies writer implies reader. With authentication off
 - ``DELETE`` anywhere and everything under ``/admin`` need ``admin``, except UPS-RS
   Unsubscribe (``DELETE {root}/workitems/{uid}/subscribers/{aetitle}``), which needs
   ``writer`` like Subscribe. The event channel WebSocket is checked as a ``GET``.
-- ``/open`` (deep links) needs ``reader``: its answer tells whether a study exists.
+- ``/open`` (deep links) is anonymous: without the ``reader`` role it answers a
+  redirect that does not depend on what is stored (the viewer then signs in).
 - With the viewer on, any other ``GET``/``HEAD`` is the viewer's (its catch-all route)
   and anonymous: OHIF's static shell; its DICOMweb calls stay under the rules above.
   A new non-viewer GET route outside the root must get its own rule before it (the
@@ -57,8 +58,10 @@ def default_rules(dicomweb_root: str, viewer: bool = False) -> list[Rule]:
         _rule("GET HEAD", under_root, READER),
         _rule("POST PUT", under_root, WRITER),
         _rule("GET HEAD", r"^/wado$", READER),
-        # 302 or 404 tells whether a study exists: a reader's question.
-        _rule("GET HEAD", r"^/open$", READER),
+        # Deep links from an HIS: a browser opens them without a token. The handler
+        # looks studies up only for a reader; anyone else gets the same redirect
+        # whatever exists (web/open_link.py), so the answer tells nothing.
+        _rule("GET HEAD", r"^/open$", ANONYMOUS),
     ]
     if viewer:
         # Last: OHIF's shell (HTML, scripts, wasm, and its client-side routes, which the
