@@ -19,7 +19,7 @@ import orjson
 import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection, connect
-from websockets.typing import Subprotocol
+from websockets.typing import Origin, Subprotocol
 
 from dicomweb_server.services.credentials import hash_secret
 from dicomweb_server.services.subscriptions import SubscriptionService
@@ -327,6 +327,20 @@ def test_bad_ae_title_is_refused_at_the_handshake(pair: tuple[Server, Server]) -
         with pytest.raises(InvalidStatus) as refused:
             channel(a, bad)
         assert refused.value.response.status_code == 403
+
+
+def test_a_page_of_another_site_cannot_open_the_channel(pair: tuple[Server, Server]) -> None:
+    """Browsers send Origin: a page elsewhere must not ride on our credentials
+    (cross-site WebSocket hijacking); our own origin and non-browsers may connect."""
+    a, _ = pair
+    with pytest.raises(InvalidStatus) as refused:
+        connect(ws_url(a, "XSITE"), proxy=None, origin=Origin("http://evil.example"))
+    assert refused.value.response.status_code == 403
+    own = Origin(f"http://127.0.0.1:{a.port}")
+    with connect(ws_url(a, "XSITE"), proxy=None, origin=own, open_timeout=30) as ws:
+        assert silent(ws, 0.3)
+    audit = (a.data_dir / "audit" / "audit.jsonl").read_text()
+    assert "websocket from http://evil.example" in audit
 
 
 def test_the_server_keeps_serving_after_clients_vanish(

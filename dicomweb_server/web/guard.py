@@ -102,6 +102,22 @@ class SecurityMiddleware:
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         """WebSockets pass the same policy (as GET); refused ones are closed with 1008."""
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        if not self._origin_allowed(headers):
+            # Cross-site WebSocket hijacking: a page elsewhere could ride on credentials
+            # the browser holds for us (Basic); browsers always send Origin.
+            origin = headers.get("origin", "")[:200]
+            self._security_event(
+                scope["app"].state.services,
+                NOBODY,
+                scope["client"][0] if scope.get("client") else None,
+                {**scope, "method": "GET"},
+                403,
+                f"websocket from {origin}",
+                forbidden=True,
+            )
+            await receive()  # websocket.connect
+            await send({"type": "websocket.close", "code": 1008})
+            return
         required = policy.required_role(self.rules, "GET", scope["path"])
         try:
             principal = await self.auth.authenticate(headers) or NOBODY
@@ -117,6 +133,18 @@ class SecurityMiddleware:
             return
         scope.setdefault("state", {})["principal"] = principal
         await self.app(scope, receive, send)
+
+    def _origin_allowed(self, headers: dict[str, str]) -> bool:
+        """No Origin (not a browser), our own origin (the Host asked for), or a
+        configured CORS origin."""
+        origin = headers.get("origin")
+        if origin is None:
+            return True
+        allowed = set(self.settings.cors_origins) | set(self.settings.viewer_allowed_origins)
+        if origin.rstrip("/") in allowed:
+            return True
+        _, _, netloc = origin.partition("://")
+        return bool(netloc) and netloc.lower() == headers.get("host", "").lower()
 
     async def _run(
         self,
