@@ -430,36 +430,50 @@ def test_concurrent_claims_one_wins(index: SqlIndex) -> None:
     assert svc.get(uid).transaction_uid in txns
 
 
-def test_outputs_of_a_batch_are_one_write_of_the_workitem(
+def test_linking_never_rewrites_the_workitem(
     index: SqlIndex, rec: Recorder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A STOW batch of 64 instances links with one rewrite of the workitem, not 64:
-    each rewrite copies the whole Output Information Sequence."""
+    """Outputs are rows of their own: a study of a thousand images sent by C-STORE (one
+    link per image) must not rewrite the workitem's growing JSON each time."""
     store = SqlWorkitems(index)
     svc = WorkitemService(store, rec)
     uid = svc.create(order(accession="BATCH1")).uid
-    writes: list[str] = []
+    rewrites: list[str] = []
     modify = store.modify_workitem
 
     def counted(workitem_uid: str, change: Any) -> Any:
-        writes.append(workitem_uid)
+        rewrites.append(workitem_uid)
         return modify(workitem_uid, change)
 
     monkeypatch.setattr(store, "modify_workitem", counted)
     ct, study = "1.2.840.10008.5.1.4.1.1.2", "1.2.3"
     refs = [(study, f"1.2.3.{n % 2 + 1}", ct, f"1.2.3.9.{n}") for n in range(64)]
-    assert svc.add_outputs(uid, refs) == 64
-    assert writes == [uid]
+    assert svc.add_outputs(uid, refs[:60]) == 60
+    for ref in refs[60:]:
+        assert svc.add_output(uid, *ref)
+    assert rewrites == []
     # Again, with four already there, one repeated in the batch, and one new series.
-    again = [
-        *refs[:4],
-        (study, "1.2.3.3", ct, "1.2.3.9.100"),
-        (study, "1.2.3.3", ct, "1.2.3.9.100"),
-    ]
-    assert svc.add_outputs(uid, again) == 1
+    new = (study, "1.2.3.3", ct, "1.2.3.9.100")
+    assert svc.add_outputs(uid, [*refs[:4], new, new]) == 1
     assert svc.add_outputs(uid, refs[:10]) == 0
-    outputs = svc.get(uid).dataset["00741216"]["Value"][0]["00404033"]["Value"]
-    by_series = {o["0020000E"]["Value"][0]: o["00081199"]["Value"] for o in outputs}
+    assert not svc.add_output(uid, *refs[0])
+
+    def outputs_of(item_uid: str) -> dict[str, list[str]]:
+        outputs = svc.get(item_uid).dataset["00741216"]["Value"][0]["00404033"]["Value"]
+        return {
+            o["0020000E"]["Value"][0]: [r["00081155"]["Value"][0] for r in o["00081199"]["Value"]]
+            for o in outputs
+        }
+
+    by_series = outputs_of(uid)
     assert {k: len(v) for k, v in by_series.items()} == {"1.2.3.1": 32, "1.2.3.2": 32, "1.2.3.3": 1}
-    linked = [r["00081155"]["Value"][0] for v in by_series.values() for r in v]
-    assert len(linked) == len(set(linked)) == 65
+    assert len({s for v in by_series.values() for s in v}) == 65
+    # A change of state writes the workitem back: the outputs stay, once each.
+    monkeypatch.setattr(store, "modify_workitem", modify)
+    svc.claim(uid)
+    svc.finish(uid, COMPLETED)
+    assert outputs_of(uid) == by_series
+    (found,) = [w for w in svc.find(states=(COMPLETED,), accession_number="BATCH1")]
+    assert found.dataset == svc.get(uid).dataset
+    with pytest.raises(NotFound):
+        svc.add_outputs("1.2.3.404", refs[:1])

@@ -72,9 +72,9 @@ class WorkitemLoop:
             groups.setdefault(key, []).append(rec)
         for (kind, value), recs in groups.items():
             if kind == "accession":
-                items = self.workitems.find(states=LINKABLE, accession_number=value)
+                items = self.workitems.find(states=LINKABLE, accession_number=value, outputs=False)
             else:
-                items = self.workitems.find(states=LINKABLE, study_uid=value)
+                items = self.workitems.find(states=LINKABLE, study_uid=value, outputs=False)
             for item in items:
                 added = self.workitems.add_outputs(
                     item.uid,

@@ -30,7 +30,7 @@ from dicomweb_server.dicom.workitem_match import (
     parse_search,
     result,
 )
-from dicomweb_server.dicom.workitem_performed import OutputRef, merge_performed, with_outputs
+from dicomweb_server.dicom.workitem_performed import OutputRef, merge_performed
 from dicomweb_server.dicom.workitem_states import UpsConflict
 from dicomweb_server.errors import InvalidRequest, NotFound
 from dicomweb_server.services.workitem_events import (
@@ -322,6 +322,7 @@ class WorkitemService:
         study_uid: str | None = None,
         patient_id: str | None = None,
         limit: int | None = None,
+        outputs: bool = True,
     ) -> list[Workitem]:
         """Workitems by the order's keys (Accession Number and Study Instance UID from
         the Referenced Request Sequence or the top level), by scheduled start."""
@@ -332,6 +333,7 @@ class WorkitemService:
                 study_uid=study_uid,
                 patient_id=patient_id,
                 limit=limit,
+                outputs=outputs,
             )
         )
 
@@ -408,19 +410,10 @@ class WorkitemService:
         return self.add_outputs(uid, [(study_uid, series_uid, sop_class_uid, sop_instance_uid)]) > 0
 
     def add_outputs(self, uid: str, refs: Sequence[OutputRef]) -> int:
-        """``add_output`` for many instances in one write of the workitem; how many were
-        new (a batch of a STOW request costs one rewrite, not one per instance)."""
-        added: list[int] = []
-
-        def change(item: Workitem) -> Workitem | None:
-            dataset, count = with_outputs(item.dataset, refs)
-            if not count:
-                return None
-            added.append(count)
-            return Workitem(item.uid, item.state, item.transaction_uid, dataset)
-
-        self.store.modify_workitem(uid, change)
-        return sum(added)
+        """``add_output`` for many instances in one transaction; how many were new. The
+        store keeps outputs apart from the workitem's JSON, so linking costs the same
+        for the first image of a study and the thousandth (C-STORE links one by one)."""
+        return self.store.add_workitem_outputs(uid, refs)
 
 
 class _Unchanged(Exception):

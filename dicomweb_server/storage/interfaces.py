@@ -192,6 +192,9 @@ class WorkitemFilter:
     start_from: str | None = None
     start_to: str | None = None
     limit: int | None = None
+    # False: the workitems without their recorded outputs (cheaper when only the
+    # order's keys and state are wanted, e.g. to link arriving images).
+    outputs: bool = True
 
 
 class WorkitemStore(Protocol):
@@ -216,6 +219,12 @@ class WorkitemStore(Protocol):
 
     def find_workitems(self, where: WorkitemFilter) -> list[Workitem]:
         """Matching workitems by Scheduled Procedure Step Start DateTime, then UID."""
+        ...
+
+    def add_workitem_outputs(self, uid: str, refs: Sequence[tuple[str, str, str, str]]) -> int:
+        """Record (study, series, SOP class, SOP instance) UIDs as the workitem's outputs,
+        those not recorded yet, in one transaction; how many were new. Every workitem
+        read shows them in its Output Information Sequence. NotFound: no such workitem."""
         ...
 
 

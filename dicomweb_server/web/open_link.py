@@ -140,9 +140,16 @@ _FIND_KEYS = {
 async def _no_study(services: Services, name: str, value: str) -> Response:
     """No images: a 404 still, but one that says when the order exists and waits for
     its images, so the person who clicked the HIS link knows it is not a wrong link."""
-    criteria = {_FIND_KEYS[name]: value}
+    key = _FIND_KEYS[name]
     items = await anyio.to_thread.run_sync(
-        lambda: services.workitems.find(states=ALL_STATES, limit=5, **criteria)
+        lambda: services.workitems.find(
+            states=ALL_STATES,
+            limit=5,
+            outputs=False,
+            accession_number=value if key == "accession_number" else None,
+            study_uid=value if key == "study_uid" else None,
+            patient_id=value if key == "patient_id" else None,
+        )
     )
     if not items:
         return _page(404, "No study found", f"No study has {name} {value}.")

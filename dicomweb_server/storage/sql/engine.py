@@ -12,7 +12,7 @@ from sqlmodel import SQLModel
 
 from dicomweb_server.storage.sql import models
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 
 def is_sqlite(url: str) -> bool:
@@ -116,8 +116,13 @@ def _v7(conn: Connection) -> None:
     models.MppsStep.__table__.create(conn, checkfirst=True)  # type: ignore[attr-defined]
 
 
+def _v8(conn: Connection) -> None:
+    """Workitem outputs one row per instance (linking cost independent of study size)."""
+    models.WorkitemOutput.__table__.create(conn, checkfirst=True)  # type: ignore[attr-defined]
+
+
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
-    1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6, 7: _v7,
+    1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6, 7: _v7, 8: _v8,
 }  # fmt: skip
 
 

@@ -191,3 +191,21 @@ class MppsStep(SQLModel, table=True):
     # Incremented by every write: an N-SET applies to the version it read or not at all.
     version: int = Field(default=1)
     updated_at: float = Field(default=0.0)
+
+
+class WorkitemOutput(SQLModel, table=True):
+    """An instance recorded as a workitem's output (schema v8): one row each, so linking
+    the thousandth image of a C-STORE study is one insert, not a rewrite of the
+    workitem's whole Output Information Sequence. Reads merge the rows back into it."""
+
+    __tablename__ = "workitem_output"
+    __table_args__ = (
+        UniqueConstraint("workitem_uid", "sop_instance_uid", name="uq_workitem_output"),
+    )
+
+    pk: int | None = Field(default=None, primary_key=True)
+    workitem_uid: str = Field(index=True, max_length=64)
+    study_uid: str = Field(max_length=64)
+    series_uid: str = Field(max_length=64)
+    sop_class_uid: str = Field(max_length=64)
+    sop_instance_uid: str = Field(max_length=64)

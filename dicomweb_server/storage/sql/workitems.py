@@ -1,9 +1,15 @@
-"""UPS workitems in the index (table ``workitem``, schema v5): the WorkitemStore."""
+"""UPS workitems in the index (table ``workitem``, schema v5): the WorkitemStore.
+
+Outputs (instances linked to a workitem) are rows of ``workitem_output`` (schema v8),
+merged into the Output Information Sequence whenever a workitem is read: linking an
+image is one insert however many came before. A workitem written back after a change
+keeps the merged outputs in its JSON too; the merge skips what is already there.
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
@@ -12,12 +18,17 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from dicomweb_server.dicom.workitem import Workitem, index_keys
+from dicomweb_server.dicom.workitem_performed import OutputRef, with_outputs
 from dicomweb_server.errors import Conflict, NotFound
 from dicomweb_server.storage.interfaces import WorkitemFilter
 from dicomweb_server.storage.sql.index import SqlIndex
-from dicomweb_server.storage.sql.models import WorkitemRow
+from dicomweb_server.storage.sql.models import WorkitemOutput, WorkitemRow
 
 _T = WorkitemRow.__table__  # type: ignore[attr-defined]
+_O = WorkitemOutput.__table__  # type: ignore[attr-defined]
+_OUT_COLUMNS = (_O.c.study_uid, _O.c.series_uid, _O.c.sop_class_uid, _O.c.sop_instance_uid)
+# SQL parameters per IN list (SQLite allows 32766; PostgreSQL 65535).
+_CHUNK = 500
 
 
 def _columns(item: Workitem) -> dict[str, Any]:
@@ -35,13 +46,28 @@ def _columns(item: Workitem) -> dict[str, Any]:
     }
 
 
-def _workitem(row: Any) -> Workitem:
+def _workitem(row: Any, outputs: Sequence[OutputRef] = ()) -> Workitem:
+    dataset = orjson.loads(row.dataset)
+    if outputs:
+        dataset, _ = with_outputs(dataset, outputs)
     return Workitem(
-        uid=row.uid,
-        state=row.state,
-        transaction_uid=row.transaction_uid,
-        dataset=orjson.loads(row.dataset),
+        uid=row.uid, state=row.state, transaction_uid=row.transaction_uid, dataset=dataset
     )
+
+
+def _outputs(conn: Connection, uids: Sequence[str]) -> dict[str, list[OutputRef]]:
+    found: dict[str, list[OutputRef]] = {}
+    for start in range(0, len(uids), _CHUNK):
+        rows = conn.execute(
+            select(_O.c.workitem_uid, *_OUT_COLUMNS)
+            .where(_O.c.workitem_uid.in_(list(uids[start : start + _CHUNK])))
+            .order_by(_O.c.pk)
+        )
+        for row in rows:
+            found.setdefault(row.workitem_uid, []).append(
+                (row.study_uid, row.series_uid, row.sop_class_uid, row.sop_instance_uid)
+            )
+    return found
 
 
 _COLUMNS = (_T.c.uid, _T.c.state, _T.c.transaction_uid, _T.c.dataset)
@@ -71,7 +97,8 @@ class SqlWorkitems:
     def get_workitem(self, uid: str) -> Workitem | None:
         with self.index.read_engine.connect() as conn:
             row = conn.execute(select(*_COLUMNS).where(_T.c.uid == uid)).first()
-        return None if row is None else _workitem(row)
+            outputs = _outputs(conn, [uid]) if row is not None else {}
+        return None if row is None else _workitem(row, outputs.get(uid, ()))
 
     def modify_workitem(
         self, uid: str, change: Callable[[Workitem], Workitem | None]
@@ -82,7 +109,7 @@ class SqlWorkitems:
             row = conn.execute(select(*_COLUMNS).where(_T.c.uid == uid).with_for_update()).first()
             if row is None:
                 raise NotFound(f"workitem {uid} not found")
-            before = _workitem(row)
+            before = _workitem(row, _outputs(conn, [uid]).get(uid, ()))
             after = change(before)
             if after is None:
                 return before, before
@@ -114,4 +141,47 @@ class SqlWorkitems:
         if where.limit is not None:
             stmt = stmt.limit(where.limit)
         with self.index.read_engine.connect() as conn:
-            return [_workitem(row) for row in conn.execute(stmt)]
+            rows = list(conn.execute(stmt))
+            outputs = _outputs(conn, [row.uid for row in rows]) if where.outputs else {}
+        return [_workitem(row, outputs.get(row.uid, ())) for row in rows]
+
+    def add_workitem_outputs(self, uid: str, refs: Sequence[OutputRef]) -> int:
+        def work(conn: Connection) -> int:
+            if conn.execute(select(_T.c.uid).where(_T.c.uid == uid)).first() is None:
+                raise NotFound(f"workitem {uid} not found")
+            wanted: dict[str, OutputRef] = {}
+            for ref in refs:
+                wanted.setdefault(ref[3], ref)
+            sops = list(wanted)
+            known: set[str] = set()
+            for start in range(0, len(sops), _CHUNK):
+                known.update(
+                    conn.execute(
+                        select(_O.c.sop_instance_uid).where(
+                            _O.c.workitem_uid == uid,
+                            _O.c.sop_instance_uid.in_(sops[start : start + _CHUNK]),
+                        )
+                    ).scalars()
+                )
+            new = [wanted[s] for s in sops if s not in known]
+            if new:
+                conn.execute(
+                    _O.insert(),
+                    [
+                        {
+                            "workitem_uid": uid,
+                            "study_uid": study,
+                            "series_uid": series,
+                            "sop_class_uid": sop_class,
+                            "sop_instance_uid": sop,
+                        }
+                        for study, series, sop_class, sop in new
+                    ],
+                )
+                conn.execute(_T.update().where(_T.c.uid == uid).values(updated_at=time.time()))
+            return len(new)
+
+        try:
+            return int(self.index._write(work))
+        except IntegrityError:  # a concurrent link of the same instance won: retry once
+            return int(self.index._write(work))
