@@ -124,7 +124,9 @@ def test_policy_table() -> None:
     assert need("PUT", "/dicom-web/workitems/1/state") == policy.WRITER
     assert need("DELETE", "/dicom-web/studies/1") == policy.ADMIN
     assert need("GET", "/admin/modalities") == policy.ADMIN
-    assert need("GET", "/open") == policy.READER
+    # Anonymous; the handler looks studies up only for a reader (tests/test_web_auth.py).
+    assert need("GET", "/open") == policy.ANONYMOUS
+    assert need("POST", "/open") == policy.DENY
     assert need("GET", "/viewer") == policy.DENY  # no viewer: default deny
     with_viewer = policy.default_rules("/dicom-web", viewer=True)
     assert policy.required_role(with_viewer, "GET", "/viewer") == policy.ANONYMOUS
@@ -132,7 +134,7 @@ def test_policy_table() -> None:
     assert policy.required_role(with_viewer, "POST", "/viewer") == policy.DENY
     assert policy.required_role(with_viewer, "GET", "/dicom-web/studies") == policy.READER
     assert policy.required_role(with_viewer, "GET", "/admin/audit") == policy.ADMIN
-    assert policy.required_role(with_viewer, "GET", "/open") == policy.READER
+    assert policy.required_role(with_viewer, "GET", "/open") == policy.ANONYMOUS
     assert need("GET", "/wado") == policy.READER
     assert need("GET", "/dicom-webx/studies") == policy.DENY
     assert need("GET", "/") == policy.DENY
