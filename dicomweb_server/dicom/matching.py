@@ -276,7 +276,7 @@ def parse_condition(tag: int, raw: str, fuzzy: bool) -> Condition | None:
     return Condition(tag, Kind.SINGLE, (raw,))
 
 
-def _parse_bool(name: str, raw: str) -> bool:
+def parse_bool(name: str, raw: str) -> bool:
     """PS3.18 Table 8.3.4-1: fuzzymatching is 'true' or 'false'."""
     lowered = raw.strip().lower()
     if lowered == "true":
@@ -291,6 +291,34 @@ def _parse_count(name: str, raw: str) -> int:
     if not _COUNT_RE.match(raw):
         raise InvalidRequest(f"{name} must be a non-negative integer, not {raw!r}")
     return int(raw)
+
+
+def parse_limit(raw: str, max_limit: int | None, warnings: list[str]) -> int:
+    """``limit``, cut to ``max_limit`` with the warning the response carries."""
+    limit = _parse_count("limit", raw)
+    if max_limit is not None and limit > max_limit:
+        warnings.append(
+            f"The limit {limit} exceeds the maximum of {max_limit}; "
+            f"at most {max_limit} results are returned"
+        )
+        return max_limit
+    return limit
+
+
+def parse_offset(raw: str) -> int:
+    return min(_parse_count("offset", raw), _MAX_OFFSET)
+
+
+def parse_includefield(raw: str) -> tuple[bool, list[int]]:
+    """PS3.18 8.3.4.3: a comma-separated list, repeatable, or 'all'; (all, top tags)."""
+    everything, tags = False, []
+    for item in _split_values(raw):
+        item = item.strip()
+        if item == "all":
+            everything = True
+        elif item:
+            tags.append(parse_attribute_path(item)[0])
+    return everything, tags
 
 
 def _scope_level(scope: Sequence[Condition]) -> Level | None:
@@ -337,7 +365,7 @@ def parse_query(
             raise InvalidRequest("query parameters must not contain NUL characters")
     fuzzy_values = [v for n, v in params if n.lower() == "fuzzymatching"]
     if fuzzy_values:
-        query.fuzzy = _parse_bool("fuzzymatching", fuzzy_values[-1])
+        query.fuzzy = parse_bool("fuzzymatching", fuzzy_values[-1])
     # The path's UIDs restrict the search; a matching key for the same attribute is
     # applied as well (both must match).
     query.conditions.extend(scope)
@@ -345,27 +373,17 @@ def parse_query(
     for name, raw in params:
         lowered = name.lower()
         if lowered == "limit":
-            query.limit = _parse_count("limit", raw)
-            if query.limit > max_limit:
-                query.warnings.append(
-                    f"The limit {query.limit} exceeds the maximum of {max_limit}; "
-                    f"at most {max_limit} results are returned"
-                )
-                query.limit = max_limit
+            query.limit = parse_limit(raw, max_limit, query.warnings)
             continue
         if lowered == "offset":
-            query.offset = min(_parse_count("offset", raw), _MAX_OFFSET)
+            query.offset = parse_offset(raw)
             continue
         if lowered == "fuzzymatching" or name in TRANSACTION_PARAMS:
             continue
         if lowered == "includefield":
-            # PS3.18 8.3.4.3: a comma-separated list, repeatable, or 'all'.
-            for item in _split_values(raw):
-                item = item.strip()
-                if item == "all":
-                    query.include_all = True
-                elif item:
-                    query.includefields.add(parse_attribute_path(item)[0])
+            everything, fields = parse_includefield(raw)
+            query.include_all |= everything
+            query.includefields.update(fields)
             continue
         if "." in name:
             # Sequence matching (C.2.2.2.6) is not indexed: ignore it, return the sequence.

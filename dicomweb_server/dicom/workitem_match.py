@@ -27,14 +27,20 @@ from typing import Any
 
 from dicomweb_server.dicom.attributes import keyword_of, parse_attribute_path, tag_hex, vr_of
 from dicomweb_server.dicom.ingest import normalize_name, normalize_time
-from dicomweb_server.dicom.matching import Condition, Kind, parse_condition
+from dicomweb_server.dicom.matching import (
+    TRANSACTION_PARAMS,
+    Condition,
+    Kind,
+    parse_bool,
+    parse_condition,
+    parse_includefield,
+    parse_limit,
+    parse_offset,
+)
 from dicomweb_server.dicom.workitem import TRANSACTION_UID, normalize_dt, values
 from dicomweb_server.errors import InvalidRequest
 
-_CONTROL = frozenset({"limit", "offset", "fuzzymatching", "includefield"})
-_TRANSACTION = frozenset({"accept", "charset"})
 _DT_RE = re.compile(r"^[0-9]{4,14}(\.[0-9]{1,6})?([+-][0-9]{4})?$")
-MAX_OFFSET = 2**62
 
 
 @dataclass
@@ -61,12 +67,6 @@ class WorkitemQuery:
             if cond_path == (key,) and cond.kind is Kind.RANGE and vr_of(cond.tag) == "DT":
                 return cond.values[0], cond.values[1]
         return None
-
-
-def _count(name: str, raw: str) -> int:
-    if not raw.isdigit():
-        raise InvalidRequest(f"{name} must be a non-negative integer, not {raw!r}")
-    return int(raw)
 
 
 def _dt_condition(tag: int, raw: str) -> Condition:
@@ -104,34 +104,22 @@ def parse_search(
         if "\x00" in name or "\x00" in raw:
             raise InvalidRequest("query parameters must not contain NUL characters")
         if name.lower() == "fuzzymatching":
-            lowered = raw.strip().lower()
-            if lowered not in ("true", "false"):
-                raise InvalidRequest(f"fuzzymatching must be true or false, not {raw!r}")
-            query.fuzzy = lowered == "true"
+            query.fuzzy = parse_bool("fuzzymatching", raw)
     seen: set[tuple[str, ...]] = set()
     for name, raw in flat:
         lowered = name.lower()
         if lowered == "limit":
-            query.limit = _count("limit", raw)
-            if max_limit is not None and query.limit > max_limit:
-                query.warnings.append(
-                    f"The limit {query.limit} exceeds the maximum of {max_limit}; "
-                    f"at most {max_limit} results are returned"
-                )
-                query.limit = max_limit
+            query.limit = parse_limit(raw, max_limit, query.warnings)
             continue
         if lowered == "offset":
-            query.offset = min(_count("offset", raw), MAX_OFFSET)
+            query.offset = parse_offset(raw)
             continue
-        if lowered == "fuzzymatching" or lowered in _TRANSACTION:
+        if lowered == "fuzzymatching" or lowered in TRANSACTION_PARAMS:
             continue
         if lowered == "includefield":
-            for item in re.split(r"[,\\]", raw):
-                item = item.strip()
-                if item == "all":
-                    query.include_all = True
-                elif item:
-                    query.includefields.add(tag_hex(parse_attribute_path(item)[0]))
+            everything, fields = parse_includefield(raw)
+            query.include_all |= everything
+            query.includefields.update(tag_hex(t) for t in fields)
             continue
         tags = parse_attribute_path(name)
         path = tuple(tag_hex(t) for t in tags)
