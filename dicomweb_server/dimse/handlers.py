@@ -150,15 +150,28 @@ def on_find(event: Event, gateway: Gateway) -> Iterator[tuple[int | Dataset, Dat
         yield status.with_comment(status.NOT_AUTHORIZED, "this AE may not query"), None
         return
     settings = gateway.services.settings
-    try:
+
+    def answers() -> Iterator[Dataset]:
         dimse_audit.queried(gateway.services, event, event.identifier)
         ident = q.parse_identifier(event.identifier, _model(event))
-        matches = q.search(gateway.services.query, ident, settings.qido_match_empty)
-        for item in matches:
+        for item in q.search(gateway.services.query, ident, settings.qido_match_empty):
+            yield q.render(item, ident, gateway.aet)
+
+    yield from find_responses(event, answers(), "C-FIND")
+
+
+def find_responses(
+    event: Event, answers: Iterator[Dataset], what: str
+) -> Iterator[tuple[int | Dataset, Dataset | None]]:
+    """The C-FIND response stream (PS3.4 C.4.1.1.4, PS3.7 9.1.2.1.6): a pending response
+    per answer until C-CANCEL (FE00), then success; a bad identifier A900, no space
+    A700, anything else C000, the association living on."""
+    try:
+        for answer in answers:
             if event.is_cancelled:
                 yield status.CANCEL, None
                 return
-            yield status.PENDING, q.render(item, ident, gateway.aet)
+            yield status.PENDING, answer
     except InvalidRequest as exc:
         yield status.with_comment(status.IDENTIFIER_DOES_NOT_MATCH, exc.message), None
         return
@@ -166,7 +179,7 @@ def on_find(event: Event, gateway: Gateway) -> Iterator[tuple[int | Dataset, Dat
         yield status.with_comment(status.OUT_OF_RESOURCES, exc.message), None
         return
     except Exception as exc:
-        log.exception("C-FIND failed")
+        log.exception("%s failed", what)
         yield status.with_comment(status.UNABLE_TO_PROCESS, type(exc).__name__), None
         return
     yield status.SUCCESS, None

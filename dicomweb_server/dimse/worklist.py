@@ -20,8 +20,7 @@ from pynetdicom.events import Event
 from dicomweb_server.dicom import mwl
 from dicomweb_server.dimse import audit as dimse_audit
 from dicomweb_server.dimse import status
-from dicomweb_server.dimse.handlers import Gateway, _permitted
-from dicomweb_server.errors import InvalidRequest
+from dicomweb_server.dimse.handlers import Gateway, _permitted, find_responses
 from dicomweb_server.services.workitems import WorkitemService
 
 log = logging.getLogger(__name__)
@@ -99,19 +98,11 @@ def on_find(event: Event, gateway: Gateway) -> Iterator[tuple[int | Dataset, Dat
         yield status.with_comment(status.NOT_AUTHORIZED, "this AE may not query"), None
         return
     services = gateway.services
-    try:
+
+    def answers() -> Iterator[Dataset]:
         dimse_audit.queried(services, event, _flat(event.identifier), "MWL C-FIND")
         query = mwl.parse(event.identifier)
         for entry in entries(services.workitems, query, services.settings.qido_match_empty):
-            if event.is_cancelled:
-                yield status.CANCEL, None
-                return
-            yield status.PENDING, response(query, entry)
-    except InvalidRequest as exc:
-        yield status.with_comment(status.IDENTIFIER_DOES_NOT_MATCH, exc.message), None
-        return
-    except Exception as exc:
-        log.exception("MWL C-FIND failed")
-        yield status.with_comment(status.UNABLE_TO_PROCESS, type(exc).__name__), None
-        return
-    yield status.SUCCESS, None
+            yield response(query, entry)
+
+    yield from find_responses(event, answers(), "MWL C-FIND")
