@@ -1,23 +1,15 @@
 """Imaging orders as workitem datasets (DICOM JSON), in the shape all of issue #5
 agreed on: Modality in ScheduledStationClassCodeSequence, the station's AE title in
-ScheduledStationNameCodeSequence, the order in ReferencedRequestSequence."""
+ScheduledStationNameCodeSequence, the order in ReferencedRequestSequence.
+
+Unlike ``tests.upsgen.order``, the Study Instance UID and the Scheduled Procedure Step
+ID are left out unless given: the worklist tests check what is derived without them."""
 
 from __future__ import annotations
 
 from typing import Any
 
-
-def _v(vr: str, *values: Any) -> dict[str, Any]:
-    return {"vr": vr, "Value": list(values)} if values else {"vr": vr}
-
-
-def _code(value: str, scheme: str, meaning: str) -> dict[str, Any]:
-    return {
-        "00080100": _v("SH", value),
-        "00080102": _v("SH", scheme),
-        "00080104": _v("LO", meaning),
-    }
-
+from tests.upsgen import code, el
 
 MEANINGS = {"CT": "Computed Tomography", "MR": "Magnetic Resonance", "DX": "Digital Radiography"}
 
@@ -42,27 +34,27 @@ def order(
     priority: str = "MEDIUM",
 ) -> dict[str, Any]:
     request: dict[str, Any] = {
-        "00080050": _v("SH", accession),
-        "00401001": _v("SH", requested_procedure_id),
-        "00321060": _v("LO", requested_description),
-        "00321032": _v("PN", {"Alphabetic": "Kildare^James"}),
+        "00080050": el("SH", accession),
+        "00401001": el("SH", requested_procedure_id),
+        "00321060": el("LO", requested_description),
+        "00321032": el("PN", {"Alphabetic": "Kildare^James"}),
     }
     if study_uid:
-        request["0020000D"] = _v("UI", study_uid)
+        request["0020000D"] = el("UI", study_uid)
     data: dict[str, Any] = {
-        "00100010": _v("PN", {"Alphabetic": patient_name}),
-        "00100020": _v("LO", patient_id),
-        "00100030": _v("DA", birth_date),
-        "00100040": _v("CS", sex),
-        "00080090": _v("PN", {"Alphabetic": referring}),
-        "00404005": _v("DT", start),
-        "00741204": _v("LO", label),
-        "00741200": _v("CS", priority),
-        "00404041": _v("CS", "READY"),
-        "0040A370": _v("SQ", request),
-        "00404026": _v("SQ", _code(modality, "DCM", MEANINGS.get(modality, modality))),
-        "00404025": _v("SQ", _code(station_aet, "99DCMWEB", station_name)),
+        "00100010": el("PN", {"Alphabetic": patient_name}),
+        "00100020": el("LO", patient_id),
+        "00100030": el("DA", birth_date),
+        "00100040": el("CS", sex),
+        "00080090": el("PN", {"Alphabetic": referring}),
+        "00404005": el("DT", start),
+        "00741204": el("LO", label),
+        "00741200": el("CS", priority),
+        "00404041": el("CS", "READY"),
+        "0040A370": el("SQ", request),
+        "00404026": el("SQ", code(modality, "DCM", MEANINGS.get(modality, modality))),
+        "00404025": el("SQ", code(station_aet, "99DCMWEB", station_name)),
     }
     if step_id:
-        data["00400009"] = _v("SH", step_id)
+        data["00400009"] = el("SH", step_id)
     return data

@@ -5,37 +5,23 @@ from __future__ import annotations
 from pydicom.dataset import Dataset
 
 from dicomweb_server.dicom import mpps
+from tests.mppsgen import started
 
 STUDY = "1.2.826.0.1.3680043.8.498.10"
 
 
 def created(**changes: object) -> Dataset:
     """An N-CREATE attribute list as a modality sends it (Table F.7.2-1)."""
-    ds = Dataset()
-    step = Dataset()
-    step.StudyInstanceUID = STUDY
-    step.AccessionNumber = "ACC-9"
-    step.ScheduledProcedureStepID = "SPS-9"
-    step.RequestedProcedureID = "RP-9"
-    ds.ScheduledStepAttributesSequence = [step]
-    ds.PatientName, ds.PatientID = "Doe^Jane", "P9"
-    ds.PerformedProcedureStepID = "PPS-1"
-    ds.PerformedStationAETitle = "CT01"
-    ds.PerformedStationName = "CT room 1"
-    ds.PerformedProcedureStepStartDate = "20261125"
-    ds.PerformedProcedureStepStartTime = "093500"
-    ds.PerformedProcedureStepStatus = "IN PROGRESS"
-    ds.PerformedProcedureStepDescription = "CT head"
-    ds.Modality = "CT"
-    ds.PerformedProcedureStepEndDate = None
-    ds.PerformedProcedureStepEndTime = None
-    ds.PerformedSeriesSequence = []
-    for keyword, value in changes.items():
-        if value is ...:
-            delattr(ds, keyword)
-        else:
-            setattr(ds, keyword, value)
-    return ds
+    return started(
+        "ACC-9",
+        STUDY,
+        "SPS-9",
+        requested_procedure_id="RP-9",
+        PatientName="Doe^Jane",
+        PatientID="P9",
+        PerformedProcedureStepID="PPS-1",
+        **changes,
+    )
 
 
 def final(status: str = "COMPLETED") -> Dataset:

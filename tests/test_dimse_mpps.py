@@ -21,6 +21,7 @@ from dicomweb_server.storage.sql.index import SqlIndex
 from dicomweb_server.storage.sql.mpps import SqlMpps
 from tests.conftest import BACKENDS, Server, SmallFs, http, make_database_url, start_server
 from tests.dicomgen import make_dataset, uid
+from tests.mppsgen import ended, started
 from tests.orders import order
 
 MPPS = "1.2.840.10008.3.1.2.3.3"
@@ -79,61 +80,6 @@ def assoc(site: Site) -> Iterator[Any]:
     association.release()
 
 
-def started(accession: str, study: str = "", step_id: str = "") -> Dataset:
-    """The N-CREATE attribute list a modality sends when the exam starts."""
-    ds = Dataset()
-    ds.SpecificCharacterSet = "ISO_IR 100"
-    item = Dataset()
-    item.StudyInstanceUID = study or uid()
-    item.AccessionNumber = accession
-    item.ScheduledProcedureStepID = step_id
-    item.RequestedProcedureID = "RP-1"
-    ds.ScheduledStepAttributesSequence = [item]
-    ds.PatientName, ds.PatientID = "Doe^John", "PID-1"
-    ds.PerformedProcedureStepID = "PPS-" + accession[-6:]
-    ds.PerformedStationAETitle = "CT01"
-    ds.PerformedStationName = "CT room 1"
-    ds.PerformedProcedureStepStartDate = "20261125"
-    ds.PerformedProcedureStepStartTime = "093500"
-    ds.PerformedProcedureStepStatus = "IN PROGRESS"
-    ds.PerformedProcedureStepDescription = "CT head"
-    ds.Modality = "CT"
-    ds.PerformedProcedureStepEndDate = None
-    ds.PerformedProcedureStepEndTime = None
-    ds.PerformedSeriesSequence = []
-    return ds
-
-
-def ended(status: str, study: str, images: int = 2) -> Dataset:
-    """The N-SET modification list that ends the exam."""
-    ds = Dataset()
-    ds.PerformedProcedureStepStatus = status
-    ds.PerformedProcedureStepEndDate = "20261125"
-    ds.PerformedProcedureStepEndTime = "094500"
-    series = Dataset()
-    series.SeriesInstanceUID = uid()
-    series.PerformingPhysicianName = ""
-    series.ProtocolName = "Head"
-    series.OperatorsName = ""
-    series.SeriesDescription = "Axial"
-    series.RetrieveAETitle = ""
-    refs = []
-    for _ in range(images):
-        ref = Dataset()
-        ref.ReferencedSOPClassUID = CT_IMAGE_STORAGE
-        ref.ReferencedSOPInstanceUID = uid()
-        refs.append(ref)
-    series.ReferencedImageSequence = refs
-    series.ReferencedNonImageCompositeSOPInstanceSequence = []
-    ds.PerformedSeriesSequence = [series]
-    if status == "DISCONTINUED":
-        reason = Dataset()
-        reason.CodeValue, reason.CodingSchemeDesignator = "110514", "DCM"
-        reason.CodeMeaning = "Incorrect worklist entry selected"
-        ds.PerformedProcedureStepDiscontinuationReasonCodeSequence = [reason]
-    return ds
-
-
 def create(assoc: Any, ds: Dataset, instance: str | None = None) -> tuple[int, Any]:
     status, _ = assoc.send_n_create(ds, MPPS, instance)
     return int(status.Status), status
@@ -153,7 +99,7 @@ def test_completed_step_moves_the_workitem_through_in_progress_to_completed(
     code, _ = create(assoc, started(accession, study), step)
     assert code == 0x0000
     assert site.state(workitem) == "IN PROGRESS"
-    end = ended("COMPLETED", study)
+    end = ended("COMPLETED")
     assert n_set(assoc, step, end).Status == 0x0000
     assert site.state(workitem) == "COMPLETED"
     ds = site.dataset(workitem)
@@ -182,7 +128,7 @@ def test_discontinued_step_cancels_the_workitem(site: Site, assoc: Any) -> None:
     step = uid()
     assert create(assoc, started(accession), step)[0] == 0x0000
     assert site.state(workitem) == "IN PROGRESS"
-    assert n_set(assoc, step, ended("DISCONTINUED", uid())).Status == 0x0000
+    assert n_set(assoc, step, ended("DISCONTINUED")).Status == 0x0000
     assert site.state(workitem) == "CANCELED"
 
 
@@ -200,9 +146,9 @@ def test_a_finished_step_cannot_be_set_again(site: Site, assoc: Any) -> None:
     workitem, accession = site.schedule("TWICE")
     step = uid()
     assert create(assoc, started(accession), step)[0] == 0x0000
-    assert n_set(assoc, step, ended("COMPLETED", uid())).Status == 0x0000
+    assert n_set(assoc, step, ended("COMPLETED")).Status == 0x0000
     before = site.services.workitems.get(workitem)
-    again = n_set(assoc, step, ended("DISCONTINUED", uid()))
+    again = n_set(assoc, step, ended("DISCONTINUED"))
     assert again.Status == 0x0110
     assert again.ErrorID == 0xA710
     assert site.services.workitems.get(workitem) == before
@@ -219,10 +165,10 @@ def test_illegal_n_sets_are_refused_and_change_nothing(site: Site, assoc: Any) -
     incomplete.PerformedProcedureStepStatus = "COMPLETED"
     assert n_set(assoc, step, incomplete).Status == 0x0121  # no end date, time, series
     assert site.state(workitem) == "IN PROGRESS"
-    assert n_set(assoc, uid(), ended("COMPLETED", uid())).Status == 0x0112
-    assert n_set(assoc, "1.2.3.4.99999.0", ended("COMPLETED", uid())).Status == 0x0112
+    assert n_set(assoc, uid(), ended("COMPLETED")).Status == 0x0112
+    assert n_set(assoc, "1.2.3.4.99999.0", ended("COMPLETED")).Status == 0x0112
     # Still IN PROGRESS, so the proper end is accepted.
-    assert n_set(assoc, step, ended("COMPLETED", uid())).Status == 0x0000
+    assert n_set(assoc, step, ended("COMPLETED")).Status == 0x0000
     assert site.state(workitem) == "COMPLETED"
 
 
@@ -248,7 +194,7 @@ def test_unscheduled_step_is_recorded_and_the_scp_names_it(site: Site, assoc: An
     # No instance UID in the request: the N-CREATE-RSP names the one created.
     step = str(commands[-1].AffectedSOPInstanceUID)
     assert step and site.services.mpps.get(step) is not None  # in the index, shared
-    assert n_set(assoc, step, ended("COMPLETED", uid())).Status == 0x0000
+    assert n_set(assoc, step, ended("COMPLETED")).Status == 0x0000
 
 
 def test_mpps_changes_are_audited(site: Site, assoc: Any) -> None:
@@ -280,7 +226,7 @@ def test_an_ae_without_the_operations_is_refused(site: Site) -> None:
 
 def test_a_malformed_instance_uid_is_refused_and_nothing_recorded(site: Site) -> None:
     service = site.services.mpps
-    outcome = service.set("../secret", ended("COMPLETED", uid()))
+    outcome = service.set("../secret", ended("COMPLETED"))
     assert outcome.refusal is not None and outcome.refusal.status == 0x0112
     refused = service.create("../secret", started(f"{site.tag}-PATH"), "CT01")
     assert refused.refusal is not None and refused.refusal.status == 0x0117
@@ -295,7 +241,7 @@ def test_of_two_n_sets_read_at_once_one_applies(site: Site) -> None:
     assert service.create(step, started(accession), "CT01").refusal is None
     stale = service.store.get_step(step)
     assert stale is not None
-    assert service.set(step, ended("DISCONTINUED", uid())).refusal is None
+    assert service.set(step, ended("DISCONTINUED")).refusal is None
     assert not service.store.replace_step(step, "IN PROGRESS", stale[0], stale[1])
     record = service.get(step)
     assert record is not None and record.status == "DISCONTINUED"
@@ -314,7 +260,7 @@ def test_one_step_for_two_orders_claims_both(site: Site, assoc: Any) -> None:
     step = uid()
     assert create(assoc, ds, step)[0] == 0x0000
     assert (site.state(first), site.state(second)) == ("IN PROGRESS", "IN PROGRESS")
-    assert n_set(assoc, step, ended("COMPLETED", uid())).Status == 0x0000
+    assert n_set(assoc, step, ended("COMPLETED")).Status == 0x0000
     assert (site.state(first), site.state(second)) == ("COMPLETED", "COMPLETED")
 
 
@@ -329,12 +275,12 @@ def test_progress_n_set_keeps_the_step_open(site: Site, assoc: Any) -> None:
     workitem, accession = site.schedule("PROGRESS")
     step = uid()
     assert create(assoc, started(accession), step)[0] == 0x0000
-    progress = ended("IN PROGRESS", uid())
+    progress = ended("IN PROGRESS")
     progress.PerformedProcedureStepEndDate = None
     progress.PerformedProcedureStepEndTime = None
     assert n_set(assoc, step, progress).Status == 0x0000
     assert site.state(workitem) == "IN PROGRESS"
-    assert n_set(assoc, step, ended("COMPLETED", uid())).Status == 0x0000
+    assert n_set(assoc, step, ended("COMPLETED")).Status == 0x0000
     assert site.state(workitem) == "COMPLETED"
 
 
@@ -384,16 +330,7 @@ def test_a_modality_day(site: Site) -> None:
         ]
         for image in images:
             assert modality.send_c_store(image).Status == 0x0000
-        end = ended("COMPLETED", study, images=0)
-        end.PerformedSeriesSequence[0].SeriesInstanceUID = images[0].SeriesInstanceUID
-        refs = []
-        for image in images:
-            ref = Dataset()
-            ref.ReferencedSOPClassUID = image.SOPClassUID
-            ref.ReferencedSOPInstanceUID = image.SOPInstanceUID
-            refs.append(ref)
-        end.PerformedSeriesSequence[0].ReferencedImageSequence = refs
-        assert n_set(modality, step, end).Status == 0x0000
+        assert n_set(modality, step, ended("COMPLETED", images)).Status == 0x0000
     finally:
         modality.release()
 
@@ -457,7 +394,7 @@ def test_the_n_set_may_reach_another_server_process(
             on_a.release()
         on_b = _associate(site_b, "CT01")
         try:
-            assert n_set(on_b, step, ended("COMPLETED", uid())).Status == 0x0000
+            assert n_set(on_b, step, ended("COMPLETED")).Status == 0x0000
         finally:
             on_b.release()
         assert site_a.state(workitem) == "COMPLETED"

@@ -35,6 +35,7 @@ from websockets.sync.client import ClientConnection, connect
 from tests.conftest import BACKENDS, Server, free_port, http, make_database_url, start_server
 from tests.dicomgen import make_dataset, uid
 from tests.hl7samples import orm
+from tests.mppsgen import ended, started
 
 MWL_FIND = "1.2.840.10008.5.1.4.31"
 MPPS = "1.2.840.10008.3.1.2.3.3"
@@ -111,45 +112,17 @@ def worklist_query(station: str) -> Dataset:
 
 
 def step_started(entry: Dataset) -> Dataset:
-    ds = Dataset()
-    ds.SpecificCharacterSet = "ISO_IR 100"
-    item = Dataset()
-    item.StudyInstanceUID = entry.StudyInstanceUID
-    item.AccessionNumber = entry.AccessionNumber
-    item.ScheduledProcedureStepID = entry.ScheduledProcedureStepSequence[0].ScheduledProcedureStepID
-    item.RequestedProcedureID = entry.RequestedProcedureID
-    ds.ScheduledStepAttributesSequence = [item]
-    ds.PatientName, ds.PatientID = entry.PatientName, entry.PatientID
-    ds.PerformedProcedureStepID = "PPS-E2E"
-    ds.PerformedStationAETitle = "MR01"
-    ds.PerformedProcedureStepStartDate = "20261125"
-    ds.PerformedProcedureStepStartTime = "101700"
-    ds.PerformedProcedureStepStatus = "IN PROGRESS"
-    ds.Modality = "MR"
-    ds.PerformedProcedureStepEndDate = ds.PerformedProcedureStepEndTime = None
-    ds.PerformedSeriesSequence = []
-    return ds
-
-
-def step_completed(images: list[Dataset]) -> Dataset:
-    ds = Dataset()
-    ds.PerformedProcedureStepStatus = "COMPLETED"
-    ds.PerformedProcedureStepEndDate = "20261125"
-    ds.PerformedProcedureStepEndTime = "103000"
-    series = Dataset()
-    series.SeriesInstanceUID = images[0].SeriesInstanceUID
-    series.PerformingPhysicianName = series.OperatorsName = series.RetrieveAETitle = ""
-    series.ProtocolName, series.SeriesDescription = "Knee", "Sagittal"
-    refs = []
-    for image in images:
-        ref = Dataset()
-        ref.ReferencedSOPClassUID = image.SOPClassUID
-        ref.ReferencedSOPInstanceUID = image.SOPInstanceUID
-        refs.append(ref)
-    series.ReferencedImageSequence = refs
-    series.ReferencedNonImageCompositeSOPInstanceSequence = []
-    ds.PerformedSeriesSequence = [series]
-    return ds
+    """MPPS N-CREATE with what the worklist entry gave."""
+    return started(
+        str(entry.AccessionNumber),
+        str(entry.StudyInstanceUID),
+        str(entry.ScheduledProcedureStepSequence[0].ScheduledProcedureStepID),
+        requested_procedure_id=str(entry.RequestedProcedureID),
+        PatientName=entry.PatientName,
+        PatientID=entry.PatientID,
+        PerformedStationAETitle="MR01",
+        Modality="MR",
+    )
 
 
 def studies_by_accession(server: Server, accession: str) -> list[dict[str, Any]]:
@@ -216,7 +189,7 @@ def test_order_to_image_loop(hospital: tuple[Server, int]) -> None:
             ]
             for image in images:
                 assert modality.send_c_store(image).Status == 0x0000
-            status, _ = modality.send_n_set(step_completed(images), MPPS, step)
+            status, _ = modality.send_n_set(ended("COMPLETED", images), MPPS, step)
             assert status.Status == 0x0000
         finally:
             modality.release()
