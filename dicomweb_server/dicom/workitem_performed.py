@@ -50,9 +50,15 @@ def with_output(
 
 def with_outputs(dataset: dict[str, Any], refs: Sequence[OutputRef]) -> tuple[dict[str, Any], int]:
     """``dataset`` with every instance of ``refs`` not yet referenced added (see
-    ``with_output``), and how many were added. One copy and one pass however many:
-    a study of a thousand images is linked batch by batch, not image by image."""
+    ``with_output``), and how many were added; ``dataset`` itself is left as it was."""
     out = copy.deepcopy(dataset)
+    added = merge_outputs(out, refs)
+    return (out, added) if added else (dataset, 0)
+
+
+def merge_outputs(out: dict[str, Any], refs: Sequence[OutputRef]) -> int:
+    """Add to ``out`` in place the instances of ``refs`` it does not reference yet; how
+    many. One pass however many (a store that keeps outputs apart merges them on read)."""
     performed = w.items(out, w.PERFORMED_PROCEDURE_SEQUENCE)
     item = performed[0] if performed else {}
     outputs = w.items(item, w.OUTPUT_INFORMATION_SEQUENCE)
@@ -87,11 +93,14 @@ def with_outputs(dataset: dict[str, Any], refs: Sequence[OutputRef]) -> tuple[di
             }
         )
     if not added:
-        return dataset, 0
+        return 0
     for key, new_refs in added.items():
         target = by_series[key]
         refs_now = w.items(target, w.REFERENCED_SOP_SEQUENCE)
         target[w.REFERENCED_SOP_SEQUENCE] = w.element("SQ", *refs_now, *new_refs)
     item[w.OUTPUT_INFORMATION_SEQUENCE] = w.element("SQ", *[w.sort_keys(o) for o in outputs])
     out[w.PERFORMED_PROCEDURE_SEQUENCE] = w.element("SQ", w.sort_keys(item))
-    return w.sort_keys(out), sum(len(r) for r in added.values())
+    ordered = w.sort_keys(out)
+    out.clear()
+    out.update(ordered)
+    return sum(len(r) for r in added.values())

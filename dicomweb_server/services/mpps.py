@@ -76,11 +76,12 @@ class MppsService:
         self.store = store
 
     def get(self, uid: str) -> MppsRecord | None:
-        found = self.store.get_step(uid) if is_valid_uid(uid) else None
-        return None if found is None else MppsRecord(**json.loads(found[0]))
+        found = self._read(uid)
+        return None if found is None else found[0]
 
     def _read(self, uid: str) -> tuple[MppsRecord, int] | None:
-        found = self.store.get_step(uid)
+        """The step and its version; None for an unknown or malformed UID."""
+        found = self.store.get_step(uid) if is_valid_uid(uid) else None
         return None if found is None else (MppsRecord(**json.loads(found[0])), found[1])
 
     def create(self, uid: str | None, ds: Dataset | None, creator: str) -> MppsOutcome:
@@ -115,7 +116,7 @@ class MppsService:
 
     def set(self, uid: str, changes: Dataset | None) -> MppsOutcome:
         """N-SET (PS3.4 F.7.2.2.3); a final status finishes the linked workitems."""
-        found = self._read(uid) if is_valid_uid(uid) else None
+        found = self._read(uid)
         if found is None:
             return MppsOutcome(Refusal(mpps.NO_SUCH_OBJECT_INSTANCE, "no such step"))
         record, version = found

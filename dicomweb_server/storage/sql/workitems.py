@@ -18,7 +18,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from dicomweb_server.dicom.workitem import Workitem, index_keys
-from dicomweb_server.dicom.workitem_performed import OutputRef, with_outputs
+from dicomweb_server.dicom.workitem_performed import OutputRef, merge_outputs
 from dicomweb_server.errors import Conflict, NotFound
 from dicomweb_server.storage.interfaces import WorkitemFilter
 from dicomweb_server.storage.sql.index import SqlIndex
@@ -49,7 +49,7 @@ def _columns(item: Workitem) -> dict[str, Any]:
 def _workitem(row: Any, outputs: Sequence[OutputRef] = ()) -> Workitem:
     dataset = orjson.loads(row.dataset)
     if outputs:
-        dataset, _ = with_outputs(dataset, outputs)
+        merge_outputs(dataset, outputs)  # freshly parsed: ours to change in place
     return Workitem(
         uid=row.uid, state=row.state, transaction_uid=row.transaction_uid, dataset=dataset
     )
