@@ -211,3 +211,42 @@ def test_put_file_survives_a_concurrent_folder_removal(
     store.put_file("ab/st/se/x.dcm", source)
     assert calls == 2
     assert (tmp_path / "blobs" / "ab" / "st" / "se" / "x.dcm").read_bytes() == b"data"
+
+
+def test_put_files_syncs_each_changed_folder_once_per_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A study's instances share folders: a batch fsyncs each file, then each folder
+    whose entries changed once, not once per file."""
+    store = FileBlobStore(tmp_path)
+    sources = [_spooled(store, b"x", f"p{i}") for i in range(5)]
+    synced: list[str] = []
+    real_fsync_dir = blob_fs.fsync_dir
+    monkeypatch.setattr(
+        blob_fs, "fsync_dir", lambda path: (synced.append(str(path)), real_fsync_dir(path))
+    )
+    keys = [f"ab/st/se/{i}.dcm" for i in range(4)] + ["ab/st/other/4.dcm"]
+    assert store.put_files(list(zip(keys, sources, strict=True))) == [None] * 5
+    blobs = tmp_path.resolve() / "blobs"
+    assert sorted(synced) == sorted(
+        str(p)
+        for p in (
+            blobs,
+            blobs / "ab",
+            blobs / "ab" / "st",
+            blobs / "ab/st/se",
+            blobs / "ab/st/other",
+        )
+    )
+    for key in keys:
+        assert store.exists(key)
+
+
+def test_put_files_reports_a_failed_item_and_stores_the_others(tmp_path: Path) -> None:
+    store = FileBlobStore(tmp_path)
+    good = _spooled(store, b"good", "g")
+    missing = store.spool_dir() / "gone.tmp"
+    problems = store.put_files([("k/missing.dcm", missing), ("k/good.dcm", good)])
+    assert isinstance(problems[0], FileNotFoundError)
+    assert problems[1] is None
+    assert store.exists("k/good.dcm") and not store.exists("k/missing.dcm")

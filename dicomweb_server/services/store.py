@@ -247,7 +247,7 @@ class StoreService:
                 self._replace(item)
             else:
                 item.done = True
-        written = [item for item in new if self._put_blob(item)]
+        written = self._put_blobs(new)
         if not written:
             return
         problems = self.index.add_instances(
@@ -285,17 +285,31 @@ class StoreService:
 
     def _put_blob(self, item: _Pending) -> bool:
         """Move the spooled file into the blob store, durably; False (and the item done
-        with Out of Resources) when there is no room."""
-        key = _blob_key(item.record)
-        try:
-            self.blobs.put_file(key, item.path)
-        except OutOfResources as exc:
-            item.outcome.failure_reason = status.OUT_OF_RESOURCES
-            item.outcome.message = exc.message
+        with its failure) when it could not be written."""
+        return bool(self._put_blobs([item]))
+
+    def _put_blobs(self, items: list[_Pending]) -> list[_Pending]:
+        """``_put_blob`` for a batch, sharing the directory syncs; the items written."""
+        keys = [_blob_key(item.record) for item in items]
+        problems = self.blobs.put_files(
+            [(key, item.path) for key, item in zip(keys, items, strict=True)]
+        )
+        written = []
+        for item, key, problem in zip(items, keys, problems, strict=True):
+            if problem is None:
+                item.key = key
+                written.append(item)
+                continue
+            if isinstance(problem, OutOfResources):
+                item.outcome.failure_reason = status.OUT_OF_RESOURCES
+                item.outcome.message = problem.message
+            else:
+                log.error("writing the blob of %s failed: %s", item.uid, problem)
+                item.outcome.failure_reason = status.PROCESSING_FAILURE
+                item.outcome.message = f"processing failure: {type(problem).__name__}"
             item.done = True
-            return False
-        item.key = key
-        return True
+            self.blobs.delete(key)  # a rename may have happened before a failed dir sync
+        return written
 
     def _replace(self, item: _Pending) -> None:
         if not self._put_blob(item):

@@ -22,7 +22,7 @@ import fcntl
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -123,33 +123,61 @@ class FileBlobStore:
         return self.blobs / key
 
     def put_file(self, key: str, source: Path) -> None:
-        target = self.path_of(key)
-        try:
-            with open(source, "rb+") as fh:
-                os.fsync(fh.fileno())
-            self._check_reserve(key)
-            for attempt in range(3):
-                created = []
-                parent = target.parent
-                while not parent.exists():
-                    created.append(parent)
-                    parent = parent.parent
-                try:
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    os.replace(source, target)
-                    break
-                except FileNotFoundError:
-                    # A concurrent delete removed a (then empty) folder between the
-                    # mkdir and the rename; make it again.
-                    if attempt == 2 or not source.exists():
-                        raise
-            fsync_dir(target.parent)
-            for directory in created:
-                fsync_dir(directory.parent)
-        except OSError as exc:
-            if is_no_space(exc):
-                raise OutOfResources(f"no space left to store {key}") from exc
-            raise
+        problem = self.put_files([(key, source)])[0]
+        if problem is not None:
+            raise problem
+
+    def put_files(self, items: Sequence[tuple[str, Path]]) -> list[Exception | None]:
+        """Move each ``source`` into place under its key, durably; one outcome per item.
+
+        Each file is fsynced before its rename, and then every directory whose entries
+        changed is fsynced once for the whole batch (a study's instances share folders).
+        A failed item (``OutOfResources`` when the disk is full) leaves its source where
+        it was and does not stop the others.
+        """
+        problems: list[Exception | None] = [None] * len(items)
+        changed: dict[Path, list[int]] = {}
+        for i, (key, source) in enumerate(items):
+            try:
+                target = self.path_of(key)
+                with open(source, "rb+") as fh:
+                    os.fsync(fh.fileno())
+                self._check_reserve(key)
+                for directory in self._move(source, target):
+                    changed.setdefault(directory, []).append(i)
+            except OSError as exc:
+                problems[i] = (
+                    OutOfResources(f"no space left to store {key}") if is_no_space(exc) else exc
+                )
+            except (OutOfResources, StorageUnavailable) as exc:
+                problems[i] = exc
+        for directory, users in changed.items():
+            try:
+                fsync_dir(directory)
+            except OSError as exc:
+                for i in users:
+                    problems[i] = problems[i] or exc
+        return problems
+
+    @staticmethod
+    def _move(source: Path, target: Path) -> list[Path]:
+        """Rename into place, making folders as needed; the directories that changed."""
+        for attempt in range(3):
+            created = []
+            parent = target.parent
+            while not parent.exists():
+                created.append(parent)
+                parent = parent.parent
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(source, target)
+                break
+            except FileNotFoundError:
+                # A concurrent delete removed a (then empty) folder between the
+                # mkdir and the rename; make it again.
+                if attempt == 2 or not source.exists():
+                    raise
+        return [target.parent, *(directory.parent for directory in created)]
 
     def free_bytes(self) -> int:
         stat = os.statvfs(self.blobs)

@@ -28,6 +28,11 @@ class BlobStore(Protocol):
         """Move ``source`` into the store under ``key``, durably (fsync before returning)."""
         ...
 
+    def put_files(self, items: Sequence[tuple[str, Path]]) -> list[Exception | None]:
+        """``put_file`` for each (key, source), durably, sharing the directory syncs; one
+        outcome each: None, or the error that item met (``OutOfResources`` when full)."""
+        ...
+
     def open(self, key: str) -> BinaryIO:
         """Open a blob for reading; raises StorageUnavailable when it is missing or unreadable."""
         ...
@@ -192,6 +197,9 @@ class WorkitemFilter:
     start_from: str | None = None
     start_to: str | None = None
     limit: int | None = None
+    # Any of these values (IN lists), e.g. the accession numbers of a batch of images.
+    accession_numbers: Collection[str] | None = None
+    study_uids: Collection[str] | None = None
     # False: the workitems without their recorded outputs (cheaper when only the
     # order's keys and state are wanted, e.g. to link arriving images).
     outputs: bool = True
