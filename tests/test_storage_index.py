@@ -397,3 +397,77 @@ def test_migration_v2_moves_patient_names_onto_studies(database_url: str) -> Non
         assert [r["study_uid"] for r in index.search(query).rows] == [record.study_uid]
     finally:
         index.close()
+
+
+def _count_statements(index: SqlIndex) -> Any:
+    from sqlalchemy import event
+
+    seen: list[str] = []
+
+    def before(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        seen.append(statement)
+
+    event.listen(index.write_engine, "before_cursor_execute", before)
+    return seen, lambda: event.remove(index.write_engine, "before_cursor_execute", before)
+
+
+@pytest.mark.parametrize("per_series", [2, 20])
+def test_a_batch_costs_statements_per_series_not_per_instance(
+    index: SqlIndex, per_series: int
+) -> None:
+    """Small instances are dominated by index statements: a batch of two studies with
+    three series takes a fixed handful of statements however many instances it holds
+    (one executemany for the instances), not several per instance or savepoints."""
+    from dicomweb_server.storage.interfaces import NewInstance
+
+    studies = [uid(), uid()]
+    plan = [(studies[0], uid()), (studies[0], uid()), (studies[1], uid())]
+    recs = [
+        record(study=study, series=series, patient_id=f"P{n % 2}", instance_number=i)
+        for n, (study, series) in enumerate(plan)
+        for i in range(per_series)
+    ]
+    seen, stop = _count_statements(index)
+    try:
+        problems = index.add_instances(
+            [NewInstance(r, f"k/{i}", 1, "h") for i, r in enumerate(recs)]
+        )
+    finally:
+        stop()
+    assert problems == [None] * len(recs)
+    assert not [s for s in seen if "SAVEPOINT" in s.upper()]
+    # patients, their keys, series owners, 2 studies, 3 series, instances (+ locks on PG)
+    work = [s for s in seen if "advisory" not in s and not s.upper().startswith("BEGIN")]
+    assert len(work) <= 9, work
+    assert rows(index, "instance") == len(recs)
+    assert rows(index, "series") == 3 and rows(index, "study") == 2 and rows(index, "patient") == 2
+    assert len(index.instances(studies[0])) == 2 * per_series
+
+
+def test_a_batch_with_a_conflicting_series_still_stores_the_others(index: SqlIndex) -> None:
+    """The batch fast path leaves conflicts to the general one: the instance whose
+    series belongs to another study fails alone, its new study and patient are not
+    left behind, the rest of the batch is stored."""
+    from dicomweb_server.storage.interfaces import NewInstance
+
+    taken = uid()
+    add(index, record(series=taken))
+    good = [record(study=uid(), patient_id="P-GOOD") for _ in range(3)]
+    bad = record(series=taken, patient_id="P-BAD")
+    items = [NewInstance(r, f"k/{r.sop_instance_uid}", 1, "h") for r in [*good, bad]]
+    problems = index.add_instances(items)
+    assert problems[:3] == [None, None, None]
+    assert isinstance(problems[3], Conflict)
+    assert index.find_instance(bad.sop_instance_uid) is None
+    assert rows(index, "instance") == 4
+    with index.read_engine.connect() as conn:
+        ids = {r[0] for r in conn.execute(text("SELECT patient_id FROM patient"))}
+        assert "P-BAD" not in ids
+        assert (
+            int(
+                conn.execute(
+                    text("SELECT count(*) FROM study WHERE study_uid = :u"), {"u": bad.study_uid}
+                ).scalar_one()
+            )
+            == 0
+        )

@@ -30,6 +30,7 @@ from dicomweb_server.storage.interfaces import (
     StoredInstance,
     Version,
 )
+from dicomweb_server.storage.sql.batch_insert import BatchInsert, NeedsGeneralPath
 from dicomweb_server.storage.sql.engine import make_engines, migrate
 from dicomweb_server.storage.sql.models import Instance, Patient, Series, Study
 from dicomweb_server.storage.sql.query import INSTANCE, PATIENT, SERIES, STUDY, condition_expr
@@ -152,6 +153,7 @@ class SqlIndex:
             database = self.write_engine.url.database
             on_disk = database is not None and database not in ("", ":memory:")
             self._writer = WriterLock(Path(database) if database and on_disk else None)
+        self._batch = BatchInsert(self.dialect)
 
     def migrate(self) -> list[int]:
         return migrate(self.write_engine)
@@ -288,10 +290,28 @@ class SqlIndex:
         if not items:
             return []
 
-        def work(conn: Connection) -> list[Conflict | None]:
+        def lock_studies(conn: Connection) -> None:
             # Sorted, so that two batches on PostgreSQL take study locks in one order.
             for study_uid in sorted({item.record.study_uid for item in items}):
                 self._lock_study(conn, study_uid)
+
+        def fast(conn: Connection) -> list[Conflict | None]:
+            lock_studies(conn)
+            try:
+                self._batch.run(conn, items, time.time())
+            except IntegrityError as exc:
+                if _lost_race(exc):
+                    raise  # _write runs it again
+                raise NeedsGeneralPath(str(exc.orig)) from exc
+            return [None] * len(items)
+
+        try:
+            return self._write(fast)
+        except NeedsGeneralPath:
+            pass  # rolled back: the general path below gives each instance its outcome
+
+        def work(conn: Connection) -> list[Conflict | None]:
+            lock_studies(conn)
             now = time.time()
             problems: list[Conflict | None] = [None] * len(items)
             series_pk: dict[str, int | Conflict] = {}
