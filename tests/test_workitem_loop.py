@@ -97,6 +97,46 @@ def test_other_accessions_and_cancelled_orders_are_not_linked(build: Build) -> N
     assert outputs(services, cancelled.uid) == []
 
 
+def test_a_mixed_batch_links_each_study_to_its_own_order_in_one_lookup_per_kind(
+    build: Build,
+) -> None:
+    """A STOW batch of several studies: each instance goes to its own order (by
+    accession, else study UID), and the workitems are looked up once per key kind for
+    the whole batch, not once per study."""
+    from sqlalchemy import event
+
+    services = build()
+    studies = [uid() for _ in range(5)]
+    items = [services.workitems.create(order(accession=f"MIX{i}")) for i in range(4)]
+    by_study = services.workitems.create(order(accession="MIXS", study_uid=studies[4]))
+    paths, expected = [], {item.uid: [] for item in [*items, by_study]}
+    for i, study in enumerate(studies):
+        for n in range(2):
+            sop = uid()
+            accession = f"MIX{i}" if i < 4 else ""
+            ds = make_dataset(study=study, sop=sop, accession=accession, instance_number=n)
+            path, fh = services.store.new_spool_file()
+            with fh:
+                fh.write(to_part10(ds))
+            paths.append(path)
+            expected[(items[i] if i < 4 else by_study).uid].append(sop)
+    lookups: list[str] = []
+
+    def before(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if "FROM workitem" in statement and "workitem.state IN" in statement:
+            lookups.append(statement)
+
+    engine = services.index.read_engine
+    event.listen(engine, "before_cursor_execute", before)
+    try:
+        assert all(o.stored for o in services.store.store_batch(paths))
+    finally:
+        event.remove(engine, "before_cursor_execute", before)
+    for workitem_uid, sops in expected.items():
+        assert sorted(outputs(services, workitem_uid)) == sorted(sops)
+    assert len(lookups) == 2, lookups
+
+
 def test_first_instance_rule_completes_a_scheduled_workitem(build: Build) -> None:
     services = build(worklist_complete_on_store="first-instance")
     item = services.workitems.create(order(accession="LOOP5"))

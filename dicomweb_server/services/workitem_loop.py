@@ -30,7 +30,7 @@ from dicomweb_server.config import Settings
 from dicomweb_server.dicom.attributes import Level
 from dicomweb_server.dicom.ingest import InstanceRecord
 from dicomweb_server.dicom.matching import STUDY_INSTANCE_UID, Condition, Kind, QueryRequest
-from dicomweb_server.dicom.workitem import request_value
+from dicomweb_server.dicom.workitem import Workitem, request_value
 from dicomweb_server.errors import Conflict, NotFound
 from dicomweb_server.services.workitems import (
     COMPLETED,
@@ -45,6 +45,10 @@ log = logging.getLogger(__name__)
 # Workitems that still take outputs: a CANCELED order's images stay unlinked.
 LINKABLE = (SCHEDULED, IN_PROGRESS, COMPLETED)
 ACCESSION_NUMBER = 0x00080050
+ACCESSION_NUMBER_TAG = "00080050"
+STUDY_UID_TAG = "0020000D"
+# Values per IN list of one lookup.
+_CHUNK = 500
 # An accession number names one order; more studies than this under it is a data error.
 _MAX_STUDIES = 20
 
@@ -70,11 +74,9 @@ class WorkitemLoop:
             accession = (rec.study.get("accession_number") or "").strip()
             key = ("accession", accession) if accession else ("study", rec.study_uid)
             groups.setdefault(key, []).append(rec)
-        for (kind, value), recs in groups.items():
-            if kind == "accession":
-                items = self.workitems.find(states=LINKABLE, accession_number=value, outputs=False)
-            else:
-                items = self.workitems.find(states=LINKABLE, study_uid=value, outputs=False)
+        found = self._linkable(list(groups))
+        for key, recs in groups.items():
+            items = found.get(key, [])
             for item in items:
                 added = self.workitems.add_outputs(
                     item.uid,
@@ -93,14 +95,34 @@ class WorkitemLoop:
                 if self.complete_on_store == "first-instance" and item.state == SCHEDULED:
                     self._complete(item.uid)
 
+    def _linkable(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], list[Workitem]]:
+        """The open workitems of each (kind, value) key, by scheduled start: one lookup
+        per kind for the whole batch, not one per study."""
+        found: dict[tuple[str, str], list[Workitem]] = {}
+        for kind, tag in (("accession", ACCESSION_NUMBER_TAG), ("study", STUDY_UID_TAG)):
+            values = [value for k, value in keys if k == kind]
+            for start in range(0, len(values), _CHUNK):
+                chunk = values[start : start + _CHUNK]
+                items = self.workitems.find(
+                    states=LINKABLE,
+                    outputs=False,
+                    accession_numbers=chunk if kind == "accession" else None,
+                    study_uids=chunk if kind == "study" else None,
+                )
+                for item in items:
+                    found.setdefault((kind, request_value(item.dataset, tag) or ""), []).append(
+                        item
+                    )
+        return found
+
     def link_existing(self, uid: str) -> int:
         """Link the instances stored before their order arrived (an emergency: the
         images came first, with the number typed by hand); returns how many were added.
         The same rules as on store: by Accession Number, else Study Instance UID."""
         assert self.index is not None, "link_existing needs the index"
         item = self.workitems.get(uid)
-        accession = request_value(item.dataset, "00080050")
-        study = request_value(item.dataset, "0020000D")
+        accession = request_value(item.dataset, ACCESSION_NUMBER_TAG)
+        study = request_value(item.dataset, STUDY_UID_TAG)
         if accession:
             condition = Condition(ACCESSION_NUMBER, Kind.SINGLE, (accession,))
         elif study:

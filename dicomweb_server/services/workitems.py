@@ -323,9 +323,12 @@ class WorkitemService:
         patient_id: str | None = None,
         limit: int | None = None,
         outputs: bool = True,
+        accession_numbers: Collection[str] | None = None,
+        study_uids: Collection[str] | None = None,
     ) -> list[Workitem]:
         """Workitems by the order's keys (Accession Number and Study Instance UID from
-        the Referenced Request Sequence or the top level), by scheduled start."""
+        the Referenced Request Sequence or the top level), by scheduled start. The plural
+        keys match any of their values."""
         return self.store.find_workitems(
             WorkitemFilter(
                 states=list(states),
@@ -334,6 +337,8 @@ class WorkitemService:
                 patient_id=patient_id,
                 limit=limit,
                 outputs=outputs,
+                accession_numbers=accession_numbers,
+                study_uids=study_uids,
             )
         )
 

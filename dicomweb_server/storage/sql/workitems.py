@@ -133,6 +133,10 @@ class SqlWorkitems:
         ):
             if value is not None:
                 stmt = stmt.where(column == value)
+        if where.accession_numbers is not None:
+            stmt = stmt.where(_T.c.accession_number.in_(list(where.accession_numbers)))
+        if where.study_uids is not None:
+            stmt = stmt.where(_T.c.study_uid.in_(list(where.study_uids)))
         if where.start_from:
             stmt = stmt.where(_T.c.scheduled_start >= where.start_from)
         if where.start_to:
