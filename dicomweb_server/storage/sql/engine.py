@@ -12,7 +12,7 @@ from sqlmodel import SQLModel
 
 from dicomweb_server.storage.sql import models
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 
 def is_sqlite(url: str) -> bool:
@@ -121,8 +121,35 @@ def _v8(conn: Connection) -> None:
     models.WorkitemOutput.__table__.create(conn, checkfirst=True)  # type: ignore[attr-defined]
 
 
+# Keys QIDO clients search by prefix (``Doe*``, OHIF's study list): on PostgreSQL a LIKE
+# 'prefix%' can use a btree only with pattern operators unless the collation is "C".
+_PREFIX_INDEXES = (
+    ("study", "patient_name_norm"),
+    ("study", "accession_number"),
+    ("study", "description"),
+    ("patient", "patient_id"),
+)
+
+
+def _v9(conn: Connection) -> None:
+    """Indexes for counting and prefix matching at scale: series by (modality, study) for
+    ModalitiesInStudy, and LIKE 'prefix%' on PostgreSQL. Counting the matches of a
+    paged query (its Warning) scanned every study before."""
+    for index in models.Series.__table__.indexes:  # type: ignore[attr-defined]
+        if index.name == "ix_series_modality_study":
+            index.create(conn, checkfirst=True)
+    if conn.dialect.name == "postgresql":
+        for table, column in _PREFIX_INDEXES:
+            conn.execute(
+                text(
+                    f"CREATE INDEX IF NOT EXISTS ix_{table}_{column}_prefix"
+                    f" ON {table} ({column} varchar_pattern_ops)"
+                )
+            )
+
+
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
-    1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6, 7: _v7, 8: _v8,
+    1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6, 7: _v7, 8: _v8, 9: _v9,
 }  # fmt: skip
 
 

@@ -46,6 +46,9 @@ class Study(SQLModel, table=True):
 
 class Series(SQLModel, table=True):
     __tablename__ = "series"
+    # ModalitiesInStudy (schema v9): the studies having a series of a modality, read
+    # from the index alone; counting them for the paging Warning was a table scan.
+    __table_args__ = (Index("ix_series_modality_study", "modality", "study_fk"),)
 
     pk: int | None = Field(default=None, primary_key=True)
     study_fk: int = Field(foreign_key="study.pk", index=True)
