@@ -253,17 +253,23 @@ def test_pages_are_disjoint_and_stable(corpus: Corpus) -> None:
 # -- no N+1: statements per page do not grow with the page size -----------------------
 
 
-def _statements(index: SqlIndex, query: QueryRequest) -> tuple[int, int]:
+def _capture(index: SqlIndex, run: Any) -> tuple[Any, list[str]]:
+    """``run()``'s result and the SQL statements it sent."""
     statements: list[str] = []
 
-    def count(*args: Any) -> None:
+    def seen(*args: Any) -> None:
         statements.append(str(args[2]))
 
-    event.listen(index.read_engine, "before_cursor_execute", count)
+    event.listen(index.read_engine, "before_cursor_execute", seen)
     try:
-        rows = index.search(query).rows
+        result = run()
     finally:
-        event.remove(index.read_engine, "before_cursor_execute", count)
+        event.remove(index.read_engine, "before_cursor_execute", seen)
+    return result, statements
+
+
+def _statements(index: SqlIndex, query: QueryRequest) -> tuple[int, int]:
+    rows, statements = _capture(index, lambda: index.search(query).rows)
     return len(rows), len([s for s in statements if s.lstrip().upper().startswith("SELECT")])
 
 
@@ -290,17 +296,8 @@ def test_each_study_matches_on_its_own_patient_name(corpus: Corpus) -> None:
 
 
 def _count_sql(index: SqlIndex, query: QueryRequest) -> tuple[int, str]:
-    statements: list[str] = []
-
-    def seen(*args: Any) -> None:
-        statements.append(str(args[2]))
-
-    event.listen(index.read_engine, "before_cursor_execute", seen)
-    try:
-        total = index.count(query)
-    finally:
-        event.remove(index.read_engine, "before_cursor_execute", seen)
-    return total, " ".join(statements).lower()
+    total, statements = _capture(index, lambda: index.count(query))
+    return int(total), " ".join(statements).lower()
 
 
 def test_counting_joins_patients_only_for_patient_keys(corpus: Corpus) -> None:
