@@ -1,0 +1,510 @@
+"""De-identification by the Basic Application Level Confidentiality Profile (PS3.15 E.2).
+
+WADO-URI ``anonymize=yes`` asks for the object with all Individually Identifiable
+Information removed "as defined in PS3.15 Annex E Basic Profile with Clean Pixel Data
+Option" (PS3.18 9.4, Table 9.4.1-1). This module is that profile, pure: a pydicom
+Dataset in, the same Dataset cleaned in place.
+
+The table is PS3.15 Table E.1-1, "Basic Profile" column (2024 editions), as rows of
+(pydicom keyword, action code); rows whose attribute pydicom's dictionary lacks, and
+the command-group rows (Affected / Requested SOP Instance UID), are left out. Action
+codes (Table E.1-1a): D dummy, Z zero length, X remove, K keep (sequences cleaned),
+U replace UID consistently. The compound codes say "the first unless a later one is
+needed for IOD conformance"; without each IOD's attribute types at hand we take the
+one that is always conformant (``_RESOLVED``): still no identifying value survives.
+Besides the table: every private attribute is removed (no Retain Safe Private
+Option), overlay comments and data (60xx,4000 / 60xx,3000) and the retired curve
+groups (50xx) are removed, and sequences not listed are kept with their items cleaned
+by the same table, so Referenced SOP Instance UIDs inside any item are replaced.
+
+UIDs (U) are replaced by ``uid_for``, which the caller derives from a secret (see
+``keyed_uid``): the same original UID always becomes the same new UID, so the
+instances of a study fetched one by one still form a coherent study, and references
+between them still point at each other.
+
+Out of scope: the options other than Basic (Retain Longitudinal Temporal Information,
+Retain Patient Characteristics, Retain Device/Institution Identity, Retain UIDs, Clean
+Descriptors, Clean Structured Content, Clean Graphics, Clean Recognizable Visual
+Features), and any cleaning of pixel data. The Clean Pixel Data Option (PS3.15 E.3.1)
+is met only by refusal: ``refusal`` names the objects whose pixels (or encapsulated
+document) may carry identifying text, and the caller does not serve them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Callable
+from typing import Any
+
+from pydicom.datadict import tag_for_keyword
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.sequence import Sequence
+from pydicom.tag import BaseTag
+
+UidFor = Callable[[str], str]
+
+# PS3.15 Table E.1-1, Basic Profile column: keyword -> action.
+BASIC_PROFILE_ROWS: tuple[tuple[str, str], ...] = (
+    ("AccessionNumber", "Z"),
+    ("AcquisitionComments", "X"),
+    ("AcquisitionContextSequence", "X"),
+    ("AcquisitionDate", "X/Z"),
+    ("AcquisitionDateTime", "X/D"),
+    ("AcquisitionDeviceProcessingDescription", "X/D"),
+    ("AcquisitionProtocolDescription", "X"),
+    ("AcquisitionTime", "X/Z"),
+    ("AcquisitionUID", "U"),
+    ("ActualHumanPerformersSequence", "X"),
+    ("AdditionalPatientHistory", "X"),
+    ("AddressTrial", "X"),
+    ("AdmissionID", "X"),
+    ("AdmittingDate", "X"),
+    ("AdmittingDiagnosesCodeSequence", "X"),
+    ("AdmittingDiagnosesDescription", "X"),
+    ("AdmittingTime", "X"),
+    ("Allergies", "X"),
+    ("Arbitrary", "X"),
+    ("AuthorObserverSequence", "X"),
+    ("BranchOfService", "X"),
+    ("CassetteID", "X"),
+    ("CommentsOnThePerformedProcedureStep", "X"),
+    ("ConcatenationUID", "U"),
+    ("ConfidentialityConstraintOnPatientDataDescription", "X"),
+    ("ConsultingPhysicianIdentificationSequence", "X"),
+    ("ConsultingPhysicianName", "X"),
+    ("ContentCreatorIdentificationCodeSequence", "X"),
+    ("ContentCreatorName", "Z"),
+    ("ContentDate", "Z/D"),
+    ("ContentSequence", "X"),
+    ("ContentTime", "Z/D"),
+    ("ContextGroupExtensionCreatorUID", "U"),
+    ("ContrastBolusAgent", "Z/D"),
+    ("ContrastBolusStartTime", "X"),
+    ("ContrastBolusStopTime", "X"),
+    ("ContributionDescription", "X"),
+    ("CountryOfResidence", "X"),
+    ("CreatorVersionUID", "U"),
+    ("CurrentPatientLocation", "X"),
+    ("CurveDate", "X"),
+    ("CurveTime", "X"),
+    ("CustodialOrganizationSequence", "X"),
+    ("DataSetTrailingPadding", "X"),
+    ("Date", "D"),
+    ("DateOfLastCalibration", "X"),
+    ("DateOfSecondaryCapture", "X"),
+    ("DateTime", "D"),
+    ("DerivationDescription", "X"),
+    ("DetectorID", "X/D"),
+    ("DeviceSerialNumber", "X/Z/D"),
+    ("DeviceUID", "U"),
+    ("DigitalSignatureUID", "X"),
+    ("DigitalSignaturesSequence", "X"),
+    ("DimensionOrganizationUID", "U"),
+    ("DischargeDiagnosisDescription", "X"),
+    ("DistributionAddress", "X"),
+    ("DistributionName", "X"),
+    ("DoseReferenceUID", "U"),
+    ("EndAcquisitionDateTime", "X/D"),
+    ("EthnicGroup", "X"),
+    ("FailedSOPInstanceUIDList", "U"),
+    ("FiducialUID", "U"),
+    ("FillerOrderNumberImagingServiceRequest", "Z"),
+    ("FrameAcquisitionDateTime", "X/D"),
+    ("FrameComments", "X"),
+    ("FrameOfReferenceUID", "U"),
+    ("FrameReferenceDateTime", "X/D"),
+    ("GantryID", "X"),
+    ("GeneratorID", "X"),
+    ("GraphicAnnotationSequence", "D"),
+    ("HumanPerformerName", "X"),
+    ("HumanPerformerOrganization", "X"),
+    ("IconImageSequence", "X"),
+    ("IdentifyingComments", "X"),
+    ("ImageComments", "X"),
+    ("ImagePresentationComments", "X"),
+    ("ImagingServiceRequestComments", "X"),
+    ("Impressions", "X"),
+    ("InstanceCoercionDateTime", "X"),
+    ("InstanceCreationDate", "X/D"),
+    ("InstanceCreationTime", "X/Z/D"),
+    ("InstanceCreatorUID", "U"),
+    ("InstitutionAddress", "X"),
+    ("InstitutionCodeSequence", "X/Z/D"),
+    ("InstitutionName", "X/Z/D"),
+    ("InstitutionalDepartmentName", "X"),
+    ("InstitutionalDepartmentTypeCodeSequence", "X"),
+    ("InsurancePlanIdentification", "X"),
+    ("IntendedRecipientsOfResultsIdentificationSequence", "X"),
+    ("InterpretationApproverSequence", "X"),
+    ("InterpretationAuthor", "X"),
+    ("InterpretationDiagnosisDescription", "X"),
+    ("InterpretationIDIssuer", "X"),
+    ("InterpretationRecorder", "X"),
+    ("InterpretationText", "X"),
+    ("InterpretationTranscriber", "X"),
+    ("InterventionDrugStartTime", "X"),
+    ("InterventionDrugStopTime", "X"),
+    ("IrradiationEventUID", "U"),
+    ("IssuerOfAdmissionID", "X"),
+    ("IssuerOfPatientID", "X"),
+    ("IssuerOfPatientIDQualifiersSequence", "X"),
+    ("IssuerOfServiceEpisodeID", "X"),
+    ("LargePaletteColorLookupTableUID", "U"),
+    ("LastMenstrualDate", "X"),
+    ("MAC", "X"),
+    ("MedicalAlerts", "X"),
+    ("MedicalRecordLocator", "X"),
+    ("MilitaryRank", "X"),
+    ("ModifiedAttributesSequence", "X"),
+    ("ModifiedImageDescription", "X"),
+    ("ModifyingDeviceID", "X"),
+    ("ModifyingDeviceManufacturer", "X"),
+    ("NameOfPhysiciansReadingStudy", "X"),
+    ("NamesOfIntendedRecipientsOfResults", "X"),
+    ("ObservationUID", "U"),
+    ("Occupation", "X"),
+    ("OperatorIdentificationSequence", "X"),
+    ("OperatorsName", "X/Z/D"),
+    ("OrderCallbackPhoneNumber", "X"),
+    ("OrderEnteredBy", "X"),
+    ("OrderEntererLocation", "X"),
+    ("OriginalAttributesSequence", "X"),
+    ("OtherPatientIDs", "X"),
+    ("OtherPatientIDsSequence", "X"),
+    ("OtherPatientNames", "X"),
+    ("OverlayDate", "X"),
+    ("OverlayTime", "X"),
+    ("PaletteColorLookupTableUID", "U"),
+    ("ParticipantSequence", "X"),
+    ("PatientAddress", "X"),
+    ("PatientAge", "X"),
+    ("PatientAlternativeCalendar", "X"),
+    ("PatientBirthDate", "Z"),
+    ("PatientBirthDateInAlternativeCalendar", "X"),
+    ("PatientBirthName", "X"),
+    ("PatientBirthTime", "X"),
+    ("PatientComments", "X"),
+    ("PatientDeathDateInAlternativeCalendar", "X"),
+    ("PatientID", "Z"),
+    ("PatientInstitutionResidence", "X"),
+    ("PatientInsurancePlanCodeSequence", "X"),
+    ("PatientMotherBirthName", "X"),
+    ("PatientName", "Z"),
+    ("PatientPrimaryLanguageCodeSequence", "X"),
+    ("PatientPrimaryLanguageModifierCodeSequence", "X"),
+    ("PatientReligiousPreference", "X"),
+    ("PatientSex", "Z"),
+    ("PatientSexNeutered", "X/Z"),
+    ("PatientSize", "X"),
+    ("PatientState", "X"),
+    ("PatientTelecomInformation", "X"),
+    ("PatientTelephoneNumbers", "X"),
+    ("PatientTransportArrangements", "X"),
+    ("PatientWeight", "X"),
+    ("PerformedLocation", "X"),
+    ("PerformedProcedureStepDescription", "X"),
+    ("PerformedProcedureStepEndDate", "X"),
+    ("PerformedProcedureStepEndTime", "X"),
+    ("PerformedProcedureStepID", "X"),
+    ("PerformedProcedureStepStartDate", "X"),
+    ("PerformedProcedureStepStartTime", "X"),
+    ("PerformedStationAETitle", "X"),
+    ("PerformedStationGeographicLocationCodeSequence", "X"),
+    ("PerformedStationName", "X"),
+    ("PerformedStationNameCodeSequence", "X"),
+    ("PerformingPhysicianIdentificationSequence", "X"),
+    ("PerformingPhysicianName", "X"),
+    ("PersonAddress", "X"),
+    ("PersonIdentificationCodeSequence", "D"),
+    ("PersonName", "D"),
+    ("PersonTelecomInformation", "X"),
+    ("PersonTelephoneNumbers", "X"),
+    ("PhysicianApprovingInterpretation", "X"),
+    ("PhysiciansOfRecord", "X"),
+    ("PhysiciansOfRecordIdentificationSequence", "X"),
+    ("PhysiciansReadingStudyIdentificationSequence", "X"),
+    ("PlacerOrderNumberImagingServiceRequest", "Z"),
+    ("PlateID", "X"),
+    ("PreMedication", "X"),
+    ("PregnancyStatus", "X"),
+    ("ProtocolName", "X/D"),
+    ("RadiopharmaceuticalStartDateTime", "X"),
+    ("RadiopharmaceuticalStartTime", "X"),
+    ("RadiopharmaceuticalStopDateTime", "X"),
+    ("RadiopharmaceuticalStopTime", "X"),
+    ("ReasonForStudy", "X"),
+    ("ReasonForTheImagingServiceRequest", "X"),
+    ("ReferencedDateTime", "D"),
+    ("ReferencedDigitalSignatureSequence", "X"),
+    ("ReferencedFrameOfReferenceUID", "U"),
+    ("ReferencedGeneralPurposeScheduledProcedureStepTransactionUID", "U"),
+    ("ReferencedImageSequence", "X/Z/U*"),
+    ("ReferencedPatientAliasSequence", "X"),
+    ("ReferencedPatientSequence", "X"),
+    ("ReferencedPerformedProcedureStepSequence", "X/Z/D"),
+    ("ReferencedSOPInstanceMACSequence", "X"),
+    ("ReferencedSOPInstanceUID", "U"),
+    ("ReferencedSOPInstanceUIDInFile", "U"),
+    ("ReferencedStudySequence", "X/Z"),
+    ("ReferringPhysicianAddress", "X"),
+    ("ReferringPhysicianIdentificationSequence", "X"),
+    ("ReferringPhysicianName", "Z"),
+    ("ReferringPhysicianTelephoneNumbers", "X"),
+    ("RegionOfResidence", "X"),
+    ("RelatedFrameOfReferenceUID", "U"),
+    ("RequestAttributesSequence", "X"),
+    ("RequestedContrastAgent", "X"),
+    ("RequestedProcedureComments", "X"),
+    ("RequestedProcedureDescription", "X/Z"),
+    ("RequestedProcedureID", "X"),
+    ("RequestedProcedureLocation", "X"),
+    ("RequestingPhysician", "X"),
+    ("RequestingPhysicianIdentificationSequence", "X"),
+    ("RequestingService", "X"),
+    ("RespiratoryMotionCompensationTechniqueDescription", "X"),
+    ("ResponsibleOrganization", "X"),
+    ("ResponsiblePerson", "X"),
+    ("ResultsComments", "X"),
+    ("ResultsDistributionListSequence", "X"),
+    ("ResultsIDIssuer", "X"),
+    ("ReviewerName", "X/Z"),
+    ("ScheduledHumanPerformersSequence", "X"),
+    ("ScheduledPatientInstitutionResidence", "X"),
+    ("ScheduledPerformingPhysicianIdentificationSequence", "X"),
+    ("ScheduledPerformingPhysicianName", "X"),
+    ("ScheduledProcedureStepDescription", "X"),
+    ("ScheduledProcedureStepEndDate", "X"),
+    ("ScheduledProcedureStepEndTime", "X"),
+    ("ScheduledProcedureStepLocation", "X"),
+    ("ScheduledProcedureStepStartDate", "X"),
+    ("ScheduledProcedureStepStartTime", "X"),
+    ("ScheduledStationAETitle", "X"),
+    ("ScheduledStationGeographicLocationCodeSequence", "X"),
+    ("ScheduledStationName", "X"),
+    ("ScheduledStationNameCodeSequence", "X"),
+    ("ScheduledStudyLocation", "X"),
+    ("ScheduledStudyLocationAETitle", "X"),
+    ("SeriesDate", "X"),
+    ("SeriesDescription", "X"),
+    ("SeriesInstanceUID", "U"),
+    ("SeriesTime", "X"),
+    ("ServiceEpisodeDescription", "X"),
+    ("ServiceEpisodeID", "X"),
+    ("SmokingStatus", "X"),
+    ("SOPInstanceUID", "U"),
+    ("SourceImageSequence", "X/Z/U*"),
+    ("SpecialNeeds", "X"),
+    ("SpecimenUID", "U"),
+    ("StartAcquisitionDateTime", "X/D"),
+    ("StationName", "X/Z/D"),
+    ("StorageMediaFileSetUID", "U"),
+    ("StudyComments", "X"),
+    ("StudyDate", "Z"),
+    ("StudyDescription", "X"),
+    ("StudyID", "Z"),
+    ("StudyIDIssuer", "X"),
+    ("StudyInstanceUID", "U"),
+    ("StudyTime", "Z"),
+    ("SynchronizationFrameOfReferenceUID", "U"),
+    ("TargetUID", "U"),
+    ("TemplateExtensionCreatorUID", "U"),
+    ("TemplateExtensionOrganizationUID", "U"),
+    ("TextComments", "X"),
+    ("TextString", "X"),
+    ("Time", "D"),
+    ("TimeOfLastCalibration", "X"),
+    ("TimeOfSecondaryCapture", "X"),
+    ("TimezoneOffsetFromUTC", "X"),
+    ("TopicAuthor", "X"),
+    ("TopicKeywords", "X"),
+    ("TopicSubject", "X"),
+    ("TopicTitle", "X"),
+    ("TrackingUID", "U"),
+    ("TransactionUID", "U"),
+    ("UID", "U"),
+    ("VerificationDateTime", "D"),
+    ("VerifyingObserverIdentificationCodeSequence", "Z"),
+    ("VerifyingObserverName", "D"),
+    ("VerifyingObserverSequence", "D"),
+    ("VerifyingOrganization", "X"),
+    ("VisitComments", "X"),
+)
+
+# "X unless Z/D/U* is needed for IOD conformance": the always-conformant choice.
+_RESOLVED = {"X/Z": "Z", "X/D": "D", "Z/D": "D", "X/Z/D": "D", "X/Z/U*": "U*"}
+
+
+def _tag(keyword: str) -> int:
+    tag = tag_for_keyword(keyword)
+    if tag is None:  # a typo in the table must fail at import, not leak an attribute
+        raise LookupError(f"unknown DICOM keyword in the de-identification table: {keyword}")
+    return int(tag)
+
+
+BASIC_PROFILE: dict[int, str] = {_tag(k): a for k, a in BASIC_PROFILE_ROWS}
+
+# Dummy values (action D) by VR: valid for the VR, obviously not real (PS3.15 E.1.1).
+_DUMMY_TEXT = "ANONYMIZED"
+_DUMMY: dict[str, Any] = {
+    "DA": "19000101",
+    "TM": "000000",
+    "DT": "19000101000000",
+    "AS": "000Y",
+    "IS": "0",
+    "DS": "0",
+    "US": 0,
+    "SS": 0,
+    "UL": 0,
+    "SL": 0,
+    "UV": 0,
+    "SV": 0,
+    "FL": 0.0,
+    "FD": 0.0,
+    "AT": 0,
+    "OB": b"\x00\x00",
+    "OW": b"\x00\x00",
+    "UN": b"\x00\x00",
+}
+
+DCM_BASIC_PROFILE = ("113100", "Basic Application Confidentiality Profile")
+DCM_CLEAN_PIXEL_DATA = ("113101", "Clean Pixel Data Option")
+METHOD_TEXT = "PS3.15 E.1-1 Basic Profile (dicomweb-server)"
+
+# SOP classes whose pixels often carry burned-in text, or are photographs: Secondary
+# Capture (dose screens, scanned documents), ultrasound, visible light (PS3.15 E.3.1).
+_TEXT_PRONE_PREFIXES = (
+    "1.2.840.10008.5.1.4.1.1.7",  # Secondary Capture and the multi-frame ones
+    "1.2.840.10008.5.1.4.1.1.6.",  # Ultrasound (and retired)
+    "1.2.840.10008.5.1.4.1.1.3.",  # Ultrasound Multi-frame (and retired)
+    "1.2.840.10008.5.1.4.1.1.77.1",  # VL endoscopic, microscopic, photographic, WSI, ...
+)
+
+
+def keyed_uid(secret: bytes, uid: str) -> str:
+    """The replacement for ``uid``: ``2.25.`` and 128 bits of HMAC-SHA256 under ``secret``.
+
+    Deterministic, so repeated requests and the instances of one study agree; keyed, so
+    nobody without the archive's secret can recompute or reverse the mapping. A UUID-
+    derived UID (PS3.5 B.2) is at most 44 characters.
+    """
+    digest = hmac.new(secret, uid.encode("ascii", "replace"), hashlib.sha256).digest()
+    return f"2.25.{int.from_bytes(digest[:16], 'big')}"
+
+
+def refusal(ds: Dataset) -> str | None:
+    """Why this object cannot be given out de-identified (None: it can).
+
+    The archive cleans headers only. PS3.18 requires the Clean Pixel Data Option for
+    ``anonymize`` (PS3.18 9.4) and lets the server refuse an object it cannot
+    de-identify; PS3.15 E.3.1 keys pixel cleaning on Burned In Annotation (0028,0301).
+    So: refuse when burned-in text or recognizable features are declared, when the
+    object encapsulates a document, and when a text-prone SOP class does not say NO.
+    """
+    burned = str(ds.get("BurnedInAnnotation", "") or "").strip().upper()
+    if burned == "YES":
+        return (
+            "the object declares burned-in annotation (0028,0301 YES) and this archive "
+            "does not clean pixel data (PS3.15 E.3.1)"
+        )
+    if str(ds.get("RecognizableVisualFeatures", "") or "").strip().upper() == "YES":
+        return "the object declares recognizable visual features (0028,0302 YES)"
+    if "EncapsulatedDocument" in ds:
+        return "the encapsulated document's content cannot be de-identified"
+    sop_class = str(ds.get("SOPClassUID", ""))
+    if "PixelData" in ds and burned != "NO" and sop_class.startswith(_TEXT_PRONE_PREFIXES):
+        return (
+            f"SOP class {sop_class} often carries burned-in text and the object does not "
+            "declare Burned In Annotation (0028,0301) NO"
+        )
+    return None
+
+
+def _action(tag: BaseTag) -> str | None:
+    action = BASIC_PROFILE.get(int(tag))
+    if action is not None:
+        return _RESOLVED.get(action, action)
+    group = tag.group
+    if 0x6000 <= group <= 0x601E and group % 2 == 0 and tag.element in (0x3000, 0x4000):
+        return "X"  # Overlay Data, Overlay Comments
+    if 0x5000 <= group <= 0x501E and group % 2 == 0:
+        return "X"  # retired curve groups: Curve Data and the rest
+    return None
+
+
+def _dummy(vr: str) -> Any:
+    return _DUMMY.get(vr, _DUMMY_TEXT)
+
+
+def _replace_uids(value: Any, uid_for: UidFor) -> Any:
+    if isinstance(value, MultiValue | list):
+        return [uid_for(str(v)) if v else v for v in value]
+    return uid_for(str(value)) if value else value
+
+
+def _clean(ds: Dataset, uid_for: UidFor) -> None:
+    for elem in list(ds):
+        tag = elem.tag
+        if tag.is_private:
+            del ds[tag]
+            continue
+        action = _action(tag)
+        vr = str(elem.VR)
+        if action == "X":
+            del ds[tag]
+        elif action == "Z":
+            elem.value = Sequence() if vr == "SQ" else None
+        elif action == "D":
+            if vr == "SQ":
+                elem.value = Sequence([Dataset()])
+            elif vr == "UI":
+                elem.value = uid_for(str(elem.value or tag))
+            else:
+                elem.value = _dummy(vr)
+        elif action == "U":
+            if vr == "UI":
+                elem.value = _replace_uids(elem.value, uid_for)
+            else:
+                del ds[tag]  # a UID attribute in an unexpected VR: do not guess
+        elif vr == "SQ":  # K, U* or not listed: keep the sequence, clean its items
+            for item in elem.value or ():
+                _clean(item, uid_for)
+
+
+def _code(value: str, meaning: str) -> Dataset:
+    item = Dataset()
+    item.CodeValue = value
+    item.CodingSchemeDesignator = "DCM"
+    item.CodeMeaning = meaning
+    return item
+
+
+def deidentify(ds: Dataset, uid_for: UidFor) -> None:
+    """Apply the Basic Profile to ``ds`` in place and record that it was applied.
+
+    Adds Patient Identity Removed YES, De-identification Method and its Code Sequence
+    (DCM 113100; 113101 Clean Pixel Data Option only when the object itself declares
+    no burned-in annotation), and Longitudinal Temporal Information Modified REMOVED,
+    since no Retain Longitudinal option is applied (PS3.15 E.1.1, E.2). The file meta
+    Media Storage SOP Instance UID follows the new SOP Instance UID.
+    """
+    clean_pixels = str(ds.get("BurnedInAnnotation", "") or "").strip().upper() == "NO"
+    _clean(ds, uid_for)
+    ds.PatientIdentityRemoved = "YES"
+    ds.DeidentificationMethod = METHOD_TEXT
+    codes = [_code(*DCM_BASIC_PROFILE)]
+    if clean_pixels:
+        codes.append(_code(*DCM_CLEAN_PIXEL_DATA))
+    ds.DeidentificationMethodCodeSequence = Sequence(codes)
+    ds.LongitudinalTemporalInformationModified = "REMOVED"
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None:
+        if "SOPInstanceUID" in ds:
+            meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        # The sending station's AE titles name a device of the originating site.
+        for keyword in ("SourceApplicationEntityTitle", "SendingApplicationEntityTitle"):
+            if keyword in meta:
+                delattr(meta, keyword)
+        if "ReceivingApplicationEntityTitle" in meta:
+            del meta.ReceivingApplicationEntityTitle
