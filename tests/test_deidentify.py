@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 from pathlib import Path
 
+import pydicom
 import pytest
 from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
@@ -69,8 +71,9 @@ def test_remove_empty_and_dummy_by_the_table() -> None:
     out = cleaned(ds)
     for keyword in ("PatientAddress", "OtherPatientNames", "ImageComments", "PatientAge"):
         assert keyword not in out, keyword  # X
-    for keyword in ("PatientName", "PatientID", "StudyDate", "AccessionNumber"):
+    for keyword in ("PatientName", "StudyDate", "AccessionNumber"):
         assert keyword in out and not out[keyword].value, keyword  # Z
+    assert out.PatientID == "ANONYMIZED"  # Z/D -> D
     assert "AcquisitionDate" in out and not out.AcquisitionDate  # X/Z -> Z
     assert out.InstitutionName == "ANONYMIZED"  # X/Z/D -> D
     assert out.DeviceSerialNumber == "ANONYMIZED"
@@ -197,3 +200,61 @@ def test_secret_created_once_private_and_reused(tmp_path: Path) -> None:
     path.write_bytes(b"short")
     with pytest.raises(StorageUnavailable):
         load_or_create_secret(path)
+
+
+_SAMPLE: dict[str, object] = {
+    "DA": "20240102",
+    "TM": "101500",
+    "DT": "20240102101500",
+    "AS": "054Y",
+    "IS": "7",
+    "DS": "1.5",
+    "UI": "1.2.3.4",
+    "AT": 0x00100010,
+    "UR": "https://doe.example/john",
+}
+
+
+def _sample(vr: str) -> object:
+    if vr in _SAMPLE:
+        return _SAMPLE[vr]
+    if vr in ("US", "SS", "UL", "SL", "UV", "SV"):
+        return 7
+    if vr in ("FL", "FD"):
+        return 1.5
+    if vr.startswith("O") or vr == "UN":
+        return bytes(8)
+    return "DOE_JOHN" if vr in ("CS", "AE") else "Doe^John"
+
+
+def test_every_row_of_the_table_applies_and_the_result_encodes() -> None:
+    """Each attribute of the table, given a value, gets its action and stays writable."""
+    ds = make_dataset()
+    for tag in BASIC_PROFILE:
+        if tag >> 16 in (0x0000, 0x0002) or tag in ds:
+            continue  # command and file meta groups are not dataset attributes
+        vr = dictionary_VR(tag).split(" or ")[0]
+        if vr == "SQ":
+            item = Dataset()
+            item.PatientName = "Doe^John"
+            ds.add_new(tag, vr, [item])
+        else:
+            ds.add_new(tag, vr, _sample(vr))
+    before = {tag: ds[tag].value for tag in BASIC_PROFILE if tag in ds}
+    out = cleaned(ds)
+    for tag, action in BASIC_PROFILE.items():
+        if tag >> 16 in (0x0000, 0x0002):
+            continue
+        if action == "X":
+            assert tag not in out, hex(tag)
+        elif action in ("Z", "X/Z"):
+            assert tag in out and not out[tag].value, hex(tag)
+        elif action in ("D", "Z/D", "X/D", "X/Z/D"):
+            assert tag in out and out[tag].value not in (None, "", b""), hex(tag)
+            assert out[tag].value != before[tag], hex(tag)
+        elif action == "U":
+            assert out[tag].value == new_uid(str(before[tag])), hex(tag)
+    assert "Doe" not in str([e.value for e in out.iterall() if e.VR == "PN"])
+    buffer = io.BytesIO()
+    out.save_as(buffer, enforce_file_format=True)
+    assert pydicom.dcmread(io.BytesIO(buffer.getvalue())).PatientIdentityRemoved == "YES"
