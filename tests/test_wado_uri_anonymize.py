@@ -20,6 +20,7 @@ import numpy as np
 import orjson
 import pydicom
 import pytest
+from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 
 from dicomweb_server.dicom.deidentify import BASIC_PROFILE_ROWS, keyed_uid
@@ -244,6 +245,27 @@ def test_transfer_syntax_is_still_honoured(site: Site) -> None:
     assert out.file_meta.TransferSyntaxUID == RLE_LOSSLESS
     assert not out.PatientName and out.PatientIdentityRemoved == "YES"
     assert np.array_equal(out.pixel_array, site.first.pixel_array)
+
+
+def test_a_compressed_object_keeps_its_encapsulated_pixels(site: Site) -> None:
+    path = get_testdata_file("MR_small_RLE.dcm")
+    assert path is not None
+    ds = pydicom.dcmread(path)
+    body, header = multipart([Path(path).read_bytes()])
+    response = http().post(
+        f"{site.server.url}/studies", content=body, headers={"Content-Type": header}
+    )
+    assert response.status_code == 200, response.text
+    response = wado(
+        site.server, ds, contentType="application/dicom", anonymize="yes", transferSyntax="*"
+    )
+    assert response.status_code == 200, response.text
+    assert f"transfer-syntax={RLE_LOSSLESS}" in response.headers["content-type"]
+    out = pydicom.dcmread(io.BytesIO(response.content))
+    assert out.file_meta.TransferSyntaxUID == RLE_LOSSLESS
+    assert out.PixelData == ds.PixelData  # the stored fragments, byte for byte
+    assert not out.PatientName and b"CompressedSamples" not in response.content
+    assert out.StudyInstanceUID == keyed_uid(site.secret(), ds.StudyInstanceUID)
 
 
 @pytest.mark.parametrize("which", ["burned", "capture"])
