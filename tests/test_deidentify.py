@@ -179,6 +179,11 @@ def test_keyed_uid() -> None:
         ({"sop_class": SC_IMAGE_STORAGE}, "often carries burned-in text"),
         ({"sop_class": SC_IMAGE_STORAGE, "BurnedInAnnotation": "NO"}, None),
         ({"sop_class": "1.2.840.10008.5.1.4.1.1.6.1"}, "often carries"),  # ultrasound
+        ({"sop_class": "1.2.840.10008.5.1.4.1.1.3.1"}, "often carries"),  # US multi-frame
+        ({"sop_class": "1.2.840.10008.5.1.4.1.1.77.1.4"}, "often carries"),  # VL photo
+        ({"sop_class": "1.2.840.10008.5.1.4.1.1.7.4"}, "often carries"),  # MF true colour SC
+        ({"sop_class": "1.2.840.10008.5.1.4.1.1.4"}, None),  # MR: not text-prone
+        ({"sop_class": "1.2.840.10008.5.1.4.1.1.66"}, None),  # Raw Data, not "...1.6"
         ({"EncapsulatedDocument": b"%PDF-1.4"}, "encapsulated document"),
     ],
 )

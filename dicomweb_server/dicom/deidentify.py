@@ -91,14 +91,19 @@ DCM_BASIC_PROFILE = ("113100", "Basic Application Confidentiality Profile")
 DCM_CLEAN_PIXEL_DATA = ("113101", "Clean Pixel Data Option")
 METHOD_TEXT = "PS3.15 E.1-1 Basic Profile (dicomweb-server)"
 
-# SOP classes whose pixels often carry burned-in text, or are photographs: Secondary
-# Capture (dose screens, scanned documents), ultrasound, visible light (PS3.15 E.3.1).
-_TEXT_PRONE_PREFIXES = (
+# SOP class families whose pixels often carry burned-in text, or are photographs:
+# Secondary Capture (dose screens, scanned documents), ultrasound, visible light
+# (PS3.15 E.3.1). A family is its root UID and every UID below it.
+_TEXT_PRONE_ROOTS = (
     "1.2.840.10008.5.1.4.1.1.7",  # Secondary Capture and the multi-frame ones
-    "1.2.840.10008.5.1.4.1.1.6.",  # Ultrasound (and retired)
-    "1.2.840.10008.5.1.4.1.1.3.",  # Ultrasound Multi-frame (and retired)
+    "1.2.840.10008.5.1.4.1.1.6",  # Ultrasound (retired), Ultrasound, Enhanced US Volume
+    "1.2.840.10008.5.1.4.1.1.3",  # Ultrasound Multi-frame (retired and current)
     "1.2.840.10008.5.1.4.1.1.77.1",  # VL endoscopic, microscopic, photographic, WSI, ...
 )
+
+
+def _text_prone(sop_class: str) -> bool:
+    return any(sop_class == r or sop_class.startswith(r + ".") for r in _TEXT_PRONE_ROOTS)
 
 
 def keyed_uid(secret: bytes, uid: str) -> str:
@@ -132,7 +137,7 @@ def refusal(ds: Dataset) -> str | None:
     if "EncapsulatedDocument" in ds:
         return "the encapsulated document's content cannot be de-identified"
     sop_class = str(ds.get("SOPClassUID", ""))
-    if "PixelData" in ds and burned != "NO" and sop_class.startswith(_TEXT_PRONE_PREFIXES):
+    if "PixelData" in ds and burned != "NO" and _text_prone(sop_class):
         return (
             f"SOP class {sop_class} often carries burned-in text and the object does not "
             "declare Burned In Annotation (0028,0301) NO"
