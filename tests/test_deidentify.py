@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pydicom
@@ -263,3 +265,21 @@ def test_every_row_of_the_table_applies_and_the_result_encodes() -> None:
     buffer = io.BytesIO()
     out.save_as(buffer, enforce_file_format=True)
     assert pydicom.dcmread(io.BytesIO(buffer.getvalue())).PatientIdentityRemoved == "YES"
+
+
+def test_processes_racing_to_create_the_secret_agree(tmp_path: Path) -> None:
+    """Several server workers start at once: every one must end up with the same key."""
+    path = tmp_path / "deidentify.key"
+    code = (
+        "import sys; from pathlib import Path;"
+        "from dicomweb_server.services.anonymize import load_or_create_secret as f;"
+        "print(f(Path(sys.argv[1])).hex())"
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE)
+        for _ in range(4)
+    ]
+    outputs = {p.communicate(timeout=60)[0].strip() for p in procs}
+    assert all(p.returncode == 0 for p in procs)
+    assert outputs == {path.read_bytes().hex().encode()}
+    assert [p.name for p in tmp_path.iterdir()] == ["deidentify.key"]
