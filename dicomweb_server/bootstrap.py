@@ -12,6 +12,7 @@ from dicomweb_server.config import Settings
 from dicomweb_server.dicom.ingest import configure_pydicom
 from dicomweb_server.dimse.scu import PynetdicomNetwork
 from dicomweb_server.errors import StorageUnavailable
+from dicomweb_server.services.anonymize import SECRET_FILE, AnonymizeService
 from dicomweb_server.services.audit import AuditSink, AuditTrail, JsonlFileSink, SyslogSink
 from dicomweb_server.services.check import CheckService
 from dicomweb_server.services.delete import DeleteService
@@ -58,6 +59,8 @@ class Services:
     ups_hub: EventHub
     # --- mpps ---
     mpps: MppsService
+    # --- wado-anon ---
+    anonymize: AnonymizeService
 
     def close(self) -> None:
         self.index.close()
@@ -131,6 +134,7 @@ def build_services(settings: Settings) -> Services:
         subscriptions=subscriptions,
         ups_hub=EventHub(ups_store, settings.ups_event_poll_ms / 1000),
         mpps=MppsService(workitems, SqlMpps(index)),
+        anonymize=AnonymizeService(retrieve, settings.data_dir / SECRET_FILE),
     )
     # The workitem service publishes through subscriptions, which read workitems back.
     subscriptions.attach(services.workitems)

@@ -52,3 +52,9 @@ class OutOfResources(DicomWebError):
 
 class StorageUnavailable(DicomWebError):
     """A stored blob is missing or unreadable."""
+
+
+# --- wado-anon ---
+class Refused(DicomWebError):
+    """A valid request the archive declines for the data it addresses (e.g. an object
+    it cannot safely de-identify)."""

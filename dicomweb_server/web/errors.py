@@ -14,6 +14,7 @@ log = logging.getLogger(__name__)
 
 STATUS: dict[type[errors.DicomWebError], int] = {
     errors.InvalidRequest: 400,
+    errors.Refused: 403,  # --- wado-anon ---
     errors.NotFound: 404,
     errors.NotAcceptable: 406,
     errors.Conflict: 409,

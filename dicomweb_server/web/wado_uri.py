@@ -6,10 +6,12 @@ server cannot produce falls back to Explicit VR Little Endian as PS3.18 9.1.2.1.
 requires), ``image/jpeg`` (the default for images), ``image/png``, ``image/gif``, and
 the natural type of non-image objects (``application/pdf`` for Encapsulated PDF, the
 video stream). Image parameters: ``frameNumber``, ``rows``, ``columns``,
-``windowCenter`` with ``windowWidth``, ``imageQuality``. ``anonymize``, ``region``,
-``presentationUID`` and ``annotation`` burning are not supported: 400 rather than
-silently ignoring what the caller asked for (except ``annotation``, which only says what
-"may" be shown).
+``windowCenter`` with ``windowWidth``, ``imageQuality``. ``anonymize=yes`` (PS3.18 9.4,
+Table 9.4.1-1; 9.4.2.3) with ``application/dicom`` only: the object de-identified by
+the Basic Profile (``services/anonymize.py``), 403 for an object the archive cannot
+safely de-identify. ``region``, ``presentationUID`` and ``annotation`` burning are not
+supported: 400 rather than silently ignoring what the caller asked for (except
+``annotation``, which only says what "may" be shown).
 """
 
 from __future__ import annotations
@@ -72,14 +74,25 @@ async def _dicom(
     requested = _param(request, "transferSyntax") or EXPLICIT_VR_LITTLE_ENDIAN
     if requested != "*" and not is_valid_uid(requested):
         raise InvalidRequest(f"transferSyntax={requested[:70]!r} is not a UID")
-    if _param(request, "anonymize") is not None:
-        raise InvalidRequest("anonymize is not supported by this server")
+    headers = {"Cache-Control": _CACHE}
+    anonymize = _param(request, "anonymize")
+    if anonymize is not None:
+        if anonymize.lower() != "yes":
+            raise InvalidRequest(f"anonymize={anonymize[:20]!r}: the only value is yes")
+        data, syntax = await anyio.to_thread.run_sync(
+            services.anonymize.instance,
+            study,
+            series,
+            sop,
+            (requested, EXPLICIT_VR_LITTLE_ENDIAN),
+        )
+        media = f"application/dicom; transfer-syntax={syntax}"
+        return Response(data, media_type=media, headers=headers)
     retrieve = services.retrieve
     found = await anyio.to_thread.run_sync(retrieve.instances, study, series, sop)
     # Unproducible syntax: Explicit VR Little Endian instead (PS3.18 9.1.2.1.13).
     item = retrieve.plan(found, (requested, EXPLICIT_VR_LITTLE_ENDIAN))[0]
     media = f"application/dicom; transfer-syntax={item.transfer_syntax}"
-    headers = {"Cache-Control": _CACHE}
     if item.as_stored:
         headers["Content-Length"] = str(item.instance.blob_size)
         return StreamingResponse(retrieve.chunks(item), media_type=media, headers=headers)
@@ -114,7 +127,8 @@ async def wado(request: Request) -> Response:
     if _param(request, "transferSyntax") is not None:
         raise InvalidRequest("transferSyntax is only allowed with contentType=application/dicom")
     if _param(request, "anonymize") is not None:
-        raise InvalidRequest("anonymize is not supported by this server")
+        # PS3.18 9.4.2.3: only with the application/dicom media type.
+        raise InvalidRequest("anonymize is only allowed with contentType=application/dicom")
     media = first if first in RENDERED_TYPES else None
     center, width = _float(request, "windowCenter"), _float(request, "windowWidth")
     if (center is None) != (width is None):

@@ -1,0 +1,285 @@
+"""The Basic Application Level Confidentiality Profile table on small datasets (PS3.15 E.2)."""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.datadict import dictionary_VR
+from pydicom.dataset import Dataset
+from pydicom.valuerep import DA
+
+from dicomweb_server.dicom.deidentify import (
+    BASIC_PROFILE,
+    BASIC_PROFILE_ROWS,
+    deidentify,
+    keyed_uid,
+    refusal,
+)
+from dicomweb_server.dicom.uids import is_valid_uid
+from dicomweb_server.errors import StorageUnavailable
+from dicomweb_server.services.anonymize import load_or_create_secret
+from tests.dicomgen import SC_IMAGE_STORAGE, make_dataset
+
+SECRET = b"k" * 32
+
+
+def new_uid(uid: str) -> str:
+    return keyed_uid(SECRET, uid)
+
+
+def cleaned(ds: Dataset) -> Dataset:
+    deidentify(ds, new_uid)
+    return ds
+
+
+def ref_item(sop: str) -> Dataset:
+    item = Dataset()
+    item.ReferencedSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    item.ReferencedSOPInstanceUID = sop
+    return item
+
+
+def test_the_table_is_well_formed() -> None:
+    keywords = [k for k, _ in BASIC_PROFILE_ROWS]
+    assert len(keywords) == len(set(keywords)), "a keyword appears twice"
+    assert len(BASIC_PROFILE) == len(keywords)
+    codes = {"X", "Z", "D", "U", "K", "X/Z", "X/D", "Z/D", "X/Z/D", "X/Z/U*"}
+    assert {a for _, a in BASIC_PROFILE_ROWS} <= codes
+    # Every U row names a UID attribute.
+    for tag, action in BASIC_PROFILE.items():
+        if action == "U":
+            assert dictionary_VR(tag) == "UI", hex(tag)
+
+
+def test_remove_empty_and_dummy_by_the_table() -> None:
+    ds = make_dataset(
+        PatientAddress="1 Main St",
+        OtherPatientNames="Roe^Jane",
+        ImageComments="patient is John Doe",
+        InstitutionName="General Hospital",
+        DeviceSerialNumber="SN-4711",
+        ContentDate="20240102",
+        AcquisitionDateTime="20240102101500",
+        PatientAge="054Y",
+        AcquisitionDate="20240102",
+    )
+    out = cleaned(ds)
+    for keyword in ("PatientAddress", "OtherPatientNames", "ImageComments", "PatientAge"):
+        assert keyword not in out, keyword  # X
+    for keyword in ("PatientName", "StudyDate", "AccessionNumber"):
+        assert keyword in out and not out[keyword].value, keyword  # Z
+    assert out.PatientID == "ANONYMIZED"  # Z/D -> D
+    assert "AcquisitionDate" in out and not out.AcquisitionDate  # X/Z -> Z
+    assert out.InstitutionName == "ANONYMIZED"  # X/Z/D -> D
+    assert out.DeviceSerialNumber == "ANONYMIZED"
+    assert out.ContentDate == "19000101"  # Z/D -> D, a valid DA
+    DA(out.ContentDate)
+    assert out.AcquisitionDateTime == "19000101000000"
+    assert out.Modality == "CT" and out.Rows == 8  # not in the table: kept
+
+
+def test_uids_replaced_consistently_also_inside_sequences() -> None:
+    ds = make_dataset(FrameOfReferenceUID="1.2.3.99")
+    original = (ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+    ds.ReferencedImageSequence = [ref_item("1.2.3.4")]
+    ds.SourceImageSequence = [ref_item("1.2.3.4")]
+    ds.FailedSOPInstanceUIDList = ["1.2.3.4", "1.2.3.5"]
+    out = cleaned(ds)
+    assert out.StudyInstanceUID == new_uid(original[0])
+    assert out.SeriesInstanceUID == new_uid(original[1])
+    assert out.SOPInstanceUID == new_uid(original[2])
+    assert out.file_meta.MediaStorageSOPInstanceUID == out.SOPInstanceUID
+    assert out.FrameOfReferenceUID == new_uid("1.2.3.99")
+    for seq in (out.ReferencedImageSequence, out.SourceImageSequence):  # X/Z/U*: kept
+        assert seq[0].ReferencedSOPInstanceUID == new_uid("1.2.3.4")
+        assert seq[0].ReferencedSOPClassUID == "1.2.840.10008.5.1.4.1.1.2"  # not an instance
+    assert list(out.FailedSOPInstanceUIDList) == [new_uid("1.2.3.4"), new_uid("1.2.3.5")]
+    assert out.SOPClassUID == "1.2.840.10008.5.1.4.1.1.2"
+
+
+def test_sequences_removed_or_cleaned_and_private_attributes_gone() -> None:
+    ds = make_dataset()
+    other = Dataset()
+    other.PatientID = "OTHER-7"
+    ds.OtherPatientIDsSequence = [other]
+    request = Dataset()
+    request.RequestedProcedureID = "RP-1"
+    ds.RequestAttributesSequence = [request]
+    kept = Dataset()
+    kept.CodeValue = "T-1"
+    kept.PatientName = "Nested^Name"
+    kept.add_new(0x00190010, "LO", "VENDOR")
+    kept.add_new(0x00191001, "LO", "nested private")
+    ds.AnatomicRegionSequence = [kept]
+    ds.add_new(0x00090010, "LO", "ACME")
+    ds.add_new(0x00091001, "LO", "Doe^John again")
+    observer = Dataset()
+    observer.VerifyingObserverName = "Verifier^Vera"
+    ds.VerifyingObserverSequence = [observer]
+    out = cleaned(ds)
+    assert "OtherPatientIDsSequence" not in out
+    assert "RequestAttributesSequence" not in out
+    assert not any(elem.tag.is_private for elem in out.iterall())
+    item = out.AnatomicRegionSequence[0]  # not listed: kept, its items cleaned
+    assert item.CodeValue == "T-1" and not item.PatientName
+    assert len(out.VerifyingObserverSequence) == 1  # D on a sequence: one empty item
+    assert len(out.VerifyingObserverSequence[0]) == 0
+
+
+def test_overlay_and_curve_groups() -> None:
+    ds = make_dataset()
+    ds.add_new(0x60000010, "US", 8)  # Overlay Rows: not identifying, kept
+    ds.add_new(0x60003000, "OW", b"\xff" * 8)
+    ds.add_new(0x60024000, "LT", "overlay comment naming the patient")
+    ds.add_new(0x50000005, "US", 1)  # retired curve group
+    out = cleaned(ds)
+    assert 0x60000010 in out
+    assert 0x60003000 not in out and 0x60024000 not in out and 0x50000005 not in out
+
+
+def test_records_what_was_done() -> None:
+    out = cleaned(make_dataset())
+    assert out.PatientIdentityRemoved == "YES"
+    assert out.LongitudinalTemporalInformationModified == "REMOVED"
+    assert out.DeidentificationMethod
+    assert [c.CodeValue for c in out.DeidentificationMethodCodeSequence] == ["113100"]
+    assert out.DeidentificationMethodCodeSequence[0].CodingSchemeDesignator == "DCM"
+    said_no = cleaned(make_dataset(BurnedInAnnotation="NO"))
+    codes = [c.CodeValue for c in said_no.DeidentificationMethodCodeSequence]
+    assert codes == ["113100", "113101"]
+
+
+def test_file_meta_source_ae_title_removed() -> None:
+    ds = make_dataset()
+    ds.file_meta.SourceApplicationEntityTitle = "HOSPITAL_CT1"
+    out = cleaned(ds)
+    assert "SourceApplicationEntityTitle" not in out.file_meta
+
+
+def test_keyed_uid() -> None:
+    one = keyed_uid(SECRET, "1.2.3")
+    assert one == keyed_uid(SECRET, "1.2.3")
+    assert one != keyed_uid(SECRET, "1.2.4")
+    assert one != keyed_uid(b"x" * 32, "1.2.3")
+    assert one.startswith("2.25.") and is_valid_uid(one) and len(one) <= 44
+
+
+@pytest.mark.parametrize(
+    ("extra", "refused"),
+    [
+        ({}, None),
+        ({"BurnedInAnnotation": "YES"}, "burned-in annotation"),
+        ({"BurnedInAnnotation": "NO"}, None),
+        ({"RecognizableVisualFeatures": "YES"}, "recognizable"),
+        ({"sop_class": SC_IMAGE_STORAGE}, "often carries burned-in text"),
+        ({"sop_class": SC_IMAGE_STORAGE, "BurnedInAnnotation": "NO"}, None),
+        ({"sop_class": "1.2.840.10008.5.1.4.1.1.6.1"}, "often carries"),  # ultrasound
+        ({"sop_class": "1.2.840.10008.5.1.4.1.1.3.1"}, "often carries"),  # US multi-frame
+        ({"sop_class": "1.2.840.10008.5.1.4.1.1.77.1.4"}, "often carries"),  # VL photo
+        ({"sop_class": "1.2.840.10008.5.1.4.1.1.7.4"}, "often carries"),  # MF true colour SC
+        ({"sop_class": "1.2.840.10008.5.1.4.1.1.4"}, None),  # MR: not text-prone
+        ({"sop_class": "1.2.840.10008.5.1.4.1.1.66"}, None),  # Raw Data, not "...1.6"
+        ({"EncapsulatedDocument": b"%PDF-1.4"}, "encapsulated document"),
+    ],
+)
+def test_refusal(extra: dict[str, object], refused: str | None) -> None:
+    reason = refusal(make_dataset(**extra))  # type: ignore[arg-type]
+    if refused is None:
+        assert reason is None
+    else:
+        assert reason is not None and refused in reason
+
+
+def test_secret_created_once_private_and_reused(tmp_path: Path) -> None:
+    path = tmp_path / "deidentify.key"
+    first = load_or_create_secret(path)
+    assert len(first) == 32
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert load_or_create_secret(path) == first
+    assert [p.name for p in tmp_path.iterdir()] == ["deidentify.key"]  # no temp left
+    path.write_bytes(b"short")
+    with pytest.raises(StorageUnavailable):
+        load_or_create_secret(path)
+
+
+_SAMPLE: dict[str, object] = {
+    "DA": "20240102",
+    "TM": "101500",
+    "DT": "20240102101500",
+    "AS": "054Y",
+    "IS": "7",
+    "DS": "1.5",
+    "UI": "1.2.3.4",
+    "AT": 0x00100010,
+    "UR": "https://doe.example/john",
+}
+
+
+def _sample(vr: str) -> object:
+    if vr in _SAMPLE:
+        return _SAMPLE[vr]
+    if vr in ("US", "SS", "UL", "SL", "UV", "SV"):
+        return 7
+    if vr in ("FL", "FD"):
+        return 1.5
+    if vr.startswith("O") or vr == "UN":
+        return bytes(8)
+    return "DOE_JOHN" if vr in ("CS", "AE") else "Doe^John"
+
+
+def test_every_row_of_the_table_applies_and_the_result_encodes() -> None:
+    """Each attribute of the table, given a value, gets its action and stays writable."""
+    ds = make_dataset()
+    for tag in BASIC_PROFILE:
+        if tag >> 16 in (0x0000, 0x0002) or tag in ds:
+            continue  # command and file meta groups are not dataset attributes
+        vr = dictionary_VR(tag).split(" or ")[0]
+        if vr == "SQ":
+            item = Dataset()
+            item.PatientName = "Doe^John"
+            ds.add_new(tag, vr, [item])
+        else:
+            ds.add_new(tag, vr, _sample(vr))
+    before = {tag: ds[tag].value for tag in BASIC_PROFILE if tag in ds}
+    out = cleaned(ds)
+    for tag, action in BASIC_PROFILE.items():
+        if tag >> 16 in (0x0000, 0x0002):
+            continue
+        if action == "X":
+            assert tag not in out, hex(tag)
+        elif action in ("Z", "X/Z"):
+            assert tag in out and not out[tag].value, hex(tag)
+        elif action in ("D", "Z/D", "X/D", "X/Z/D"):
+            assert tag in out and out[tag].value not in (None, "", b""), hex(tag)
+            assert out[tag].value != before[tag], hex(tag)
+        elif action == "U":
+            assert out[tag].value == new_uid(str(before[tag])), hex(tag)
+    assert "Doe" not in str([e.value for e in out.iterall() if e.VR == "PN"])
+    buffer = io.BytesIO()
+    out.save_as(buffer, enforce_file_format=True)
+    assert pydicom.dcmread(io.BytesIO(buffer.getvalue())).PatientIdentityRemoved == "YES"
+
+
+def test_processes_racing_to_create_the_secret_agree(tmp_path: Path) -> None:
+    """Several server workers start at once: every one must end up with the same key."""
+    path = tmp_path / "deidentify.key"
+    code = (
+        "import sys; from pathlib import Path;"
+        "from dicomweb_server.services.anonymize import load_or_create_secret as f;"
+        "print(f(Path(sys.argv[1])).hex())"
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE)
+        for _ in range(4)
+    ]
+    outputs = {p.communicate(timeout=60)[0].strip() for p in procs}
+    assert all(p.returncode == 0 for p in procs)
+    assert outputs == {path.read_bytes().hex().encode()}
+    assert [p.name for p in tmp_path.iterdir()] == ["deidentify.key"]
