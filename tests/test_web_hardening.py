@@ -61,7 +61,7 @@ def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsServer]:
     cmd = [
         sys.executable, "-m", "dicomweb_server.cli", "serve", "--port", str(port),
         "--data-dir", str(tmp / "data"), "--tls-cert", str(tls.cert), "--tls-key", str(tls.key),
-        "--cors-origins", ORIGIN,
+        "--cors-origins", ORIGIN, "--no-dimse",  # 11112 may be another run's
     ]  # fmt: skip
     log_path = tmp / "server.log"
     with open(log_path, "wb") as log:
