@@ -187,6 +187,7 @@ class PixelService:
         stored = located.table.transfer_syntax
         native = stored in UNCOMPRESSED
         stored_media = media_type_of(stored)
+        reasons: list[str] = []  # why an asked encoding does not fit these pixels
         for w in wanted:
             if w.transfer_syntax == "*" and w.media_type in (OCTET_STREAM, "image/*"):
                 if native:
@@ -204,15 +205,25 @@ class PixelService:
             target = w.transfer_syntax if w.transfer_syntax not in (None, "*") else syntaxes[0]
             assert target is not None
             if codec.can_encode(target) and codec.can_decode(stored):
-                return Output(w.media_type, target, "encode", w.multipart)
+                reason = codec.unsuitable(target, located.table.pixel)
+                if reason is None:
+                    return Output(w.media_type, target, "encode", w.multipart)
+                reasons.append(f"{target}: {reason}")  # a later range may still fit
         offers = [f"{OCTET_STREAM} (uncompressed)"] if codec.can_decode(stored) else []
         if not native:
             offers.append(f"{stored_media}; transfer-syntax={stored} (as stored)")
         if codec.can_decode(stored):
-            offers += [f"{media_type_of(ts)}; transfer-syntax={ts}" for ts in codec.encodable()]
+            offers += [
+                f"{media_type_of(ts)}; transfer-syntax={ts}"
+                for ts in codec.encodable()
+                if codec.unsuitable(ts, located.table.pixel) is None
+            ]
         raise NotAcceptable(
             f"cannot provide the frames of instance {located.instance.sop_instance_uid} "
-            f"(stored as {stored}) in any accepted media type; available: " + ", ".join(offers)
+            f"(stored as {stored}) in any accepted media type"
+            + "".join(f"; {r}" for r in reasons)
+            + "; available: "
+            + ", ".join(offers)
         )
 
     # -- reading ---------------------------------------------------------------------
