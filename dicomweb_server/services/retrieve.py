@@ -10,6 +10,9 @@ from dataclasses import dataclass
 
 import pydicom
 
+from dicomweb_server.dicom import codec
+from dicomweb_server.dicom.frames import FrameTable
+from dicomweb_server.dicom.pixel_media import JPEG_BASELINE
 from dicomweb_server.dicom.transcode import (
     output_syntax,
     to_explicit_little_endian,
@@ -62,7 +65,30 @@ class RetrieveService:
         ``requested`` lists the acceptable syntaxes in preference order; each instance
         gets the first one it can be sent in (PS3.18 8.7.8.2, per part).
         """
-        return [Planned(i, output_syntax(i.transfer_syntax, requested)) for i in instances]
+        wanted = [requested] if isinstance(requested, str) else list(requested)
+        return [
+            Planned(i, output_syntax(i.transfer_syntax, self._fitting(i, wanted)))
+            for i in instances
+        ]
+
+    def _fitting(self, instance: StoredInstance, wanted: list[str]) -> list[str]:
+        """``wanted`` without JPEG Baseline when this instance's pixels do not fit it
+        (more than 8 bits): the next acceptable syntax is chosen instead (per part,
+        PS3.18 8.7.8.2), or a 406 saying why when there is none. One index read, and
+        only when Baseline is asked for an instance not stored in it."""
+        if JPEG_BASELINE not in wanted or instance.transfer_syntax == JPEG_BASELINE:
+            return wanted
+        found = self.index.frame_table(instance.sop_instance_uid)
+        table = FrameTable.decode(found[1]) if found is not None and found[1] else None
+        reason = codec.unsuitable(JPEG_BASELINE, table.pixel) if table is not None else None
+        if reason is None:
+            return wanted
+        rest = [ts for ts in wanted if ts != JPEG_BASELINE]
+        if not rest:
+            raise NotAcceptable(
+                f"cannot provide instance {instance.sop_instance_uid} as {JPEG_BASELINE}: {reason}"
+            )
+        return rest
 
     def readable(self, planned: list[Planned]) -> tuple[list[Planned], list[Planned]]:
         """Split into (readable, unreadable) so one damaged blob does not sink a study."""
