@@ -133,3 +133,25 @@ def test_baseline_is_ycbcr_422_for_colour() -> None:
     assert jpeg_encode.result_photometric(JPEG_BASELINE, "RGB") == "YBR_FULL_422"
     error = np.abs(np.asarray(image).astype(int) - smooth)
     assert error.mean() < 3 and error.max() <= 24
+
+
+def test_huffman_codes_are_limited_to_16_bits_without_the_all_ones_code() -> None:
+    """Category frequencies halving from one category to the next make an unlimited
+    Huffman code 18 bits deep; K.2's adjustment must bring it to 16 and leave the
+    all-ones code word out. The distribution is built into an image and round-tripped."""
+    counts = [1 << (16 - k) for k in range(17)]
+    counts[16] += 1  # 2^17 samples: a 256 x 512 image
+    lengths = jpeg_lossless._code_lengths(np.array(counts, dtype=np.int64))
+    assert lengths.max() == 16 and lengths.min() >= 1
+    assert sum(2.0 ** -int(n) for n in lengths) < 1  # room left: no all-ones code word
+    # Differences of 2^(k-1) are category k; values rebuilt from them as SV1 predicts
+    # (column 0 from above, the rest from the left).
+    steps = np.repeat([0] + [1 << (k - 1) for k in range(1, 17)], counts)
+    diff = RNG.permutation(steps).reshape(256, 512)
+    first = 32768 + np.cumsum(diff[:, 0])
+    image = ((first[:, None] + np.cumsum(diff, axis=1) - diff[:, :1]) & 0xFFFF).astype(np.uint16)
+    categories, _, _ = jpeg_lossless._differences(image.astype(np.int64)[:, :, None], 16)
+    assert np.bincount(categories, minlength=17).tolist() == counts
+    stream = roundtrip(image, 16)
+    dht = stream.index(b"\xff\xc4")
+    assert sum(stream[dht + 5 : dht + 21]) == 17  # BITS: 17 codes, all within 16 bits

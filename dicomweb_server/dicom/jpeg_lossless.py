@@ -168,21 +168,21 @@ def _pack(words: npt.NDArray[np.int64], lengths: npt.NDArray[np.int64]) -> bytes
     if total == 0:
         return b""
     padding = -total % 8
+    size = (total + padding) // 8
     # The 1-bit padding is one more (short) word; so no special case at the end.
-    words = np.append(words, (1 << padding) - 1)
+    words = np.append(words, (1 << padding) - 1).astype(np.uint64)
     lengths = np.append(lengths, padding)
     starts = np.cumsum(lengths) - lengths
-    first_byte = starts >> 3
-    # A word (<= 31 bits) starting at bit 0..7 of a byte lies within 5 bytes: aligned
-    # in a 40-bit window, each of its 5 bytes is added to its output byte. Words share
-    # no bits, so adding them is OR-ing them.
-    window = words << (40 - (starts & 7) - lengths)
-    size = (total + padding) // 8
-    packed = np.zeros(size + 5, dtype=np.float64)
-    for k in range(5):
-        lane = (window >> (32 - 8 * k)) & 0xFF
-        packed += np.bincount(first_byte + k, weights=lane, minlength=size + 5)[: size + 5]
-    packed = packed[:size].astype(np.uint8)
+    # Output as 32-bit big-endian slots. A word (<= 31 bits) starting at bit 0..31 of
+    # its slot lies within that slot and the next: aligned in a 64-bit window, its
+    # high half is added to its slot and its low half to the next. Words share no
+    # bits, so adding is OR-ing; the sums stay below 2^32, exact in bincount's floats.
+    slot = starts >> 5
+    window = words << (64 - (starts & 31) - lengths).astype(np.uint64)
+    slots = size // 4 + 2
+    high = np.bincount(slot, weights=window >> np.uint64(32), minlength=slots)
+    low = np.bincount(slot + 1, weights=window & np.uint64(0xFFFFFFFF), minlength=slots)
+    packed = np.frombuffer((high[:slots] + low[:slots]).astype(">u4").tobytes()[:size], np.uint8)
     ff = np.flatnonzero(packed == 0xFF)
     if len(ff):
         packed = np.insert(packed, ff + 1, 0)
