@@ -17,13 +17,13 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
-from pydicom.encaps import encapsulate
+from pydicom.encaps import encapsulate, generate_frames
 from pydicom.pixels.decoders.base import get_decoder
 from pydicom.uid import UID
 
 from tests.conftest import Server, http, start_server
-from tests.dicomgen import make_dataset
-from tests.test_web_pixel import parts, path_of, reference, store
+from tests.dicomgen import make_dataset, uid
+from tests.test_web_pixel import OCTET, parts, path_of, reference, store
 
 LOSSLESS = "1.2.840.10008.1.2.4.70"
 PROCESS_14 = "1.2.840.10008.1.2.4.57"
@@ -250,3 +250,29 @@ def test_instance_retrieve_in_baseline_of_16_bit_is_406(
     response = http().get(f"{server.url}{path_of(ds)}", headers={"Accept": accept})
     assert response.status_code == 200
     assert parts(response)[0][0] == "application/dicom; transfer-syntax=1.2.840.10008.1.2.1"
+
+
+def test_our_jpeg_lossless_instances_are_stored_and_served_as_they_are(
+    jpeg_server: tuple[Server, dict[str, Dataset]],
+) -> None:
+    """An instance we transcoded to .70 is stored again (STOW parses our encapsulation
+    and Basic Offset Table); its frames then go out as stored, and a .57 request gets
+    the same bytes relabelled, since an SV1 stream is a Process 14 stream."""
+    server, datasets = jpeg_server
+    _, encoded = retrieve(server, datasets["16-bit signed"], LOSSLESS)
+    encoded.SOPInstanceUID = uid()
+    encoded.file_meta.MediaStorageSOPInstanceUID = UID(encoded.SOPInstanceUID)
+    store(server, encoded)
+    stored = list(generate_frames(encoded.PixelData, number_of_frames=2))
+    for accept, ts in (
+        (JPEG_FRAMES, LOSSLESS),
+        (f"{JPEG_FRAMES}; transfer-syntax={PROCESS_14}", PROCESS_14),
+    ):
+        got = frames(server, encoded, "2,1", accept)
+        assert got == [
+            (f"image/jpeg; transfer-syntax={ts}", stored[1]),
+            (f"image/jpeg; transfer-syntax={ts}", stored[0]),
+        ]
+    ((_, body),) = frames(server, encoded, "2", OCTET)
+    expected = datasets["16-bit signed"].pixel_array[1]
+    assert np.array_equal(np.frombuffer(body, np.int16).reshape(SIZE, SIZE), expected)

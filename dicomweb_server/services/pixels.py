@@ -22,7 +22,14 @@ from pydicom.dataelem import RawDataElement
 
 from dicomweb_server.dicom import codec
 from dicomweb_server.dicom.frames import NO_FRAMES, NO_PIXELS, FrameTable, compute, unshift
-from dicomweb_server.dicom.pixel_media import MEDIA_SYNTAXES, OCTET_STREAM, Wanted, media_type_of
+from dicomweb_server.dicom.pixel_media import (
+    JPEG_LOSSLESS,
+    JPEG_LOSSLESS_SV1,
+    MEDIA_SYNTAXES,
+    OCTET_STREAM,
+    Wanted,
+    media_type_of,
+)
 from dicomweb_server.dicom.transcode import to_explicit_little_endian
 from dicomweb_server.dicom.uids import (
     DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
@@ -202,6 +209,9 @@ class PixelService:
                 return Output(w.media_type, stored, "stored", w.multipart)
             if w.transfer_syntax == stored:
                 return Output(w.media_type, stored, "stored", w.multipart)
+            if w.transfer_syntax == JPEG_LOSSLESS and stored == JPEG_LOSSLESS_SV1:
+                # An SV1 stream is a Process 14 stream (PS3.5 A.4.1): relabelled, not re-encoded.
+                return Output(w.media_type, JPEG_LOSSLESS, "stored", w.multipart)
             target = w.transfer_syntax if w.transfer_syntax not in (None, "*") else syntaxes[0]
             assert target is not None
             if codec.can_encode(target) and codec.can_decode(stored):
