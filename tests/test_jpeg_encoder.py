@@ -68,7 +68,7 @@ def test_lossless_round_trip(name: str, pixels: np.ndarray, precision: int) -> N
 
 def test_difference_of_32768_is_category_16_without_extra_bits() -> None:
     pixels = np.tile(np.array([0, 32768, 65535, 1, 32768, 0], np.uint16), (4, 3))
-    categories, _, extra_bits = jpeg_lossless._differences(pixels.astype(np.int64), 16)
+    categories, _, extra_bits = jpeg_lossless._differences(pixels, 0, len(pixels), 16)
     assert 16 in categories.tolist()
     assert extra_bits[categories == 16].tolist() == [0] * int((categories == 16).sum())
     roundtrip(pixels, 16)
@@ -150,8 +150,20 @@ def test_huffman_codes_are_limited_to_16_bits_without_the_all_ones_code() -> Non
     diff = RNG.permutation(steps).reshape(256, 512)
     first = 32768 + np.cumsum(diff[:, 0])
     image = ((first[:, None] + np.cumsum(diff, axis=1) - diff[:, :1]) & 0xFFFF).astype(np.uint16)
-    categories, _, _ = jpeg_lossless._differences(image.astype(np.int64)[:, :, None], 16)
+    categories, _, _ = jpeg_lossless._differences(image[:, :, None], 0, 256, 16)
     assert np.bincount(categories, minlength=17).tolist() == counts
     stream = roundtrip(image, 16)
     dht = stream.index(b"\xff\xc4")
     assert sum(stream[dht + 5 : dht + 21]) == 17  # BITS: 17 codes, all within 16 bits
+
+
+@pytest.mark.parametrize("strip", [1, 7, 40, 1000])
+def test_strips_give_the_same_stream(monkeypatch: pytest.MonkeyPatch, strip: int) -> None:
+    """Large frames are coded in strips of rows (bounded memory): the first column of
+    a strip is predicted from the row above it and bits carry across strips, so any
+    strip size gives the one-piece stream."""
+    pixels = RNG.integers(0, 65536, (23, 11, 3)).astype(np.uint16)
+    whole = jpeg_lossless.encode(pixels, 16)
+    monkeypatch.setattr(jpeg_lossless, "_STRIP_SAMPLES", strip)
+    assert jpeg_lossless.encode(pixels, 16) == whole
+    roundtrip(pixels, 16)

@@ -32,6 +32,7 @@ import numpy.typing as npt
 
 _SOI, _EOI, _SOF3, _DHT, _SOS = 0xD8, 0xD9, 0xC3, 0xC4, 0xDA
 _MAX_CODE_LENGTH = 16
+_STRIP_SAMPLES = 1 << 18
 
 
 def encode(pixels: npt.NDArray[np.integer], precision: int) -> bytes:
@@ -52,16 +53,28 @@ def encode(pixels: npt.NDArray[np.integer], precision: int) -> bytes:
     rows, columns, components = samples.shape
     if not (0 < rows < 65536 and 0 < columns < 65536):
         raise ValueError(f"JPEG frame size {rows} x {columns} is outside 1..65535")
-    values = samples.astype(np.int64) & ((1 << precision) - 1)
-    categories, extra, extra_bits = _differences(values, precision)
-    frequencies = np.bincount(categories.ravel(), minlength=17)
+    # Coded in strips of rows, so temporaries stay near 30 MB however large
+    # the frame (a 4k x 4k mammogram is 16 M samples): once to count categories for
+    # the Huffman table, once to code them.
+    step = max(1, _STRIP_SAMPLES // (columns * components))
+    strips = [(top, min(top + step, rows)) for top in range(0, rows, step)]
+    frequencies = np.zeros(17, dtype=np.int64)
+    for top, bottom in strips:
+        found = _differences(samples, top, bottom, precision)
+        frequencies += np.bincount(found[0], minlength=17)
     lengths = _code_lengths(frequencies)
     codes, huffval, bits = _canonical(lengths)
-    code_len = lengths[categories]
-    code_val = codes[categories]
-    # One code word per sample: Huffman code then the additional bits (<= 31 bits).
-    words = (code_val << extra_bits) | extra
-    entropy = _pack(words, code_len + extra_bits)
+    pieces, carry = [], (0, 0)
+    for top, bottom in strips:
+        # One strip (most frames): its differences are still at hand.
+        categories, extra, extra_bits = (
+            found if len(strips) == 1 else _differences(samples, top, bottom, precision)
+        )
+        # One code word per sample: Huffman code then the additional bits (<= 31 bits).
+        words = (codes[categories] << extra_bits) | extra
+        piece, carry = _pack(words, lengths[categories] + extra_bits, carry, bottom == rows)
+        pieces.append(piece)
+    entropy = b"".join(pieces)
     return b"".join(
         (
             _marker(_SOI),
@@ -84,15 +97,18 @@ def encode(pixels: npt.NDArray[np.integer], precision: int) -> bytes:
 
 
 def _differences(
-    values: npt.NDArray[np.int64], precision: int
+    samples: npt.NDArray[np.integer], top: int, bottom: int, precision: int
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
-    """Per sample (interleaved order): SSSS category, additional bits, their count."""
+    """For rows ``top`` to ``bottom`` (interleaved order): each sample's SSSS category,
+    additional bits and their count."""
+    context = 1 if top > 0 else 0  # the row above, for the first column's prediction
+    values = samples[top - context : bottom].astype(np.int64) & ((1 << precision) - 1)
     predicted = np.empty_like(values)
     predicted[:, 1:] = values[:, :-1]  # Ra
     predicted[1:, 0] = values[:-1, 0]  # Rb for the first column
-    predicted[0, 0] = 1 << (precision - 1)
-    diff = (values - predicted) & 0xFFFF  # modulo 2^16 (H.1.2.1)
-    diff = np.where(diff > 0x8000, diff - 0x10000, diff).ravel()
+    predicted[0, 0] = 1 << (precision - 1)  # first line's first sample (or context)
+    diff = ((values - predicted) & 0xFFFF)[context:].ravel()  # modulo 2^16 (H.1.2.1)
+    diff = np.where(diff > 0x8000, diff - 0x10000, diff)
     magnitude = np.abs(diff)
     categories = np.frexp(magnitude.astype(np.float64))[1].astype(np.int64)  # bit length
     extra_bits = np.where(categories == 16, 0, categories)
@@ -162,16 +178,24 @@ def _canonical(
     return codes, huffval, bits
 
 
-def _pack(words: npt.NDArray[np.int64], lengths: npt.NDArray[np.int64]) -> bytes:
-    """Concatenate variable-length code words MSB first, pad with 1s, stuff 0xFF."""
+def _pack(
+    words: npt.NDArray[np.int64],
+    lengths: npt.NDArray[np.int64],
+    carry: tuple[int, int],
+    final: bool,
+) -> tuple[bytes, tuple[int, int]]:
+    """Variable-length code words MSB first, as whole bytes with 0xFF stuffed, after
+    ``carry`` (bits left over from the previous strip: value, count). Returns the
+    bytes and the new carry; the ``final`` strip is padded with 1 bits instead."""
+    words = np.concatenate(([carry[0]], words)).astype(np.uint64)
+    lengths = np.concatenate(([carry[1]], lengths)).astype(np.int64)
     total = int(lengths.sum())
-    if total == 0:
-        return b""
-    padding = -total % 8
-    size = (total + padding) // 8
-    # The 1-bit padding is one more (short) word; so no special case at the end.
-    words = np.append(words, (1 << padding) - 1).astype(np.uint64)
-    lengths = np.append(lengths, padding)
+    if final and total % 8:
+        padding = 8 - total % 8
+        words = np.append(words, np.uint64((1 << padding) - 1))
+        lengths = np.append(lengths, padding)
+        total += padding
+    size = (total + 7) // 8
     starts = np.cumsum(lengths) - lengths
     # Output as 32-bit big-endian slots. A word (<= 31 bits) starting at bit 0..31 of
     # its slot lies within that slot and the next: aligned in a 64-bit window, its
@@ -183,10 +207,13 @@ def _pack(words: npt.NDArray[np.int64], lengths: npt.NDArray[np.int64]) -> bytes
     high = np.bincount(slot, weights=window >> np.uint64(32), minlength=slots)
     low = np.bincount(slot + 1, weights=window & np.uint64(0xFFFFFFFF), minlength=slots)
     packed = np.frombuffer((high[:slots] + low[:slots]).astype(">u4").tobytes()[:size], np.uint8)
-    ff = np.flatnonzero(packed == 0xFF)
+    left = total % 8  # bits of an unfinished last byte go to the next strip
+    carry = (int(packed[-1]) >> (8 - left), left) if left else (0, 0)
+    whole = packed[: total // 8]
+    ff = np.flatnonzero(whole == 0xFF)
     if len(ff):
-        packed = np.insert(packed, ff + 1, 0)
-    return packed.tobytes()
+        whole = np.insert(whole, ff + 1, 0)
+    return whole.tobytes(), carry
 
 
 def _marker(code: int) -> bytes:
