@@ -276,3 +276,14 @@ def test_our_jpeg_lossless_instances_are_stored_and_served_as_they_are(
     ((_, body),) = frames(server, encoded, "2", OCTET)
     expected = datasets["16-bit signed"].pixel_array[1]
     assert np.array_equal(np.frombuffer(body, np.int16).reshape(SIZE, SIZE), expected)
+
+
+def test_one_frame_as_single_part_image_jpeg(
+    jpeg_server: tuple[Server, dict[str, Dataset]],
+) -> None:
+    server, datasets = jpeg_server
+    ds = datasets["RGB"]
+    response = http().get(f"{server.url}{path_of(ds)}/frames/2", headers={"Accept": "image/jpeg"})
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == f"image/jpeg; transfer-syntax={LOSSLESS}"
+    assert np.array_equal(decoded(LOSSLESS, response.content, ds), reference(ds)[1])
