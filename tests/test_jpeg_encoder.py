@@ -10,9 +10,10 @@ import pytest
 from libjpeg.utils import decode
 from PIL import Image
 
-from dicomweb_server.dicom import jpeg_encode, jpeg_lossless
-from dicomweb_server.dicom.frames import PixelInfo
+from dicomweb_server.dicom import codec, jpeg_encode, jpeg_lossless
+from dicomweb_server.dicom.frames import FrameTable, PixelInfo
 from dicomweb_server.dicom.pixel_media import JPEG_BASELINE, JPEG_LOSSLESS, JPEG_LOSSLESS_SV1
+from dicomweb_server.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN
 
 RNG = np.random.default_rng(20261125)
 
@@ -68,7 +69,7 @@ def test_lossless_round_trip(name: str, pixels: np.ndarray, precision: int) -> N
 
 def test_difference_of_32768_is_category_16_without_extra_bits() -> None:
     pixels = np.tile(np.array([0, 32768, 65535, 1, 32768, 0], np.uint16), (4, 3))
-    categories, _, extra_bits = jpeg_lossless._differences(pixels, 0, len(pixels), 16)
+    categories, _, extra_bits = jpeg_lossless._differences(pixels, 0, len(pixels), 16, 16)
     assert 16 in categories.tolist()
     assert extra_bits[categories == 16].tolist() == [0] * int((categories == 16).sum())
     roundtrip(pixels, 16)
@@ -150,7 +151,7 @@ def test_huffman_codes_are_limited_to_16_bits_without_the_all_ones_code() -> Non
     diff = RNG.permutation(steps).reshape(256, 512)
     first = 32768 + np.cumsum(diff[:, 0])
     image = ((first[:, None] + np.cumsum(diff, axis=1) - diff[:, :1]) & 0xFFFF).astype(np.uint16)
-    categories, _, _ = jpeg_lossless._differences(image[:, :, None], 0, 256, 16)
+    categories, _, _ = jpeg_lossless._differences(image[:, :, None], 0, 256, 16, 16)
     assert np.bincount(categories, minlength=17).tolist() == counts
     stream = roundtrip(image, 16)
     dht = stream.index(b"\xff\xc4")
@@ -167,3 +168,23 @@ def test_strips_give_the_same_stream(monkeypatch: pytest.MonkeyPatch, strip: int
     monkeypatch.setattr(jpeg_lossless, "_STRIP_SAMPLES", strip)
     assert jpeg_lossless.encode(pixels, 16) == whole
     roundtrip(pixels, 16)
+
+
+@pytest.mark.parametrize(
+    ("allocated", "stored", "signed"),
+    [(8, 2, 0), (8, 6, 0), (8, 8, 1), (16, 2, 0), (16, 8, 0), (16, 8, 1), (16, 9, 1),
+     (16, 12, 1), (16, 16, 0)],
+)  # fmt: skip
+def test_every_bit_depth_decodes_through_pydicom(allocated: int, stored: int, signed: int) -> None:
+    """The frame path end to end in-process: a native frame encoded by ``codec.encode``
+    and decoded by pydicom's pylibjpeg decoder with the same Image Pixel attributes. With
+    16 bits allocated and at most 8 stored, P is raised to 9 so the decoder's samples are
+    two bytes wide, as Bits Allocated says."""
+    info = PixelInfo(9, 7, 1, allocated, stored, signed, "MONOCHROME2", 0, 1)
+    low, high = (-(1 << (stored - 1)), 1 << (stored - 1)) if signed else (0, 1 << stored)
+    source = RNG.integers(low, high, (9, 7)).astype(f"{'i' if signed else 'u'}{allocated // 8}")
+    native = FrameTable(EXPLICIT_VR_LITTLE_ENDIAN, info, native=(0, 63 * allocated))
+    stream = codec.encode(native, source.tobytes(), JPEG_LOSSLESS_SV1)
+    assert stream[stream.index(b"\xff\xc3") + 4] == max(stored, 9 if allocated == 16 else 2)
+    back = codec.decode(FrameTable(JPEG_LOSSLESS_SV1, info, fragments=((),)), stream)
+    assert back.dtype == source.dtype and np.array_equal(back, source)

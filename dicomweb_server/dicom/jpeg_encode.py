@@ -65,7 +65,14 @@ def encode(target: str, pixels: npt.NDArray[np.integer], pixel: PixelInfo) -> by
     """One decoded frame (rows, columns[, 3]) as a ``target`` codestream."""
     if target == JPEG_BASELINE:
         return _baseline(pixels)
-    return jpeg_lossless.encode(pixels, max(2, pixel.bits_stored))
+    return jpeg_lossless.encode(pixels, precision(pixel), pixel.bits_stored)
+
+
+def precision(pixel: PixelInfo) -> int:
+    """The lossless sample precision P for these pixels: Bits Stored, except that
+    16 bits allocated need P > 8, since decoders give P <= 8 samples one byte each
+    (the values, Bits Stored wide, have zero bits above)."""
+    return max(pixel.bits_stored, 9 if pixel.bits_allocated == 16 else 2)
 
 
 def _baseline(pixels: npt.NDArray[np.integer]) -> bytes:

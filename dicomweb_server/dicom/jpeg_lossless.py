@@ -35,16 +35,17 @@ _MAX_CODE_LENGTH = 16
 _STRIP_SAMPLES = 1 << 18
 
 
-def encode(pixels: npt.NDArray[np.integer], precision: int) -> bytes:
+def encode(pixels: npt.NDArray[np.integer], precision: int, bits: int | None = None) -> bytes:
     """One frame as a JPEG Lossless SV1 codestream.
 
     ``pixels`` is (rows, columns) or (rows, columns, components) with 1 or 3
     components; ``precision`` (2..16) is the sample precision P, normally Bits
-    Stored. Only the low ``precision`` bits of each value are coded (for signed data:
-    its two's complement bit pattern).
+    Stored. Only the low ``bits`` (default: ``precision``) bits of each value are
+    coded: for signed data, its two's complement bit pattern.
     """
     if not 2 <= precision <= 16:
         raise ValueError(f"JPEG lossless sample precision must be 2..16, not {precision}")
+    bits = precision if bits is None else min(bits, precision)
     samples = np.asarray(pixels)
     if samples.ndim == 2:
         samples = samples[:, :, np.newaxis]
@@ -60,15 +61,15 @@ def encode(pixels: npt.NDArray[np.integer], precision: int) -> bytes:
     strips = [(top, min(top + step, rows)) for top in range(0, rows, step)]
     frequencies = np.zeros(17, dtype=np.int64)
     for top, bottom in strips:
-        found = _differences(samples, top, bottom, precision)
+        found = _differences(samples, top, bottom, precision, bits)
         frequencies += np.bincount(found[0], minlength=17)
     lengths = _code_lengths(frequencies)
-    codes, huffval, bits = _canonical(lengths)
+    codes, huffval, per_length = _canonical(lengths)
     pieces, carry = [], (0, 0)
     for top, bottom in strips:
         # One strip (most frames): its differences are still at hand.
         categories, extra, extra_bits = (
-            found if len(strips) == 1 else _differences(samples, top, bottom, precision)
+            found if len(strips) == 1 else _differences(samples, top, bottom, precision, bits)
         )
         # One code word per sample: Huffman code then the additional bits (<= 31 bits).
         words = (codes[categories] << extra_bits) | extra
@@ -83,7 +84,7 @@ def encode(pixels: npt.NDArray[np.integer], precision: int) -> bytes:
                 struct.pack(">BHHB", precision, rows, columns, components)
                 + b"".join(bytes((c + 1, 0x11, 0)) for c in range(components)),
             ),
-            _segment(_DHT, bytes([0x00]) + bytes(bits) + bytes(huffval)),
+            _segment(_DHT, bytes([0x00]) + bytes(per_length) + bytes(huffval)),
             _segment(
                 _SOS,
                 bytes([components])
@@ -97,12 +98,12 @@ def encode(pixels: npt.NDArray[np.integer], precision: int) -> bytes:
 
 
 def _differences(
-    samples: npt.NDArray[np.integer], top: int, bottom: int, precision: int
+    samples: npt.NDArray[np.integer], top: int, bottom: int, precision: int, bits: int
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
     """For rows ``top`` to ``bottom`` (interleaved order): each sample's SSSS category,
-    additional bits and their count."""
+    additional bits and their count; values are their low ``bits`` bits."""
     context = 1 if top > 0 else 0  # the row above, for the first column's prediction
-    values = samples[top - context : bottom].astype(np.int64) & ((1 << precision) - 1)
+    values = samples[top - context : bottom].astype(np.int64) & ((1 << bits) - 1)
     predicted = np.empty_like(values)
     predicted[:, 1:] = values[:, :-1]  # Ra
     predicted[1:, 0] = values[:-1, 0]  # Rb for the first column
