@@ -287,3 +287,29 @@ def test_one_frame_as_single_part_image_jpeg(
     assert response.status_code == 200, response.text
     assert response.headers["content-type"] == f"image/jpeg; transfer-syntax={LOSSLESS}"
     assert np.array_equal(decoded(LOSSLESS, response.content, ds), reference(ds)[1])
+
+
+def test_series_retrieve_gives_each_instance_the_first_syntax_it_fits(
+    jpeg_server: tuple[Server, dict[str, Dataset]],
+) -> None:
+    """PS3.18 8.7.8.2: the syntax is chosen per part. A series of an 8-bit and a 12-bit
+    instance asked as Baseline, else Explicit VR Little Endian: one part each."""
+    server, _ = jpeg_server
+    grey = with_pixels([smooth()], 8)
+    deep = make_dataset(study=grey.StudyInstanceUID, series=grey.SeriesInstanceUID)
+    store(server, grey, deep)
+    accept = (
+        f'multipart/related; type="application/dicom"; transfer-syntax={BASELINE}, '
+        'multipart/related; type="application/dicom"; q=0.5'
+    )
+    url = f"{server.url}/studies/{grey.StudyInstanceUID}/series/{grey.SeriesInstanceUID}"
+    response = http().get(url, headers={"Accept": accept})
+    assert response.status_code == 200, response.text
+    got = {
+        pydicom.dcmread(io.BytesIO(body)).SOPInstanceUID: content_type
+        for content_type, body in parts(response)
+    }
+    assert got == {
+        grey.SOPInstanceUID: f"application/dicom; transfer-syntax={BASELINE}",
+        deep.SOPInstanceUID: "application/dicom; transfer-syntax=1.2.840.10008.1.2.1",
+    }

@@ -12,7 +12,7 @@ import pydicom
 
 from dicomweb_server.dicom import codec
 from dicomweb_server.dicom.frames import FrameTable
-from dicomweb_server.dicom.pixel_media import JPEG_BASELINE
+from dicomweb_server.dicom.jpeg_encode import TARGETS as JPEG_TARGETS
 from dicomweb_server.dicom.transcode import (
     output_syntax,
     to_explicit_little_endian,
@@ -72,21 +72,23 @@ class RetrieveService:
         ]
 
     def _fitting(self, instance: StoredInstance, wanted: list[str]) -> list[str]:
-        """``wanted`` without JPEG Baseline when this instance's pixels do not fit it
-        (more than 8 bits): the next acceptable syntax is chosen instead (per part,
-        PS3.18 8.7.8.2), or a 406 saying why when there is none. One index read, and
-        only when Baseline is asked for an instance not stored in it."""
-        if JPEG_BASELINE not in wanted or instance.transfer_syntax == JPEG_BASELINE:
+        """``wanted`` without the JPEG syntaxes this instance's pixels do not fit (e.g.
+        Baseline for more than 8 bits): the next acceptable syntax is chosen instead
+        (per part, PS3.18 8.7.8.2), or a 406 saying why when there is none. One index
+        read, and only when a JPEG encoding is asked for an instance not stored so."""
+        asked = [ts for ts in wanted if ts in JPEG_TARGETS and ts != instance.transfer_syntax]
+        if not asked:
             return wanted
         found = self.index.frame_table(instance.sop_instance_uid)
         table = FrameTable.decode(found[1]) if found is not None and found[1] else None
-        reason = codec.unsuitable(JPEG_BASELINE, table.pixel) if table is not None else None
-        if reason is None:
+        if table is None:  # no pixels, or not known before reading: tried as asked
             return wanted
-        rest = [ts for ts in wanted if ts != JPEG_BASELINE]
+        reasons = {ts: codec.unsuitable(ts, table.pixel) for ts in asked}
+        rest = [ts for ts in wanted if reasons.get(ts) is None]
         if not rest:
             raise NotAcceptable(
-                f"cannot provide instance {instance.sop_instance_uid} as {JPEG_BASELINE}: {reason}"
+                f"cannot provide instance {instance.sop_instance_uid} as "
+                + "; ".join(f"{ts}: {reason}" for ts, reason in reasons.items())
             )
         return rest
 
