@@ -43,6 +43,7 @@ def markers(stream: bytes) -> list[int]:
     [
         ("constant", np.full((10, 13), 77, np.uint8), 8),
         ("constant 16-bit zero", np.zeros((7, 5), np.uint16), 16),
+        ("one category only", np.full((5, 6), 128, np.uint8), 8),  # all differences 0
         ("full-range noise", RNG.integers(0, 65536, (37, 41)).astype(np.uint16), 16),
         ("12-bit noise", RNG.integers(0, 4096, (33, 31)).astype(np.uint16), 12),
         ("1 x N", RNG.integers(0, 4096, (1, 50)).astype(np.uint16), 12),
