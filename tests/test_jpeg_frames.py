@@ -313,3 +313,25 @@ def test_series_retrieve_gives_each_instance_the_first_syntax_it_fits(
         grey.SOPInstanceUID: f"application/dicom; transfer-syntax={BASELINE}",
         deep.SOPInstanceUID: "application/dicom; transfer-syntax=1.2.840.10008.1.2.1",
     }
+
+
+def test_dicomweb_client_gets_jpeg_lossless_frames(
+    jpeg_server: tuple[Server, dict[str, Dataset]],
+) -> None:
+    from dicomweb_client.api import DICOMwebClient
+
+    server, datasets = jpeg_server
+    ds = datasets["12-bit"]
+    client = DICOMwebClient(server.url)
+    got = client.retrieve_instance_frames(
+        ds.StudyInstanceUID,
+        ds.SeriesInstanceUID,
+        ds.SOPInstanceUID,
+        frame_numbers=[2, 1],
+        media_types=(("image/jpeg", LOSSLESS),),
+    )
+    expected = reference(ds)
+    assert [decoded(LOSSLESS, frame, ds).tolist() for frame in got] == [
+        expected[1].tolist(),
+        expected[0].tolist(),
+    ]
