@@ -14,6 +14,7 @@ from pydicom.pixels.decoders.base import get_decoder
 from pydicom.pixels.encoders.base import get_encoder
 from pydicom.uid import UID
 
+from dicomweb_server.dicom import jpeg_encode
 from dicomweb_server.dicom.frames import FrameTable, PixelInfo
 from dicomweb_server.dicom.pixel_media import (
     J2K,
@@ -29,8 +30,9 @@ if TYPE_CHECKING:
     import numpy as np
 
 # Targets we encode to: lossless ones (JPEG 2000 .91 and JPEG-LS .81 are written
-# losslessly too: both allow it, PS3.5 A.4.4, A.4.3).
-_ENCODE_TARGETS = (RLE, J2K_LOSSLESS, J2K, JPEG_LS_LOSSLESS, JPEG_LS_NEAR)
+# losslessly too: both allow it, PS3.5 A.4.4, A.4.3), and the JPEG ones of
+# jpeg_encode (lossless .70/.57 always available, baseline .50 for 8-bit only).
+_ENCODE_TARGETS = (RLE, J2K_LOSSLESS, J2K, JPEG_LS_LOSSLESS, JPEG_LS_NEAR, *jpeg_encode.TARGETS)
 
 
 @functools.cache
@@ -47,6 +49,8 @@ def can_decode(transfer_syntax: str) -> bool:
 def can_encode(transfer_syntax: str) -> bool:
     if transfer_syntax not in _ENCODE_TARGETS:
         return False
+    if transfer_syntax in jpeg_encode.TARGETS:
+        return True  # our own encoders, nothing to install
     try:
         return bool(get_encoder(UID(transfer_syntax)).is_available)
     except NotImplementedError:
@@ -55,6 +59,14 @@ def can_encode(transfer_syntax: str) -> bool:
 
 def encodable() -> list[str]:
     return [ts for ts in _ENCODE_TARGETS if can_encode(ts)]
+
+
+def unsuitable(target: str, pixel: PixelInfo) -> str | None:
+    """Why frames with ``pixel`` cannot be encoded as ``target`` (None: they can, as
+    far as is known before trying)."""
+    if target in jpeg_encode.TARGETS:
+        return jpeg_encode.unsuitable(target, pixel, decoded_photometric(pixel))
+    return None
 
 
 def _options(pixel: PixelInfo, photometric: str | None = None) -> dict[str, object]:
@@ -122,6 +134,11 @@ def native_bytes(table: FrameTable, data: bytes) -> bytes:
 def encode(table: FrameTable, data: bytes, target: str) -> bytes:
     """The frame re-encoded in ``target`` (one of ``encodable()``)."""
     array = decode(table, data)
+    if target in jpeg_encode.TARGETS:
+        reason = unsuitable(target, table.pixel)
+        if reason is not None:
+            raise NotAcceptable(f"cannot encode this frame as {UID(target).name}: {reason}")
+        return jpeg_encode.encode(target, array, table.pixel)
     options = _options(table.pixel, decoded_photometric(table.pixel))
     options["planar_configuration"] = 0
     try:

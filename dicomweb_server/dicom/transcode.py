@@ -14,10 +14,13 @@ from typing import BinaryIO
 
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.pixels.decoders.base import get_decoder
 from pydicom.uid import UID
 
+from dicomweb_server.dicom import jpeg_encode
 from dicomweb_server.dicom.codec import can_encode, encodable
+from dicomweb_server.dicom.frames import PixelInfo
 from dicomweb_server.dicom.uids import (
     EXPLICIT_VR_BIG_ENDIAN,
     EXPLICIT_VR_LITTLE_ENDIAN,
@@ -120,7 +123,9 @@ def to_transfer_syntax(fp: BinaryIO, transfer_syntax: str) -> bytes:
     if transfer_syntax == EXPLICIT_VR_LITTLE_ENDIAN:
         return to_explicit_little_endian(fp)
     ds = pydicom.dcmread(io.BytesIO(to_explicit_little_endian(fp)), force=True)
-    if "PixelData" in ds:
+    if "PixelData" in ds and transfer_syntax in jpeg_encode.TARGETS:
+        _encode_jpeg(ds, transfer_syntax)
+    elif "PixelData" in ds:
         try:
             # Same instance, another encoding: keep its SOP Instance UID (see above).
             ds.compress(UID(transfer_syntax), generate_instance_uid=False)
@@ -134,3 +139,68 @@ def to_transfer_syntax(fp: BinaryIO, transfer_syntax: str) -> bytes:
     out = io.BytesIO()
     ds.save_as(out, enforce_file_format=True)
     return out.getvalue()
+
+
+def pixel_info(ds: Dataset) -> PixelInfo:
+    """The Image Pixel module of a dataset (PS3.3 C.7.6.3)."""
+    return PixelInfo(
+        rows=int(ds.Rows),
+        columns=int(ds.Columns),
+        samples=int(ds.get("SamplesPerPixel", 1) or 1),
+        bits_allocated=int(ds.BitsAllocated),
+        bits_stored=int(ds.get("BitsStored", ds.BitsAllocated) or ds.BitsAllocated),
+        pixel_representation=int(ds.get("PixelRepresentation", 0) or 0),
+        photometric=str(ds.get("PhotometricInterpretation", "MONOCHROME2")),
+        planar_configuration=int(ds.get("PlanarConfiguration", 0) or 0),
+        frames=int(ds.get("NumberOfFrames", 1) or 1),
+    )
+
+
+def _encode_jpeg(ds: Dataset, target: str) -> None:
+    """Encode a native dataset's frames as JPEG ``target`` in place: encapsulated with
+    a Basic Offset Table (PS3.5 A.4), Photometric Interpretation of the result
+    (PS3.5 8.2.1), and for a lossy result Lossy Image Compression "01" with its ratio
+    and method appended (PS3.3 C.7.6.1.1.5)."""
+    from pydicom.encaps import encapsulate
+    from pydicom.pixels.decoders.base import get_decoder
+
+    try:
+        pixel = pixel_info(ds)
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise NotAcceptable(f"cannot encode as {UID(target).name}: {exc}") from exc
+    reason = jpeg_encode.unsuitable(target, pixel, pixel.photometric)
+    if reason is not None:
+        raise NotAcceptable(f"cannot encode this instance as {UID(target).name}: {reason}")
+    decoder = get_decoder(UID(EXPLICIT_VR_LITTLE_ENDIAN))
+    # raw: no colour conversion, the stored samples are what a lossless stream keeps.
+    frames = [
+        jpeg_encode.encode(target, array, pixel) for array, _ in decoder.iter_array(ds, raw=True)
+    ]
+    ds.PixelData = encapsulate(frames, has_bot=True)
+    elem = ds["PixelData"]
+    elem.VR = "OB"
+    elem.is_undefined_length = True
+    ds.PhotometricInterpretation = jpeg_encode.result_photometric(target, pixel.photometric)
+    if pixel.samples > 1:
+        ds.PlanarConfiguration = 0  # interleaved components (PS3.5 8.2.1)
+    if target in jpeg_encode.LOSSY:
+        ds.BitsStored, ds.HighBit = 8, 7
+        ratio = pixel.frame_bits * pixel.frames / 8 / max(1, sum(len(f) for f in frames))
+        ds.LossyImageCompression = "01"
+        ds.LossyImageCompressionRatio = [
+            *_values(ds.get("LossyImageCompressionRatio")),
+            f"{ratio:.4g}"[:16],
+        ]
+        ds.LossyImageCompressionMethod = [
+            *_values(ds.get("LossyImageCompressionMethod")),
+            jpeg_encode.LOSSY_METHOD[target],
+        ]
+    ds.file_meta.TransferSyntaxUID = UID(target)
+
+
+def _values(value: object) -> list[object]:
+    if value is None or value == "":
+        return []
+    if isinstance(value, (list, tuple, MultiValue)):
+        return list(value)
+    return [value]

@@ -22,7 +22,14 @@ from pydicom.dataelem import RawDataElement
 
 from dicomweb_server.dicom import codec
 from dicomweb_server.dicom.frames import NO_FRAMES, NO_PIXELS, FrameTable, compute, unshift
-from dicomweb_server.dicom.pixel_media import MEDIA_SYNTAXES, OCTET_STREAM, Wanted, media_type_of
+from dicomweb_server.dicom.pixel_media import (
+    JPEG_LOSSLESS,
+    JPEG_LOSSLESS_SV1,
+    MEDIA_SYNTAXES,
+    OCTET_STREAM,
+    Wanted,
+    media_type_of,
+)
 from dicomweb_server.dicom.transcode import to_explicit_little_endian
 from dicomweb_server.dicom.uids import (
     DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
@@ -187,6 +194,7 @@ class PixelService:
         stored = located.table.transfer_syntax
         native = stored in UNCOMPRESSED
         stored_media = media_type_of(stored)
+        reasons: list[str] = []  # why an asked encoding does not fit these pixels
         for w in wanted:
             if w.transfer_syntax == "*" and w.media_type in (OCTET_STREAM, "image/*"):
                 if native:
@@ -201,18 +209,31 @@ class PixelService:
                 return Output(w.media_type, stored, "stored", w.multipart)
             if w.transfer_syntax == stored:
                 return Output(w.media_type, stored, "stored", w.multipart)
+            if w.transfer_syntax == JPEG_LOSSLESS and stored == JPEG_LOSSLESS_SV1:
+                # An SV1 stream is a Process 14 stream (PS3.5 A.4.1): relabelled, not re-encoded.
+                return Output(w.media_type, JPEG_LOSSLESS, "stored", w.multipart)
             target = w.transfer_syntax if w.transfer_syntax not in (None, "*") else syntaxes[0]
             assert target is not None
             if codec.can_encode(target) and codec.can_decode(stored):
-                return Output(w.media_type, target, "encode", w.multipart)
+                reason = codec.unsuitable(target, located.table.pixel)
+                if reason is None:
+                    return Output(w.media_type, target, "encode", w.multipart)
+                reasons.append(f"{target}: {reason}")  # a later range may still fit
         offers = [f"{OCTET_STREAM} (uncompressed)"] if codec.can_decode(stored) else []
         if not native:
             offers.append(f"{stored_media}; transfer-syntax={stored} (as stored)")
         if codec.can_decode(stored):
-            offers += [f"{media_type_of(ts)}; transfer-syntax={ts}" for ts in codec.encodable()]
+            offers += [
+                f"{media_type_of(ts)}; transfer-syntax={ts}"
+                for ts in codec.encodable()
+                if codec.unsuitable(ts, located.table.pixel) is None
+            ]
         raise NotAcceptable(
             f"cannot provide the frames of instance {located.instance.sop_instance_uid} "
-            f"(stored as {stored}) in any accepted media type; available: " + ", ".join(offers)
+            f"(stored as {stored}) in any accepted media type"
+            + "".join(f"; {r}" for r in reasons)
+            + "; available: "
+            + ", ".join(offers)
         )
 
     # -- reading ---------------------------------------------------------------------

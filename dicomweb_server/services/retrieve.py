@@ -10,6 +10,9 @@ from dataclasses import dataclass
 
 import pydicom
 
+from dicomweb_server.dicom import codec
+from dicomweb_server.dicom.frames import FrameTable
+from dicomweb_server.dicom.jpeg_encode import TARGETS as JPEG_TARGETS
 from dicomweb_server.dicom.transcode import (
     output_syntax,
     to_explicit_little_endian,
@@ -62,7 +65,32 @@ class RetrieveService:
         ``requested`` lists the acceptable syntaxes in preference order; each instance
         gets the first one it can be sent in (PS3.18 8.7.8.2, per part).
         """
-        return [Planned(i, output_syntax(i.transfer_syntax, requested)) for i in instances]
+        wanted = [requested] if isinstance(requested, str) else list(requested)
+        return [
+            Planned(i, output_syntax(i.transfer_syntax, self._fitting(i, wanted)))
+            for i in instances
+        ]
+
+    def _fitting(self, instance: StoredInstance, wanted: list[str]) -> list[str]:
+        """``wanted`` without the JPEG syntaxes this instance's pixels do not fit (e.g.
+        Baseline for more than 8 bits): the next acceptable syntax is chosen instead
+        (per part, PS3.18 8.7.8.2), or a 406 saying why when there is none. One index
+        read, and only when a JPEG encoding is asked for an instance not stored so."""
+        asked = [ts for ts in wanted if ts in JPEG_TARGETS and ts != instance.transfer_syntax]
+        if not asked:
+            return wanted
+        found = self.index.frame_table(instance.sop_instance_uid)
+        table = FrameTable.decode(found[1]) if found is not None and found[1] else None
+        if table is None:  # no pixels, or not known before reading: tried as asked
+            return wanted
+        reasons = {ts: codec.unsuitable(ts, table.pixel) for ts in asked}
+        rest = [ts for ts in wanted if reasons.get(ts) is None]
+        if not rest:
+            raise NotAcceptable(
+                f"cannot provide instance {instance.sop_instance_uid} as "
+                + "; ".join(f"{ts}: {reason}" for ts, reason in reasons.items())
+            )
+        return rest
 
     def readable(self, planned: list[Planned]) -> tuple[list[Planned], list[Planned]]:
         """Split into (readable, unreadable) so one damaged blob does not sink a study."""
