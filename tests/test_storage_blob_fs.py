@@ -222,9 +222,12 @@ def test_put_files_syncs_each_changed_folder_once_per_batch(
     sources = [_spooled(store, b"x", f"p{i}") for i in range(5)]
     synced: list[str] = []
     real_fsync_dir = blob_fs.fsync_dir
-    monkeypatch.setattr(
-        blob_fs, "fsync_dir", lambda path: (synced.append(str(path)), real_fsync_dir(path))
-    )
+
+    def fsync_dir(path: Path) -> None:
+        synced.append(str(path))
+        real_fsync_dir(path)
+
+    monkeypatch.setattr(blob_fs, "fsync_dir", fsync_dir)
     keys = [f"ab/st/se/{i}.dcm" for i in range(4)] + ["ab/st/other/4.dcm"]
     assert store.put_files(list(zip(keys, sources, strict=True))) == [None] * 5
     blobs = tmp_path.resolve() / "blobs"

@@ -109,7 +109,8 @@ def test_a_mixed_batch_links_each_study_to_its_own_order_in_one_lookup_per_kind(
     studies = [uid() for _ in range(5)]
     items = [services.workitems.create(order(accession=f"MIX{i}")) for i in range(4)]
     by_study = services.workitems.create(order(accession="MIXS", study_uid=studies[4]))
-    paths, expected = [], {item.uid: [] for item in [*items, by_study]}
+    paths: list[Path] = []
+    expected: dict[str, list[str]] = {item.uid: [] for item in [*items, by_study]}
     for i, study in enumerate(studies):
         for n in range(2):
             sop = uid()
