@@ -27,7 +27,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
 from dicomweb_server.dicom import frames as frame_index
-from dicomweb_server.dicom import status
+from dicomweb_server.dicom import rawanalyse, status
 from dicomweb_server.dicom.attributes import Level, level_of, tag_hex, vr_of
 from dicomweb_server.dicom.fastjson import codec_for, element_json
 from dicomweb_server.dicom.uids import (
@@ -340,7 +340,9 @@ def _inflated(fp: BinaryIO) -> bytes:
         raise DicomRejected(f"deflated data set cannot be inflated: {exc}") from exc
 
 
-def _frame_table(fp: BinaryIO, ds: Dataset, ts: str, pixel: list[int] | None) -> bytes:
+def _frame_table(
+    fp: BinaryIO, ds: Dataset | dict[str, Any], ts: str, pixel: list[int] | None
+) -> bytes:
     """The encoded frame table (schema v3), NO_PIXELS, or NO_FRAMES when frames cannot be
     read in place (deflated, unrecognised fragments)."""
     if ts == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
@@ -369,17 +371,24 @@ def analyse(
     *,
     bulk_threshold: int = 1024,
     uri_for: Callable[[str, str, str], str] | None = None,
+    fast: bool = True,
 ) -> InstanceRecord:
     """Validate and describe one object read from ``fp`` (a real file, seekable).
 
     ``uri_for(study, series, sop)`` gives the instance path under the DICOMweb root;
-    the default is the WADO-RS instance resource (PS3.18 10.4.1).
+    the default is the WADO-RS instance resource (PS3.18 10.4.1). ``fast`` tries the
+    raw reader first (rawanalyse: same record, or "not handled"); False forces pydicom.
     """
     fp.seek(0, os.SEEK_END)
     size = fp.tell()
     fp.seek(0)
     if size == 0:
         raise DicomRejected("empty part: no DICOM object")
+    if fast:
+        record = _analyse_raw(fp, size, bulk_threshold, uri_for)
+        if record is not None:
+            return record
+        fp.seek(0)
     ds = read_dataset(fp, defer_size=max(bulk_threshold, 1024))
     meta = getattr(ds, "file_meta", None)
     has_meta = meta is not None and "TransferSyntaxUID" in meta
@@ -437,18 +446,55 @@ def analyse(
     else:
         ts = IMPLICIT_VR_LITTLE_ENDIAN if ds.is_implicit_VR else "1.2.840.10008.1.2.1"
 
-    if uri_for is None:
-        base = f"/studies/{study_uid}/series/{series_uid}/instances/{sop_uid}/bulkdata"
-    else:
-        base = uri_for(study_uid, series_uid, sop_uid) + "/bulkdata"
+    base = _bulk_base(uri_for, study_uid, series_uid, sop_uid)
     builder = _JsonBuilder(base, bulk_threshold, big_endian=ts == EXPLICIT_VR_BIG_ENDIAN)
     metadata = builder.dataset(ds, "", True)
     if deflated:
         builder.bulk.clear()
-    study_json, series_json = _split_levels(metadata)
-
-    attrs = _Attributes(metadata)
     frame_table = _frame_table(fp, ds, ts, builder.bulk.get(tag_hex(PIXEL_DATA)))
+    uids = (sop_class, sop_uid, study_uid, series_uid)
+    return _record(uids, ts, has_meta, metadata, builder.bulk, frame_table)
+
+
+def _bulk_base(
+    uri_for: Callable[[str, str, str], str] | None, study: str, series: str, sop: str
+) -> str:
+    if uri_for is None:
+        return f"/studies/{study}/series/{series}/instances/{sop}/bulkdata"
+    return uri_for(study, series, sop) + "/bulkdata"
+
+
+def _analyse_raw(
+    fp: BinaryIO,
+    size: int,
+    bulk_threshold: int,
+    uri_for: Callable[[str, str, str], str] | None,
+) -> InstanceRecord | None:
+    """The record from the raw reader, or None when the pydicom path must decide."""
+    raw = rawanalyse.prepare(fp, size, max(bulk_threshold, 1024))
+    if raw is None:
+        return None
+    uids = (raw.sop_class_uid, raw.sop_instance_uid, raw.study_uid, raw.series_uid)
+    built = rawanalyse.metadata(raw, _bulk_base(uri_for, *uids[2:], uids[1]), bulk_threshold)
+    if built is None:
+        return None
+    metadata, bulk = built
+    ts = raw.transfer_syntax
+    frame_table = _frame_table(fp, raw.pixel, ts, bulk.get(tag_hex(PIXEL_DATA)))
+    return _record(uids, ts, raw.has_file_meta, metadata, bulk, frame_table)
+
+
+def _record(
+    uids: tuple[str, str, str, str],
+    ts: str,
+    has_meta: bool,
+    metadata: dict[str, Any],
+    bulk: dict[str, list[int]],
+    frame_table: bytes,
+) -> InstanceRecord:
+    sop_class, sop_uid, study_uid, series_uid = uids
+    study_json, series_json = _split_levels(metadata)
+    attrs = _Attributes(metadata)
     patient_name = attrs.text("PatientName")
     referring = attrs.text("ReferringPhysicianName")
     return InstanceRecord(
@@ -495,5 +541,5 @@ def analyse(
         metadata=orjson.dumps(metadata),
         study_attrs=orjson.dumps(study_json),
         series_attrs=orjson.dumps(series_json),
-        bulk=builder.bulk,
+        bulk=bulk,
     )
