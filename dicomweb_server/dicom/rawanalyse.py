@@ -140,8 +140,9 @@ def metadata(
     """The DICOM JSON (PS3.18 F.2) and the top-level bulk positions, exactly as
     ``ingest._JsonBuilder`` makes them; None when some element needs pydicom."""
     bulk: dict[str, list[int]] = {}
+    sizes = (threshold, max(threshold, 1024))
     try:
-        doc = _dataset(raw.elements, "", True, "ascii", uri_base, threshold, bulk)
+        doc = _dataset(raw.elements, "", True, "ascii", uri_base, sizes, bulk)
     except NotHandled:
         return None
     return doc, bulk
@@ -166,9 +167,12 @@ def _dataset(
     top: bool,
     codec: str,
     uri_base: str,
-    threshold: int,
+    sizes: tuple[int, int],
     bulk: dict[str, list[int]],
 ) -> dict[str, Any]:
+    """``sizes``: the bulk data threshold, and the size above which the pydicom path
+    defers a top-level value (and then encodes it with ``to_json_dict``, not fastjson)."""
+    threshold, deferred = sizes
     try:
         codec = _charset(elements, codec)
     except UnicodeDecodeError as exc:
@@ -190,12 +194,12 @@ def _dataset(
         if vr == "SQ":
             elem_path = f"{path}.{key}" if path else key
             items = [
-                _dataset(item, f"{elem_path}.{i}", False, codec, uri_base, threshold, bulk)
+                _dataset(item, f"{elem_path}.{i}", False, codec, uri_base, sizes, bulk)
                 for i, item in enumerate(value)
             ]
             out[key] = {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
             continue
-        if vr in _UNRESOLVED_VRS or value is None:
+        if vr in _UNRESOLVED_VRS or value is None or (top and length > deferred):
             raise NotHandled(f"{key} {vr} left to pydicom")
         fast = element_json(vr, value, codec)
         if fast is None:
