@@ -8,6 +8,7 @@ the byte position of each top-level bulk value, so that no hot path re-parses a 
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import logging
 import os
@@ -149,6 +150,16 @@ def _int(ds: Dataset, keyword: str) -> int | None:
         return None
 
 
+@functools.cache
+def _json_key(keyword: str) -> str:
+    return tag_hex(pydicom.datadict.tag_for_keyword(keyword) or 0)
+
+
+@functools.lru_cache(maxsize=8192)
+def _level_of_key(key: str) -> Level:
+    return level_of(int(key, 16))
+
+
 class _Attributes:
     """Index values read from the instance's DICOM JSON, whose values are decoded already;
     asking pydicom again costs tens of microseconds per attribute."""
@@ -157,7 +168,7 @@ class _Attributes:
         self.doc = doc
 
     def _values(self, keyword: str) -> list[Any] | None:
-        elem = self.doc.get(tag_hex(pydicom.datadict.tag_for_keyword(keyword) or 0))
+        elem = self.doc.get(_json_key(keyword))
         values = elem.get("Value") if isinstance(elem, dict) else None
         return values if isinstance(values, list) and values else None
 
@@ -269,7 +280,7 @@ def _split_levels(metadata: dict[str, Any]) -> tuple[dict[str, Any], dict[str, A
     study: dict[str, Any] = {}
     series: dict[str, Any] = {}
     for key, value in metadata.items():
-        level = level_of(int(key, 16))
+        level = _level_of_key(key)
         if level <= Level.STUDY:
             study[key] = value
         elif level == Level.SERIES:

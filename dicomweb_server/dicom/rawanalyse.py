@@ -58,7 +58,7 @@ def prepare(fp: BinaryIO, size: int, keep: int) -> RawInstance | None:
     """Walk and validate the object; None when the pydicom path must decide."""
     try:
         obj = rawread.read(fp, size, keep)
-        top = {elem.tag: elem for elem in obj.elements}
+        top = {elem[0]: elem for elem in obj.elements}
         sop_class, sop_uid = _uid(top.get(_SOP_CLASS)), _uid(top.get(_SOP_INSTANCE))
         study_uid, series_uid = _uid(top.get(_STUDY)), _uid(top.get(_SERIES))
         if _EXTENDED_OFFSET_TABLE in top:
@@ -77,11 +77,12 @@ def prepare(fp: BinaryIO, size: int, keep: int) -> RawInstance | None:
 
 def _uid(elem: RawElement | None) -> str:
     """A UID as pydicom's ``str(value).strip()`` gives it, if plainly valid."""
-    if elem is None or elem.vr != "UI" or not elem.value:
+    if elem is None or elem[1] != "UI" or not elem[4]:
         raise NotHandled("identifying UID missing or not plain")
-    if not _UID_BYTES.fullmatch(elem.value):
+    raw: bytes = elem[4]
+    if not _UID_BYTES.fullmatch(raw):
         raise NotHandled("identifying UID not plain")
-    value = str(elem.value.decode("ascii").rstrip("\0 "))
+    value = raw.decode("ascii").rstrip("\0 ")
     if not is_valid_uid(value):
         raise NotHandled("identifying UID invalid")
     return value
@@ -89,11 +90,14 @@ def _uid(elem: RawElement | None) -> str:
 
 def _single(elem: RawElement) -> Any:
     """The one value of an element as pydicom decodes it (None when empty)."""
-    if elem.length == 0:
+    _, vr, _, length, raw = elem
+    if length == 0:
         return None
-    if elem.value is None or elem.vr in _UNRESOLVED_VRS:
+    if raw is None or vr in _UNRESOLVED_VRS:
         raise NotHandled("pixel attribute not plain")
-    doc = element_json(elem.vr, elem.value, "ascii")
+    if vr == "US" and length == 2:
+        return raw[0] | raw[1] << 8  # the usual case, as fastjson reads it
+    doc = element_json(vr, raw, "ascii")
     values = doc.get("Value") if doc else None
     if values is None:
         if doc is None:
@@ -115,13 +119,14 @@ def _pixel_attributes(top: dict[int, RawElement]) -> dict[str, Any]:
             pixel[keyword] = value
     elem = top.get(_PHOTOMETRIC)
     if elem is not None:
-        if elem.value is None or b"\0" in elem.value or b"\\" in elem.value:
+        raw = elem[4]
+        if raw is None or b"\0" in raw or b"\\" in raw:
             raise NotHandled("Photometric Interpretation not plain")
-        pixel["PhotometricInterpretation"] = elem.value.decode("ascii").strip()
+        pixel["PhotometricInterpretation"] = raw.decode("ascii").strip()
     data = top.get(PIXEL_DATA)
     if (
         data is not None
-        and data.length != UNDEFINED_LENGTH
+        and data[3] != UNDEFINED_LENGTH
         and all(k in pixel for k in ("Rows", "Columns", "BitsAllocated"))
     ):
         # ingest._check_complete's Pixel Data length check: the pydicom path rejects.
@@ -129,7 +134,7 @@ def _pixel_attributes(top: dict[int, RawElement]) -> dict[str, Any]:
         samples = pixel.get("SamplesPerPixel") or 1
         bits = pixel.get("BitsAllocated") or 0
         rows, cols = pixel.get("Rows") or 0, pixel.get("Columns") or 0
-        if data.length < (rows * cols * samples * frames * bits + 7) // 8:
+        if data[3] < (rows * cols * samples * frames * bits + 7) // 8:
             raise NotHandled("Pixel Data too short")
     return pixel
 
@@ -149,11 +154,11 @@ def metadata(
 
 
 def _charset(elements: list[RawElement], inherited: str) -> str:
-    for elem in elements:
-        if elem.tag > _CHARSET:
+    for tag, _, _, _, raw in elements:
+        if tag > _CHARSET:
             break
-        if elem.tag == _CHARSET:
-            text = elem.value.decode("ascii") if elem.value else ""
+        if tag == _CHARSET:
+            text = raw.decode("ascii") if raw else ""
             codec = None if "\\" in text or "\0" in text else codec_for(text)
             if codec is None:
                 raise NotHandled("character set left to pydicom")

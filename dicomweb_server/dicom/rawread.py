@@ -57,15 +57,11 @@ class NotHandled(Exception):
     """The object is outside what this reader handles exactly; use pydicom."""
 
 
-class RawElement(NamedTuple):
-    tag: int
-    vr: str
-    # File offset of the value, and its length (UNDEFINED_LENGTH for encapsulated
-    # Pixel Data or a sequence of undefined length).
-    offset: int
-    length: int
-    # The value bytes; None when skipped (large binary); for SQ, the items' elements.
-    value: Any
+# One element: (tag, VR, file offset of the value, length, value). The length is
+# UNDEFINED_LENGTH for encapsulated Pixel Data or a sequence of undefined length; the
+# value is the bytes, None when skipped (large binary), or for SQ the items' elements.
+# A plain tuple: a NamedTuple costs a Python-level call per element.
+RawElement = tuple[int, str, int, int, Any]
 
 
 class RawObject(NamedTuple):
@@ -103,9 +99,9 @@ def _parse(buf: Any, size: int, keep: int) -> RawObject:
     pos = 0
     if buf[128:132] == b"DICM":
         meta, pos = _dataset(buf, 132, size, False, keep, 0, meta=True)
-        for elem in meta:
-            if elem.tag == 0x00020010 and elem.vr == "UI" and elem.value is not None:
-                ts = bytes(elem.value).decode("ascii", "replace").rstrip("\0 ")
+        for tag, vr, _, _, value in meta:
+            if tag == 0x00020010 and vr == "UI" and value is not None:
+                ts = bytes(value).decode("ascii", "replace").rstrip("\0 ")
         if ts not in HANDLED_SYNTAXES:
             raise NotHandled(f"transfer syntax {ts!r}")
         implicit = ts == IMPLICIT_VR_LITTLE_ENDIAN
@@ -182,11 +178,11 @@ def _dataset(
                 raise NotHandled("undefined length in the File Meta Information")
             if vr == "SQ":
                 items, after = _sequence(buf, pos, end, None, implicit, keep, depth)
-                out.append(RawElement(tag, vr, pos, length, items))
+                out.append((tag, vr, pos, length, items))
                 pos = after
             elif tag == PIXEL_DATA and depth == 0 and not implicit and vr in ("OB", "OW"):
                 after = _encapsulated(buf, pos, end)
-                out.append(RawElement(tag, vr, pos, length, None))
+                out.append((tag, vr, pos, length, None))
                 pos = after
             else:
                 raise NotHandled("undefined length value that is not a sequence")
@@ -196,11 +192,11 @@ def _dataset(
             raise NotHandled("value runs past its container")
         if vr == "SQ":
             items, _ = _sequence(buf, pos, value_end, value_end, implicit, keep, depth)
-            out.append(RawElement(tag, vr, pos, length, items))
+            out.append((tag, vr, pos, length, items))
         elif length > keep and vr in SKIPPABLE_VRS:
-            out.append(RawElement(tag, vr, pos, length, None))
+            out.append((tag, vr, pos, length, None))
         else:
-            out.append(RawElement(tag, vr, pos, length, bytes(buf[pos:value_end])))
+            out.append((tag, vr, pos, length, buf[pos:value_end]))
         pos = value_end
     if delimited:
         raise NotHandled("item without its delimiter")
