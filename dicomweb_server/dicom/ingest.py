@@ -7,7 +7,6 @@ the byte position of each top-level bulk value, so that no hot path re-parses a 
 
 from __future__ import annotations
 
-import base64
 import functools
 import io
 import logging
@@ -29,8 +28,9 @@ from pydicom.uid import UID
 
 from dicomweb_server.dicom import frames as frame_index
 from dicomweb_server.dicom import rawanalyse, status
-from dicomweb_server.dicom.attributes import Level, level_of, tag_hex, vr_of
-from dicomweb_server.dicom.fastjson import codec_for, element_json
+from dicomweb_server.dicom.attributes import Level, level_of, tag_hex
+from dicomweb_server.dicom.pydicom_json import JsonBuilder
+from dicomweb_server.dicom.rawread import PIXEL_DATA, UNDEFINED_LENGTH
 from dicomweb_server.dicom.uids import (
     DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
     EXPLICIT_VR_BIG_ENDIAN,
@@ -39,14 +39,8 @@ from dicomweb_server.dicom.uids import (
 )
 from dicomweb_server.errors import InvalidRequest
 
-# Value representations whose values are opaque bytes (PS3.18 F.2.7: may be BulkDataURI).
-BULK_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN", "OB or OW", "US or OW"})
-PIXEL_DATA = 0x7FE00010
-UNDEFINED_LENGTH = 0xFFFFFFFF
 _SEQ_DELIMITER_LE = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
 _SEQ_DELIMITER_BE = b"\xff\xfe\xe0\xdd\x00\x00\x00\x00"
-# Width of one value of the binary VRs whose byte order follows the encoding (PS3.5 7.3).
-_SWAP_WIDTH = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
 # Any one of these makes a parse plausibly DICOM rather than noise.
 _IDENTIFYING_TAGS = (0x00080016, 0x00080018, 0x0020000D, 0x0020000E)
 
@@ -197,83 +191,6 @@ class _Attributes:
             return None if values is None or values[0] is None else int(values[0])
         except (TypeError, ValueError):
             return None
-
-
-class _JsonBuilder:
-    """DICOM JSON via pydicom's per-element encoder, with bulk values never loaded."""
-
-    def __init__(self, uri_base: str, threshold: int, *, big_endian: bool = False) -> None:
-        self.uri_base = uri_base
-        self.threshold = threshold
-        self.big_endian = big_endian
-        self.bulk: dict[str, list[int]] = {}
-
-    def dataset(
-        self, ds: Dataset, path: str, top: bool, codec: str | None = "ascii"
-    ) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        if self.big_endian:
-            codec = None  # the raw fast path reads little endian only
-        elif 0x00080005 in ds:
-            codec = codec_for(ds[0x00080005].value)
-        for base_tag in sorted(ds.keys()):
-            tag = int(base_tag)
-            if tag >> 16 == 0x0002 or tag & 0xFFFF == 0:
-                # File meta and Group Length "shall not be included" (PS3.18 F.2.2).
-                continue
-            key = tag_hex(tag)
-            elem_path = f"{path}.{key}" if path else key
-            raw = ds.get_item(tag, keep_deferred=True)
-            vr = raw.VR if raw.VR else vr_of(tag)
-            if isinstance(raw, RawDataElement) and vr in BULK_VRS and raw.length != 0:
-                large = raw.value is None or len(raw.value) > self.threshold
-                if large or tag == PIXEL_DATA:
-                    json_vr = "OB" if vr not in ("OD", "OF", "OL", "OV", "OW", "UN") else vr
-                    if tag == PIXEL_DATA and raw.length != UNDEFINED_LENGTH and vr != "OB":
-                        json_vr = "OW"
-                    out[key] = {"vr": json_vr, "BulkDataURI": f"{self.uri_base}/{elem_path}"}
-                    if top:
-                        length = -1 if raw.length == UNDEFINED_LENGTH else raw.length
-                        self.bulk[key] = [raw.value_tell, length]
-                    continue
-            if codec is not None and isinstance(raw, RawDataElement) and raw.value is not None:
-                # Most elements: straight from the raw bytes (see fastjson for why).
-                fast = element_json(vr, raw.value, codec)
-                if fast is not None:
-                    out[key] = fast
-                    continue
-            try:
-                elem = ds[tag]
-            except Exception:
-                continue  # undecodable value: left out of the metadata, kept in the file
-            if elem.VR == "SQ":
-                items = [
-                    self.dataset(item, f"{elem_path}.{i}", False, codec)
-                    for i, item in enumerate(elem.value)
-                ]
-                out[key] = {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
-                continue
-            width = _SWAP_WIDTH.get(str(elem.VR))
-            if self.big_endian and width and isinstance(elem.value, bytes) and elem.value:
-                # InlineBinary is little endian (PS3.18 F.2.7 with the default transfer
-                # syntax of DICOM JSON): swap the words pydicom kept as read.
-                swapped = _to_little_endian(elem.value, width)
-                out[key] = {"vr": elem.VR, "InlineBinary": base64.b64encode(swapped).decode()}
-                continue
-            try:
-                out[key] = elem.to_json_dict(None, 0)
-            except Exception:
-                continue
-        return out
-
-
-def _to_little_endian(value: bytes, width: int) -> bytes:
-    if len(value) % width:
-        return value
-    import numpy as np
-
-    dtype = np.dtype(f">u{width}")
-    return np.frombuffer(value, dtype=dtype).astype(dtype.newbyteorder("<")).tobytes()
 
 
 def _split_levels(metadata: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -458,7 +375,7 @@ def analyse(
         ts = IMPLICIT_VR_LITTLE_ENDIAN if ds.is_implicit_VR else "1.2.840.10008.1.2.1"
 
     base = _bulk_base(uri_for, study_uid, series_uid, sop_uid)
-    builder = _JsonBuilder(base, bulk_threshold, big_endian=ts == EXPLICIT_VR_BIG_ENDIAN)
+    builder = JsonBuilder(base, bulk_threshold, big_endian=ts == EXPLICIT_VR_BIG_ENDIAN)
     metadata = builder.dataset(ds, "", True)
     if deflated:
         builder.bulk.clear()

@@ -15,11 +15,15 @@ from typing import Any, BinaryIO, NamedTuple
 
 from dicomweb_server.dicom import rawread
 from dicomweb_server.dicom.fastjson import codec_for, element_json
-from dicomweb_server.dicom.rawread import PIXEL_DATA, UNDEFINED_LENGTH, NotHandled, RawElement
+from dicomweb_server.dicom.rawread import (
+    BULK_VRS,
+    PIXEL_DATA,
+    UNDEFINED_LENGTH,
+    NotHandled,
+    RawElement,
+)
 from dicomweb_server.dicom.uids import is_valid_uid
 
-# The ingest path's bulk VRs (PS3.18 F.2.7): large values become BulkDataURIs.
-_BULK_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN", "OB or OW", "US or OW"})
 _NATIVE_WORD_VRS = frozenset({"OD", "OF", "OL", "OV", "OW", "UN"})
 # pydicom resolves these from context (or the dictionary) when it decodes them: left to it.
 _UNRESOLVED_VRS = frozenset({"UN", "OB or OW", "US or OW", "US or SS", "US or SS or OW"})
@@ -143,7 +147,7 @@ def metadata(
     raw: RawInstance, uri_base: str, threshold: int
 ) -> tuple[dict[str, Any], dict[str, list[int]]] | None:
     """The DICOM JSON (PS3.18 F.2) and the top-level bulk positions, exactly as
-    ``ingest._JsonBuilder`` makes them; None when some element needs pydicom."""
+    ``pydicom_json.JsonBuilder`` makes them; None when some element needs pydicom."""
     bulk: dict[str, list[int]] = {}
     sizes = (threshold, max(threshold, 1024))
     try:
@@ -187,7 +191,7 @@ def _dataset(
         if tag >> 16 == 0x0002 or not tag & 0xFFFF:
             continue  # PS3.18 F.2.2: no File Meta Information, no Group Length
         key = f"{tag:08X}"
-        if vr in _BULK_VRS and length != 0 and (length > threshold or tag == PIXEL_DATA):
+        if vr in BULK_VRS and length != 0 and (length > threshold or tag == PIXEL_DATA):
             json_vr = vr if vr in _NATIVE_WORD_VRS else "OB"
             if tag == PIXEL_DATA and length != UNDEFINED_LENGTH and vr != "OB":
                 json_vr = "OW"

@@ -29,8 +29,9 @@ PIXEL_DATA = 0x7FE00010
 ITEM = 0xFFFEE000
 ITEM_DELIMITER = 0xFFFEE00D
 SEQUENCE_DELIMITER = 0xFFFEE0DD
-# Binary VRs whose large values are skipped, never read (they become BulkDataURIs).
-SKIPPABLE_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN", "OB or OW", "US or OW"})
+# Value representations whose values are opaque bytes (PS3.18 F.2.7: may be
+# BulkDataURI): their large values are skipped, never read.
+BULK_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN", "OB or OW", "US or OW"})
 # Objects up to this size are read in one call; larger ones are mapped, so that only
 # the pages holding headers are touched.
 _READ_WHOLE = 1 << 20
@@ -193,7 +194,7 @@ def _dataset(
         if vr == "SQ":
             items, _ = _sequence(buf, pos, value_end, value_end, implicit, keep, depth)
             out.append((tag, vr, pos, length, items))
-        elif length > keep and vr in SKIPPABLE_VRS:
+        elif length > keep and vr in BULK_VRS:
             out.append((tag, vr, pos, length, None))
         else:
             out.append((tag, vr, pos, length, buf[pos:value_end]))
