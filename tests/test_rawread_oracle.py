@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 from pydicom._dicom_dict import DicomDictionary
-from pydicom.data import get_testdata_files
+from pydicom.data import get_charset_files, get_palette_files, get_testdata_files
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ImplicitVRLittleEndian
@@ -611,7 +611,8 @@ def test_fast_path_is_taken() -> None:
 
 
 def _sample_files() -> list[str]:
-    files = [f for f in get_testdata_files() if os.path.isfile(f)]
+    found = get_testdata_files() + get_charset_files() + get_palette_files("*.dcm")
+    files = [f for f in found if os.path.isfile(f)]
     return sorted(files)
 
 
