@@ -289,6 +289,7 @@ def crafted() -> Iterator[tuple[str, bytes]]:
         meta(ImplicitVRLittleEndian)
         + body(base_elements(t00280106=("US", b"\0\0")), implicit=True),
     )
+    yield from _us_or_ss()
     yield (
         "out-of-order",
         meta()
@@ -334,6 +335,33 @@ def crafted() -> Iterator[tuple[str, bytes]]:
     yield "zeros", bytes(300)
     yield "dicm-only", b"\0" * 128 + b"DICM"
     yield "meta-only", meta()
+
+
+def _us_or_ss() -> Iterator[tuple[str, bytes]]:
+    """Implicit VR "US or SS": resolved by the Pixel Representation, as pydicom does."""
+    implicit = meta(ImplicitVRLittleEndian)
+    for representation in (0, 1, None):
+        for tag, value in ((0x00280106, b"\xfe\xff"), (0x00280120, b"\x00\x80"), (0x00280107, b"")):
+            elements = base_elements(t00280103=None)
+            if representation is not None:
+                elements[0x00280103] = ("US", struct.pack("<H", representation))
+            elements[tag] = ("US", value)
+            name = f"us-or-ss-{representation}-{tag:08X}-{len(value)}"
+            yield name, implicit + body(elements, implicit=True)
+    two = base_elements(t00280106=("US", b"\1\0\2\0"))
+    yield "us-or-ss-two-values", implicit + body(two, implicit=True)
+    lut = base_elements(t00281101=("US", b"\0\1\0\0\x10\0"))
+    yield "us-or-ss-lut-descriptor", implicit + body(lut, implicit=True)
+    in_item = seq(
+        0x00289110,
+        [item(el(0x00280106, "US", b"\1\0", implicit=True))],
+        undefined=False,
+        implicit=True,
+    )
+    yield (
+        "us-or-ss-in-item",
+        implicit + body(base_elements(), implicit=True, extra=[(0x00289110, in_item)]),
+    )
 
 
 def _sequences() -> Iterator[tuple[str, bytes]]:
@@ -592,12 +620,14 @@ HANDLED = [
     "odd-lengths", "uid-trailing-space", "private", "un-large", "seq-nested-undefined",
     "seq-empty", "seq-bulk-in-item", "seq-charset-in-item", "seq-implicit", "seq-last-undefined",
     "encaps-two-frames", "encaps-bot", "encaps-delimiter-in-fragment", "dicomgen-explicit",
-    "dicomgen-implicit", "dicomgen-bare", "dicomgen-frames", "dicomgen-sequence",
+    "dicomgen-implicit", "dicomgen-bare", "dicomgen-frames", "ambiguous-implicit",
+    "us-or-ss-0-00280106-2", "us-or-ss-1-00280106-2", "us-or-ss-1-00280120-2", "dicomgen-sequence",
     "dicomgen-sequence-implicit", "bench-0-CT", "bench-1-MR", "bench-2-DX", "bench-3-CT",
 ]  # fmt: skip
 NOT_HANDLED = [
     "big-endian-declared", "deflate-declared", "unknown-syntax", "charset-multi", "un-small",
-    "out-of-order", "duplicate", "unknown-vr", "ambiguous-implicit", "long-text",
+    "out-of-order", "duplicate", "unknown-vr", "long-text", "us-or-ss-None-00280106-2",
+    "us-or-ss-two-values", "us-or-ss-lut-descriptor", "us-or-ss-in-item",
     "dicomgen-japanese", "pixel-short", "uid-invalid", "uid-missing", "trailing-zeros-8",
     "encaps-no-delimiter", "seq-un-undefined", "explicit-declared-implicit-data",
 ]  # fmt: skip

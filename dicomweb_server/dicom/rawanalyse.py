@@ -27,6 +27,10 @@ from dicomweb_server.dicom.uids import is_valid_uid
 _NATIVE_WORD_VRS = frozenset({"OD", "OF", "OL", "OV", "OW", "UN"})
 # pydicom resolves these from context (or the dictionary) when it decodes them: left to it.
 _UNRESOLVED_VRS = frozenset({"UN", "OB or OW", "US or OW", "US or SS", "US or SS or OW"})
+# Implicit VR "US or SS" attributes pydicom resolves by the Pixel Representation of
+# the same data set (PS3.5 Annex A.1; pydicom's correct_ambiguous_vr_element): image
+# pixel value bounds and padding. Others (LUT descriptors, in items) are left to it.
+_US_OR_SS_TAGS = frozenset({0x00280106, 0x00280107, 0x00280108, 0x00280109, 0x00280120, 0x00280121})
 _UID_BYTES = re.compile(rb"[0-9.]+[\0 ]*")
 _CHARSET = 0x00080005
 _SOP_CLASS, _SOP_INSTANCE = 0x00080016, 0x00080018
@@ -150,8 +154,10 @@ def metadata(
     ``pydicom_json.JsonBuilder`` makes them; None when some element needs pydicom."""
     bulk: dict[str, list[int]] = {}
     sizes = (threshold, max(threshold, 1024))
+    representation = raw.pixel.get("PixelRepresentation")
+    us_or_ss = None if representation is None else "SS" if representation else "US"
     try:
-        doc = _dataset(raw.elements, "", True, "ascii", uri_base, sizes, bulk)
+        doc = _dataset(raw.elements, "", True, us_or_ss, "ascii", uri_base, sizes, bulk)
     except NotHandled:
         return None
     return doc, bulk
@@ -174,13 +180,15 @@ def _dataset(
     elements: list[RawElement],
     path: str,
     top: bool,
+    us_or_ss: str | None,
     codec: str,
     uri_base: str,
     sizes: tuple[int, int],
     bulk: dict[str, list[int]],
 ) -> dict[str, Any]:
-    """``sizes``: the bulk data threshold, and the size above which the pydicom path
-    defers a top-level value (and then encodes it with ``to_json_dict``, not fastjson)."""
+    """``us_or_ss``: what the VR "US or SS" resolves to here (None: left to pydicom).
+    ``sizes``: the bulk data threshold, and the size above which the pydicom path defers
+    a top-level value (and then encodes it with ``to_json_dict``, not fastjson)."""
     threshold, deferred = sizes
     try:
         codec = _charset(elements, codec)
@@ -203,11 +211,13 @@ def _dataset(
         if vr == "SQ":
             elem_path = f"{path}.{key}" if path else key
             items = [
-                _dataset(item, f"{elem_path}.{i}", False, codec, uri_base, sizes, bulk)
+                _dataset(item, f"{elem_path}.{i}", False, None, codec, uri_base, sizes, bulk)
                 for i, item in enumerate(value)
             ]
             out[key] = {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
             continue
+        if vr == "US or SS" and us_or_ss and length == 2 and tag in _US_OR_SS_TAGS:
+            vr = us_or_ss
         if vr in _UNRESOLVED_VRS or value is None or (top and length > deferred):
             raise NotHandled(f"{key} {vr} left to pydicom")
         fast = element_json(vr, value, codec)
