@@ -289,6 +289,8 @@ def crafted() -> Iterator[tuple[str, bytes]]:
         meta(ImplicitVRLittleEndian)
         + body(base_elements(t00280106=("US", b"\0\0")), implicit=True),
     )
+    yield "photometric-latin1", meta() + body(base_elements(t00280004=("CS", b"RG\xc9 ")))
+    yield "modality-latin1", meta() + body(base_elements(t00080060=("CS", b"\xc9T")))
     yield from _us_or_ss()
     yield (
         "out-of-order",

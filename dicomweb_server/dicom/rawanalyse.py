@@ -11,6 +11,7 @@ the pydicom path rejects (PS3.10 7.1 truncation, missing or malformed UIDs per P
 from __future__ import annotations
 
 import re
+import struct
 from typing import Any, BinaryIO, NamedTuple
 
 from dicomweb_server.dicom import rawread
@@ -72,7 +73,7 @@ def prepare(fp: BinaryIO, size: int, keep: int) -> RawInstance | None:
         if _EXTENDED_OFFSET_TABLE in top:
             return None  # frames would read it through pydicom
         pixel = _pixel_attributes(top)
-    except NotHandled:
+    except (NotHandled, ValueError, struct.error):  # ValueError: undecodable text
         return None
     if obj.transfer_syntax is not None:
         ts = obj.transfer_syntax
@@ -158,7 +159,7 @@ def metadata(
     us_or_ss = None if representation is None else "SS" if representation else "US"
     try:
         doc = _dataset(raw.elements, "", True, us_or_ss, "ascii", uri_base, sizes, bulk)
-    except NotHandled:
+    except (NotHandled, ValueError, struct.error):
         return None
     return doc, bulk
 
