@@ -89,8 +89,12 @@ def read(fp: BinaryIO, size: int, keep: int) -> RawObject:
         fileno = fp.fileno()
     except (AttributeError, OSError, ValueError):
         return _parse(fp.read(), size, keep)
-    with mmap.mmap(fileno, 0, access=mmap.ACCESS_READ) as buf:
-        return _parse(buf, size, keep)
+    try:
+        mapped = mmap.mmap(fileno, 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError) as exc:
+        raise NotHandled(f"cannot map the file: {exc}") from exc
+    with mapped:
+        return _parse(mapped, size, keep)
 
 
 def _parse(buf: Any, size: int, keep: int) -> RawObject:
