@@ -269,7 +269,7 @@ def _inflated(fp: BinaryIO) -> bytes:
 
 
 def _frame_table(
-    fp: BinaryIO, ds: Dataset | dict[str, Any], ts: str, pixel: list[int] | None
+    fp: BinaryIO, ds: frame_index.PixelSource, ts: str, pixel: list[int] | None
 ) -> bytes:
     """The encoded frame table (schema v3), NO_PIXELS, or NO_FRAMES when frames cannot be
     read in place (deflated, unrecognised fragments)."""
