@@ -27,6 +27,7 @@ _NUMBER_FORMATS = {
     "SV": "q",
 }
 _SIZES = {k: struct.calcsize(v) for k, v in _NUMBER_FORMATS.items()}
+_SINGLE_NUMBERS = {k: struct.Struct("<" + v) for k, v in _NUMBER_FORMATS.items()}
 # UN is left to pydicom, which replaces it with the dictionary VR where one is known.
 _INLINE_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW"})
 
@@ -68,6 +69,8 @@ def _strings(raw: bytes, codec: str, strip_nul: bool) -> list[str | None]:
     text = raw.decode(codec)
     if strip_nul:
         text = text.rstrip("\x00")
+    if "\\" not in text:  # the usual single value, without building a split list
+        return [text.strip() or None]
     return [v.strip() or None for v in text.split("\\")]
 
 
@@ -114,9 +117,12 @@ def _element_json(vr: str, raw: bytes, codec: str) -> dict[str, Any] | None:
         ]
     elif vr in _NUMBER_FORMATS:
         size = _SIZES[vr]
-        if len(raw) % size:
+        if len(raw) == size:
+            values = list(_SINGLE_NUMBERS[vr].unpack(raw))
+        elif len(raw) % size:
             return None
-        values = list(struct.unpack(f"<{len(raw) // size}{_NUMBER_FORMATS[vr]}", raw))
+        else:
+            values = list(struct.unpack(f"<{len(raw) // size}{_NUMBER_FORMATS[vr]}", raw))
     elif vr == "AT":
         if len(raw) % 4:
             return None
@@ -126,6 +132,7 @@ def _element_json(vr: str, raw: bytes, codec: str) -> dict[str, Any] | None:
         return {"vr": vr, "InlineBinary": base64.b64encode(raw).decode("ascii")}
     else:
         return None
-    if all(v is None for v in values):
-        return {"vr": vr}
-    return {"vr": vr, "Value": values}
+    for value in values:
+        if value is not None:
+            return {"vr": vr, "Value": values}
+    return {"vr": vr}

@@ -15,6 +15,7 @@ and kept in the index, so that a frame request reads only that frame's bytes:
 from __future__ import annotations
 
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -130,13 +131,16 @@ class FrameTable:
         return cls(raw["ts"], pixel, native, fragments, raw.get("s", 0))
 
 
+# The attributes read: a pydicom Dataset, or keyword -> value as pydicom decodes them.
+PixelSource = Dataset | Mapping[str, Any]
+
 # Stored instead of a table: frames exist but cannot be read in place (deflated,
 # unrecognised fragments), or the object has no Pixel Data at all.
 NO_FRAMES = b"{}"
 NO_PIXELS = b'{"none":1}'
 
 
-def _int(ds: Dataset, keyword: str, default: int) -> int:
+def _int(ds: PixelSource, keyword: str, default: int) -> int:
     try:
         value = ds.get(keyword)
         return default if value is None or value == "" else int(value)
@@ -144,7 +148,7 @@ def _int(ds: Dataset, keyword: str, default: int) -> int:
         return default
 
 
-def pixel_info(ds: Dataset) -> PixelInfo | None:
+def pixel_info(ds: PixelSource) -> PixelInfo | None:
     """The decoding attributes of ``ds``; None when it has no usable image description."""
     rows, columns = _int(ds, "Rows", 0), _int(ds, "Columns", 0)
     bits = _int(ds, "BitsAllocated", 0)
@@ -193,7 +197,7 @@ def _fragments(fp: BinaryIO, offset: int, size: int) -> tuple[bytes, list[tuple[
 
 
 def _group(
-    fp: BinaryIO, ds: Dataset, ts: str, bot: bytes, frags: list[tuple[int, int]], frames: int
+    fp: BinaryIO, ds: PixelSource, ts: str, bot: bytes, frags: list[tuple[int, int]], frames: int
 ) -> list[list[tuple[int, int]]] | None:
     if not frags:
         return None
@@ -205,7 +209,7 @@ def _group(
     if bot and len(bot) % 4 == 0:
         starts = list(struct.unpack(f"<{len(bot) // 4}I", bot))
     elif "ExtendedOffsetTable" in ds:
-        value = ds.ExtendedOffsetTable
+        value: Any = ds.get("ExtendedOffsetTable")
         starts = list(struct.unpack(f"<{len(value) // 8}Q", value))
     else:
         starts = []
@@ -233,7 +237,7 @@ def _group(
 
 
 def compute(
-    fp: BinaryIO, ds: Dataset, transfer_syntax: str, pixel_offset: int, pixel_length: int
+    fp: BinaryIO, ds: PixelSource, transfer_syntax: str, pixel_offset: int, pixel_length: int
 ) -> FrameTable | None:
     """The frame table of one stored object, or None if its frames cannot be located.
 

@@ -7,7 +7,7 @@ the byte position of each top-level bulk value, so that no hot path re-parses a 
 
 from __future__ import annotations
 
-import base64
+import functools
 import io
 import logging
 import os
@@ -27,9 +27,10 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
 from dicomweb_server.dicom import frames as frame_index
-from dicomweb_server.dicom import status
-from dicomweb_server.dicom.attributes import Level, level_of, tag_hex, vr_of
-from dicomweb_server.dicom.fastjson import codec_for, element_json
+from dicomweb_server.dicom import rawanalyse, status
+from dicomweb_server.dicom.attributes import Level, level_of, tag_hex
+from dicomweb_server.dicom.pydicom_json import JsonBuilder
+from dicomweb_server.dicom.rawread import PIXEL_DATA, UNDEFINED_LENGTH
 from dicomweb_server.dicom.uids import (
     DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
     EXPLICIT_VR_BIG_ENDIAN,
@@ -38,14 +39,8 @@ from dicomweb_server.dicom.uids import (
 )
 from dicomweb_server.errors import InvalidRequest
 
-# Value representations whose values are opaque bytes (PS3.18 F.2.7: may be BulkDataURI).
-BULK_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN", "OB or OW", "US or OW"})
-PIXEL_DATA = 0x7FE00010
-UNDEFINED_LENGTH = 0xFFFFFFFF
 _SEQ_DELIMITER_LE = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
 _SEQ_DELIMITER_BE = b"\xff\xfe\xe0\xdd\x00\x00\x00\x00"
-# Width of one value of the binary VRs whose byte order follows the encoding (PS3.5 7.3).
-_SWAP_WIDTH = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
 # Any one of these makes a parse plausibly DICOM rather than noise.
 _IDENTIFYING_TAGS = (0x00080016, 0x00080018, 0x0020000D, 0x0020000E)
 
@@ -149,6 +144,16 @@ def _int(ds: Dataset, keyword: str) -> int | None:
         return None
 
 
+@functools.cache
+def _json_key(keyword: str) -> str:
+    return tag_hex(pydicom.datadict.tag_for_keyword(keyword) or 0)
+
+
+@functools.lru_cache(maxsize=8192)
+def _level_of_key(key: str) -> Level:
+    return level_of(int(key, 16))
+
+
 class _Attributes:
     """Index values read from the instance's DICOM JSON, whose values are decoded already;
     asking pydicom again costs tens of microseconds per attribute."""
@@ -157,7 +162,7 @@ class _Attributes:
         self.doc = doc
 
     def _values(self, keyword: str) -> list[Any] | None:
-        elem = self.doc.get(tag_hex(pydicom.datadict.tag_for_keyword(keyword) or 0))
+        elem = self.doc.get(_json_key(keyword))
         values = elem.get("Value") if isinstance(elem, dict) else None
         return values if isinstance(values, list) and values else None
 
@@ -188,88 +193,11 @@ class _Attributes:
             return None
 
 
-class _JsonBuilder:
-    """DICOM JSON via pydicom's per-element encoder, with bulk values never loaded."""
-
-    def __init__(self, uri_base: str, threshold: int, *, big_endian: bool = False) -> None:
-        self.uri_base = uri_base
-        self.threshold = threshold
-        self.big_endian = big_endian
-        self.bulk: dict[str, list[int]] = {}
-
-    def dataset(
-        self, ds: Dataset, path: str, top: bool, codec: str | None = "ascii"
-    ) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        if self.big_endian:
-            codec = None  # the raw fast path reads little endian only
-        elif 0x00080005 in ds:
-            codec = codec_for(ds[0x00080005].value)
-        for base_tag in sorted(ds.keys()):
-            tag = int(base_tag)
-            if tag >> 16 == 0x0002 or tag & 0xFFFF == 0:
-                # File meta and Group Length "shall not be included" (PS3.18 F.2.2).
-                continue
-            key = tag_hex(tag)
-            elem_path = f"{path}.{key}" if path else key
-            raw = ds.get_item(tag, keep_deferred=True)
-            vr = raw.VR if raw.VR else vr_of(tag)
-            if isinstance(raw, RawDataElement) and vr in BULK_VRS and raw.length != 0:
-                large = raw.value is None or len(raw.value) > self.threshold
-                if large or tag == PIXEL_DATA:
-                    json_vr = "OB" if vr not in ("OD", "OF", "OL", "OV", "OW", "UN") else vr
-                    if tag == PIXEL_DATA and raw.length != UNDEFINED_LENGTH and vr != "OB":
-                        json_vr = "OW"
-                    out[key] = {"vr": json_vr, "BulkDataURI": f"{self.uri_base}/{elem_path}"}
-                    if top:
-                        length = -1 if raw.length == UNDEFINED_LENGTH else raw.length
-                        self.bulk[key] = [raw.value_tell, length]
-                    continue
-            if codec is not None and isinstance(raw, RawDataElement) and raw.value is not None:
-                # Most elements: straight from the raw bytes (see fastjson for why).
-                fast = element_json(vr, raw.value, codec)
-                if fast is not None:
-                    out[key] = fast
-                    continue
-            try:
-                elem = ds[tag]
-            except Exception:
-                continue  # undecodable value: left out of the metadata, kept in the file
-            if elem.VR == "SQ":
-                items = [
-                    self.dataset(item, f"{elem_path}.{i}", False, codec)
-                    for i, item in enumerate(elem.value)
-                ]
-                out[key] = {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
-                continue
-            width = _SWAP_WIDTH.get(str(elem.VR))
-            if self.big_endian and width and isinstance(elem.value, bytes) and elem.value:
-                # InlineBinary is little endian (PS3.18 F.2.7 with the default transfer
-                # syntax of DICOM JSON): swap the words pydicom kept as read.
-                swapped = _to_little_endian(elem.value, width)
-                out[key] = {"vr": elem.VR, "InlineBinary": base64.b64encode(swapped).decode()}
-                continue
-            try:
-                out[key] = elem.to_json_dict(None, 0)
-            except Exception:
-                continue
-        return out
-
-
-def _to_little_endian(value: bytes, width: int) -> bytes:
-    if len(value) % width:
-        return value
-    import numpy as np
-
-    dtype = np.dtype(f">u{width}")
-    return np.frombuffer(value, dtype=dtype).astype(dtype.newbyteorder("<")).tobytes()
-
-
 def _split_levels(metadata: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     study: dict[str, Any] = {}
     series: dict[str, Any] = {}
     for key, value in metadata.items():
-        level = level_of(int(key, 16))
+        level = _level_of_key(key)
         if level <= Level.STUDY:
             study[key] = value
         elif level == Level.SERIES:
@@ -340,7 +268,9 @@ def _inflated(fp: BinaryIO) -> bytes:
         raise DicomRejected(f"deflated data set cannot be inflated: {exc}") from exc
 
 
-def _frame_table(fp: BinaryIO, ds: Dataset, ts: str, pixel: list[int] | None) -> bytes:
+def _frame_table(
+    fp: BinaryIO, ds: frame_index.PixelSource, ts: str, pixel: list[int] | None
+) -> bytes:
     """The encoded frame table (schema v3), NO_PIXELS, or NO_FRAMES when frames cannot be
     read in place (deflated, unrecognised fragments)."""
     if ts == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
@@ -369,17 +299,24 @@ def analyse(
     *,
     bulk_threshold: int = 1024,
     uri_for: Callable[[str, str, str], str] | None = None,
+    fast: bool = True,
 ) -> InstanceRecord:
     """Validate and describe one object read from ``fp`` (a real file, seekable).
 
     ``uri_for(study, series, sop)`` gives the instance path under the DICOMweb root;
-    the default is the WADO-RS instance resource (PS3.18 10.4.1).
+    the default is the WADO-RS instance resource (PS3.18 10.4.1). ``fast`` tries the
+    raw reader first (rawanalyse: same record, or "not handled"); False forces pydicom.
     """
     fp.seek(0, os.SEEK_END)
     size = fp.tell()
     fp.seek(0)
     if size == 0:
         raise DicomRejected("empty part: no DICOM object")
+    if fast:
+        record = _analyse_raw(fp, size, bulk_threshold, uri_for)
+        if record is not None:
+            return record
+        fp.seek(0)
     ds = read_dataset(fp, defer_size=max(bulk_threshold, 1024))
     meta = getattr(ds, "file_meta", None)
     has_meta = meta is not None and "TransferSyntaxUID" in meta
@@ -437,18 +374,55 @@ def analyse(
     else:
         ts = IMPLICIT_VR_LITTLE_ENDIAN if ds.is_implicit_VR else "1.2.840.10008.1.2.1"
 
-    if uri_for is None:
-        base = f"/studies/{study_uid}/series/{series_uid}/instances/{sop_uid}/bulkdata"
-    else:
-        base = uri_for(study_uid, series_uid, sop_uid) + "/bulkdata"
-    builder = _JsonBuilder(base, bulk_threshold, big_endian=ts == EXPLICIT_VR_BIG_ENDIAN)
+    base = _bulk_base(uri_for, study_uid, series_uid, sop_uid)
+    builder = JsonBuilder(base, bulk_threshold, big_endian=ts == EXPLICIT_VR_BIG_ENDIAN)
     metadata = builder.dataset(ds, "", True)
     if deflated:
         builder.bulk.clear()
-    study_json, series_json = _split_levels(metadata)
-
-    attrs = _Attributes(metadata)
     frame_table = _frame_table(fp, ds, ts, builder.bulk.get(tag_hex(PIXEL_DATA)))
+    uids = (sop_class, sop_uid, study_uid, series_uid)
+    return _record(uids, ts, has_meta, metadata, builder.bulk, frame_table)
+
+
+def _bulk_base(
+    uri_for: Callable[[str, str, str], str] | None, study: str, series: str, sop: str
+) -> str:
+    if uri_for is None:
+        return f"/studies/{study}/series/{series}/instances/{sop}/bulkdata"
+    return uri_for(study, series, sop) + "/bulkdata"
+
+
+def _analyse_raw(
+    fp: BinaryIO,
+    size: int,
+    bulk_threshold: int,
+    uri_for: Callable[[str, str, str], str] | None,
+) -> InstanceRecord | None:
+    """The record from the raw reader, or None when the pydicom path must decide."""
+    raw = rawanalyse.prepare(fp, size, max(bulk_threshold, 1024))
+    if raw is None:
+        return None
+    uids = (raw.sop_class_uid, raw.sop_instance_uid, raw.study_uid, raw.series_uid)
+    built = rawanalyse.metadata(raw, _bulk_base(uri_for, *uids[2:], uids[1]), bulk_threshold)
+    if built is None:
+        return None
+    metadata, bulk = built
+    ts = raw.transfer_syntax
+    frame_table = _frame_table(fp, raw.pixel, ts, bulk.get(tag_hex(PIXEL_DATA)))
+    return _record(uids, ts, raw.has_file_meta, metadata, bulk, frame_table)
+
+
+def _record(
+    uids: tuple[str, str, str, str],
+    ts: str,
+    has_meta: bool,
+    metadata: dict[str, Any],
+    bulk: dict[str, list[int]],
+    frame_table: bytes,
+) -> InstanceRecord:
+    sop_class, sop_uid, study_uid, series_uid = uids
+    study_json, series_json = _split_levels(metadata)
+    attrs = _Attributes(metadata)
     patient_name = attrs.text("PatientName")
     referring = attrs.text("ReferringPhysicianName")
     return InstanceRecord(
@@ -495,5 +469,5 @@ def analyse(
         metadata=orjson.dumps(metadata),
         study_attrs=orjson.dumps(study_json),
         series_attrs=orjson.dumps(series_json),
-        bulk=builder.bulk,
+        bulk=bulk,
     )
