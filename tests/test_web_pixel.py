@@ -399,3 +399,27 @@ def test_long_frame_lists_stream_in_pieces_of_about_a_mebibyte() -> None:
     assert len(out) <= len(pieces) / 8  # 80 pieces of 12 MB in all: about 1 MiB each
     assert all(len(chunk) < (1 << 20) + 300_060 for chunk in out)
     assert list(_coalesced(iter([]))) == []
+
+
+def test_pieces_response_sends_every_piece_with_their_total_length() -> None:
+    """A frame and its part headers go out as they are (no joined copy of the frame)."""
+    import asyncio
+    from collections.abc import MutableMapping
+
+    from dicomweb_server.web.responses import PiecesResponse
+
+    sent: list[MutableMapping[str, Any]] = []
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(message)
+
+    async def receive() -> MutableMapping[str, Any]:
+        return {"type": "http.request"}
+
+    pieces = [b"--b\r\n\r\n", b"x" * 1000, b"\r\n--b--"]
+    response = PiecesResponse(pieces, media_type="multipart/related; boundary=b")
+    asyncio.run(response({"type": "http"}, receive, send))
+    headers = dict(sent[0]["headers"])
+    assert headers[b"content-length"] == str(sum(map(len, pieces))).encode()
+    assert [m["body"] for m in sent[1:]] == pieces
+    assert [m["more_body"] for m in sent[1:]] == [True, True, False]

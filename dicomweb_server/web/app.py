@@ -111,7 +111,9 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
     routes = [
         Route("/health", health, methods=["GET"]),
         Route("/wado", wado_uri.wado, methods=["GET"]),
-        Mount(settings.dicomweb_root, routes=dicomweb_routes() + pixel_routes() + ups_routes()),
+        # Frames first: a viewer asks for them hundreds of times per study, and each
+        # route ahead of them is a regex tried on every request.
+        Mount(settings.dicomweb_root, routes=pixel_routes() + dicomweb_routes() + ups_routes()),
     ]
     routes[:0] = ups_subscription_routes(settings)  # full paths, ahead of the mount
     routes += audit_routes()

@@ -17,6 +17,7 @@ from dicomweb_server.errors import NotAcceptable
 from dicomweb_server.services.pixels import Located, Output, parse_frame_list
 from dicomweb_server.web import rendered
 from dicomweb_server.web.negotiate import query_values
+from dicomweb_server.web.responses import PiecesResponse
 from dicomweb_server.web.urls import path_uids
 
 _PRIVATE = "private, no-cache"
@@ -99,8 +100,8 @@ async def retrieve_frames(request: Request) -> Response:
     media = f'multipart/related; type="{out.media_type}"; boundary={boundary}'
     location = str(request.url.remove_query_params(["accept"]))
     if len(numbers) <= _IN_ONE_GO:
-        body = b"".join(_parts(ready[0], iter(ready[1:]), out, boundary, location))
-        return Response(body, media_type=media, headers=headers)
+        pieces = list(_parts(ready[0], iter(ready[1:]), out, boundary, location))
+        return PiecesResponse(pieces, media_type=media, headers=headers)
     return StreamingResponse(
         _coalesced(_parts(ready[0], frames, out, boundary, location)),
         media_type=media,

@@ -1,12 +1,14 @@
-"""Response bodies shared by the DICOMweb resources: DICOM JSON or XML datasets."""
+"""Response bodies shared by the DICOMweb resources: DICOM JSON or XML datasets, and
+bodies sent piece by piece."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import orjson
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from dicomweb_server.dicom.multipart import closing_delimiter, new_boundary, part_header
 from dicomweb_server.dicom.negotiation import Choice, Form
@@ -47,3 +49,25 @@ def dataset_response(choice: Choice, dataset: dict[str, Any], status: int = 200)
         body, media = xml_multipart([dataset])
         return Response(body, status_code=status, media_type=media)
     return Response(orjson.dumps(dataset), status_code=status, media_type=DICOM_JSON)
+
+
+class PiecesResponse(Response):
+    """A body sent as the pieces it was made of (multipart part headers and frames),
+    without joining them into one more copy; Content-Length is their sum."""
+
+    def __init__(
+        self, pieces: list[bytes], media_type: str, headers: Mapping[str, str] | None = None
+    ) -> None:
+        self.pieces = pieces
+        super().__init__(b"", media_type=media_type, headers=headers)
+        self.headers["content-length"] = str(sum(len(piece) for piece in pieces))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send(
+            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+        )
+        last = len(self.pieces) - 1
+        for i, piece in enumerate(self.pieces):
+            await send({"type": "http.response.body", "body": piece, "more_body": i < last})
+        if last < 0:
+            await send({"type": "http.response.body", "body": b""})
