@@ -18,9 +18,9 @@ from pydicom.multival import MultiValue
 from pydicom.pixels.decoders.base import get_decoder
 from pydicom.uid import UID
 
+from dicomweb_server.dicom import frames as frame_index
 from dicomweb_server.dicom import jpeg_encode
 from dicomweb_server.dicom.codec import can_encode, encodable
-from dicomweb_server.dicom.frames import PixelInfo
 from dicomweb_server.dicom.uids import (
     EXPLICIT_VR_BIG_ENDIAN,
     EXPLICIT_VR_LITTLE_ENDIAN,
@@ -141,21 +141,6 @@ def to_transfer_syntax(fp: BinaryIO, transfer_syntax: str) -> bytes:
     return out.getvalue()
 
 
-def pixel_info(ds: Dataset) -> PixelInfo:
-    """The Image Pixel module of a dataset (PS3.3 C.7.6.3)."""
-    return PixelInfo(
-        rows=int(ds.Rows),
-        columns=int(ds.Columns),
-        samples=int(ds.get("SamplesPerPixel", 1) or 1),
-        bits_allocated=int(ds.BitsAllocated),
-        bits_stored=int(ds.get("BitsStored", ds.BitsAllocated) or ds.BitsAllocated),
-        pixel_representation=int(ds.get("PixelRepresentation", 0) or 0),
-        photometric=str(ds.get("PhotometricInterpretation", "MONOCHROME2")),
-        planar_configuration=int(ds.get("PlanarConfiguration", 0) or 0),
-        frames=int(ds.get("NumberOfFrames", 1) or 1),
-    )
-
-
 def _encode_jpeg(ds: Dataset, target: str) -> None:
     """Encode a native dataset's frames as JPEG ``target`` in place: encapsulated with
     a Basic Offset Table (PS3.5 A.4), Photometric Interpretation of the result
@@ -164,10 +149,9 @@ def _encode_jpeg(ds: Dataset, target: str) -> None:
     from pydicom.encaps import encapsulate
     from pydicom.pixels.decoders.base import get_decoder
 
-    try:
-        pixel = pixel_info(ds)
-    except (AttributeError, TypeError, ValueError) as exc:
-        raise NotAcceptable(f"cannot encode as {UID(target).name}: {exc}") from exc
+    pixel = frame_index.pixel_info(ds)
+    if pixel is None:
+        raise NotAcceptable(f"cannot encode as {UID(target).name}: no usable Image Pixel module")
     reason = jpeg_encode.unsuitable(target, pixel, pixel.photometric)
     if reason is not None:
         raise NotAcceptable(f"cannot encode this instance as {UID(target).name}: {reason}")
