@@ -1,16 +1,17 @@
-"""Index rows for a batch of new instances in a handful of statements.
+"""The write statements of the index, built once, and a batch of new instances in a
+handful of them.
 
-The general path (``SqlIndex.add_instances``' per-series savepoints) costs about six
-statements per series and one savepoint per step; for small instances that was most of
-the index time. Here one batch takes: one patient insert (executemany), one patient
-lookup, one series-ownership check, one upsert per study and per series, one instance
-insert (executemany). The statements are built once and reused, so SQLAlchemy neither
-rebuilds nor re-keys them per call.
+Study and series upserts, the patient insert and the instance insert are prepared here
+and used by both write paths of ``SqlIndex``: the batch path below and the general
+path (a savepoint per series). Built once and reused, SQLAlchemy neither rebuilds nor
+re-keys them per call; that was most of the index time of a small instance.
 
-The rare cases are not handled here: a series that already belongs to another study,
-an instance that is indexed already, an ownership that changed under us. Any of them
-raises ``NeedsGeneralPath`` before anything is committed, and the caller runs the
-general path, which gives those instances their own outcome.
+The batch path takes one patient insert (executemany), one patient lookup, one
+series-ownership check, one upsert per study and per series, one instance insert
+(executemany). The rare cases are not handled here: a series that already belongs to
+another study, an instance that is indexed already, an ownership that changed under
+us. Any of them raises ``NeedsGeneralPath`` before anything is committed, and the
+caller runs the general path, which gives those instances their own outcome.
 """
 
 from __future__ import annotations
@@ -37,11 +38,32 @@ class NeedsGeneralPath(Exception):
     """This batch holds a case the fast path leaves to the general one."""
 
 
-def _touched(column: Any) -> Any:
-    """``:now``, or just after the stored stamp if the clock did not pass it (versions
-    must move forward on every change; see ``index._touched``)."""
-    now: Any = bindparam("now")
+def touched(column: Any, now: Any) -> Any:
+    """``now``, or just after the stored value if the clock did not move past it.
+
+    Versions (ETag, Last-Modified) are built from these stamps; they must move forward
+    on every change even when two changes share a clock tick or the clock steps back.
+    ``now`` is a value or a bound parameter.
+    """
     return case((column >= now, column + 1e-6), else_=now)
+
+
+def instance_row(
+    rec: InstanceRecord, blob_key: str, blob_size: int, content_hash: str, now: float
+) -> dict[str, Any]:
+    """The instance table's values for one stored instance (its series key aside)."""
+    return {
+        "sop_uid": rec.sop_instance_uid,
+        "sop_class_uid": rec.sop_class_uid,
+        "transfer_syntax": rec.transfer_syntax,
+        "blob_key": blob_key,
+        "blob_size": blob_size,
+        "content_hash": content_hash,
+        "metadata": rec.metadata,
+        "bulk": orjson.dumps(rec.bulk),
+        "stored_at": now,
+        **rec.instance,
+    }
 
 
 class BatchInsert:
@@ -68,7 +90,7 @@ class BatchInsert:
             module.insert(_STUDY_T)
             .on_conflict_do_update(
                 index_elements=["study_uid"],
-                set_={"updated_at": _touched(_STUDY_T.c.updated_at)},
+                set_={"updated_at": touched(_STUDY_T.c.updated_at, bindparam("now"))},
             )
             .returning(_STUDY_T.c.pk)
         )
@@ -76,11 +98,49 @@ class BatchInsert:
             module.insert(_SERIES_T)
             .on_conflict_do_update(
                 index_elements=["series_uid"],
-                set_={"updated_at": _touched(_SERIES_T.c.updated_at)},
+                set_={"updated_at": touched(_SERIES_T.c.updated_at, bindparam("now"))},
             )
             .returning(_SERIES_T.c.pk, _SERIES_T.c.study_fk)
         )
         self.instances = _INSTANCE_T.insert()
+
+    def patient_pk(self, conn: Connection, patient: dict[str, Any]) -> int:
+        """Insert the patient if absent; its key."""
+        conn.execute(self.patients, [patient])
+        pair = (patient["patient_id"], patient["issuer"])
+        return int(conn.execute(self.patient_keys, {"pairs": [pair]}).scalar_one())
+
+    def upsert_study(
+        self, conn: Connection, rec: InstanceRecord, patient_fk: int, now: float
+    ) -> int:
+        """Insert the study, or move its version stamp; its key."""
+        values = {
+            "patient_fk": patient_fk,
+            "study_uid": rec.study_uid,
+            "patient_name_norm": rec.patient["name_norm"],
+            "attrs": rec.study_attrs,
+            "created_at": now,
+            "updated_at": now,
+            "now": now,
+            **rec.study,
+        }
+        return int(conn.execute(self.study, values).scalar_one())
+
+    def upsert_series(
+        self, conn: Connection, rec: InstanceRecord, study_fk: int, now: float
+    ) -> tuple[int, int]:
+        """Insert the series, or move its version stamp; (its key, its study's key),
+        which differs from ``study_fk`` when the series belongs to another study."""
+        values = {
+            "study_fk": study_fk,
+            "series_uid": rec.series_uid,
+            "attrs": rec.series_attrs,
+            "updated_at": now,
+            "now": now,
+            **rec.series,
+        }
+        pk, owner = conn.execute(self.series, values).one()
+        return int(pk), int(owner)
 
     def run(self, conn: Connection, items: Sequence[NewInstance], now: float) -> None:
         """Insert the rows of ``items`` (all new, none conflicting) in ``conn``'s
@@ -112,49 +172,20 @@ class BatchInsert:
         for uid, rec in first_of_series.items():
             if rec.study_uid not in study_pk:
                 key = (rec.patient["patient_id"], rec.patient["issuer"])
-                study_pk[rec.study_uid] = conn.execute(
-                    self.study,
-                    {
-                        "patient_fk": patient_pk[key],
-                        "study_uid": rec.study_uid,
-                        "patient_name_norm": rec.patient["name_norm"],
-                        "attrs": rec.study_attrs,
-                        "created_at": now,
-                        "updated_at": now,
-                        "now": now,
-                        **rec.study,
-                    },
-                ).scalar_one()
-            pk, owner = conn.execute(
-                self.series,
-                {
-                    "study_fk": study_pk[rec.study_uid],
-                    "series_uid": uid,
-                    "attrs": rec.series_attrs,
-                    "updated_at": now,
-                    "now": now,
-                    **rec.series,
-                },
-            ).one()
+                study_pk[rec.study_uid] = self.upsert_study(conn, rec, patient_pk[key], now)
+            pk, owner = self.upsert_series(conn, rec, study_pk[rec.study_uid], now)
             if owner != study_pk[rec.study_uid]:  # created by another study meanwhile
                 raise NeedsGeneralPath("a series belongs to another study")
-            series_pk[uid] = int(pk)
+            series_pk[uid] = pk
 
         conn.execute(
             self.instances,
             [
                 {
                     "series_fk": series_pk[item.record.series_uid],
-                    "sop_uid": item.record.sop_instance_uid,
-                    "sop_class_uid": item.record.sop_class_uid,
-                    "transfer_syntax": item.record.transfer_syntax,
-                    "blob_key": item.blob_key,
-                    "blob_size": item.blob_size,
-                    "content_hash": item.content_hash,
-                    "metadata": item.record.metadata,
-                    "bulk": orjson.dumps(item.record.bulk),
-                    "stored_at": now,
-                    **item.record.instance,
+                    **instance_row(
+                        item.record, item.blob_key, item.blob_size, item.content_hash, now
+                    ),
                 }
                 for item in items
             ],

@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import orjson
-from sqlalchemy import case, delete, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, IntegrityError, NoResultFound
 from sqlalchemy.sql import Select
@@ -31,7 +30,12 @@ from dicomweb_server.storage.interfaces import (
     StoredInstance,
     Version,
 )
-from dicomweb_server.storage.sql.batch_insert import BatchInsert, NeedsGeneralPath
+from dicomweb_server.storage.sql.batch_insert import (
+    BatchInsert,
+    NeedsGeneralPath,
+    instance_row,
+    touched,
+)
 from dicomweb_server.storage.sql.engine import make_engines, migrate
 from dicomweb_server.storage.sql.models import Instance, Patient, Series, Study
 from dicomweb_server.storage.sql.query import INSTANCE, PATIENT, SERIES, STUDY, condition_expr
@@ -118,15 +122,6 @@ def _lost_race(exc: Exception) -> bool:
     return "FOREIGN KEY constraint failed" in str(orig)
 
 
-def _touched(column: Any, now: float) -> Any:
-    """``now``, or just after the stored value if the clock did not move past it.
-
-    Versions (ETag, Last-Modified) are built from these stamps; they must move forward
-    on every change even when two changes share a clock tick or the clock steps back.
-    """
-    return case((column >= now, column + 1e-6), else_=now)
-
-
 def _stored(row: Any) -> StoredInstance:
     return StoredInstance(
         study_uid=row[0],
@@ -168,80 +163,18 @@ class SqlIndex:
 
     # -- writing ---------------------------------------------------------------------
 
-    def _insert(self, table: Any) -> Any:
-        module = postgresql if self.dialect == "postgresql" else sqlite
-        return module.insert(table)
-
     def _upsert_parents(self, conn: Connection, rec: InstanceRecord, now: float) -> int:
-        """Insert patient, study and series if absent; returns the series pk.
-
-        Study and series are upserted with DO UPDATE of their version stamp, in one
-        statement each, returning their keys.
-        """
-        p = rec.patient
-        conn.execute(
-            self._insert(_PATIENT_T)
-            .values(**p)
-            .on_conflict_do_nothing(index_elements=["patient_id", "issuer"])
-        )
-        patient_pk = conn.execute(
-            select(PATIENT.pk).where(
-                PATIENT.patient_id == p["patient_id"], PATIENT.issuer == p["issuer"]
-            )
-        ).scalar_one()
-        study_pk = conn.execute(
-            self._insert(_STUDY_T)
-            .values(
-                patient_fk=patient_pk,
-                study_uid=rec.study_uid,
-                patient_name_norm=rec.patient["name_norm"],
-                attrs=rec.study_attrs,
-                created_at=now,
-                updated_at=now,
-                **rec.study,
-            )
-            .on_conflict_do_update(
-                index_elements=["study_uid"],
-                set_={"updated_at": _touched(_STUDY_T.c.updated_at, now)},
-            )
-            .returning(_STUDY_T.c.pk)
-        ).scalar_one()
-        series_pk, owner = conn.execute(
-            self._insert(_SERIES_T)
-            .values(
-                study_fk=study_pk,
-                series_uid=rec.series_uid,
-                attrs=rec.series_attrs,
-                updated_at=now,
-                **rec.series,
-            )
-            .on_conflict_do_update(
-                index_elements=["series_uid"],
-                set_={"updated_at": _touched(_SERIES_T.c.updated_at, now)},
-            )
-            .returning(_SERIES_T.c.pk, _SERIES_T.c.study_fk)
-        ).one()
+        """Insert patient, study and series if absent (moving the version stamps of the
+        existing ones); returns the series pk. Conflict if the series belongs to another
+        study."""
+        patient_pk = self._batch.patient_pk(conn, rec.patient)
+        study_pk = self._batch.upsert_study(conn, rec, patient_pk, now)
+        series_pk, owner = self._batch.upsert_series(conn, rec, study_pk, now)
         if owner != study_pk:
             raise Conflict(
                 f"series {rec.series_uid} already belongs to another study than {rec.study_uid}"
             )
-        return int(series_pk)
-
-    def _instance_values(
-        self, rec: InstanceRecord, blob_key: str, blob_size: int, content_hash: str, now: float
-    ) -> dict[str, Any]:
-        return dict(
-            sop_uid=rec.sop_instance_uid,
-            sop_class_uid=rec.sop_class_uid,
-            transfer_syntax=rec.transfer_syntax,
-            blob_key=blob_key,
-            blob_size=blob_size,
-            content_hash=content_hash,
-            metadata=rec.metadata,
-            bulk=orjson.dumps(rec.bulk),
-            stored_at=now,
-            **rec.instance,
-        )
+        return series_pk
 
     def _lock_study(self, conn: Connection, study_uid: str) -> None:
         """Serialize the writers of one study until the transaction ends (PostgreSQL).
@@ -330,7 +263,7 @@ class SqlIndex:
                 if isinstance(parent, Conflict):
                     problems[i] = parent
                     continue
-                values = self._instance_values(
+                values = instance_row(
                     item.record, item.blob_key, item.blob_size, item.content_hash, now
                 )
                 rows.append((i, {"series_fk": parent, **values}))
@@ -383,7 +316,7 @@ class SqlIndex:
             if old_study_uid != record.study_uid:
                 self._lock_study(conn, old_study_uid)
             series_pk = self._upsert_parents(conn, record, now)
-            values = self._instance_values(record, blob_key, blob_size, content_hash, now)
+            values = instance_row(record, blob_key, blob_size, content_hash, now)
             conn.execute(
                 update(_INSTANCE_T)
                 .where(INSTANCE.sop_uid == record.sop_instance_uid)
@@ -707,7 +640,7 @@ class SqlIndex:
         conn.execute(
             update(_SERIES_T)
             .where(SERIES.pk.in_(series_pks))
-            .values(updated_at=_touched(SERIES.updated_at, now))
+            .values(updated_at=touched(SERIES.updated_at, now))
         )
         patient_pks = set(
             conn.execute(select(STUDY.patient_fk).where(STUDY.pk.in_(study_pks))).scalars()
@@ -721,7 +654,7 @@ class SqlIndex:
         conn.execute(
             update(_STUDY_T)
             .where(STUDY.pk.in_(study_pks))
-            .values(updated_at=_touched(STUDY.updated_at, now))
+            .values(updated_at=touched(STUDY.updated_at, now))
         )
         conn.execute(
             delete(_PATIENT_T).where(
