@@ -391,14 +391,14 @@ def test_long_frame_lists_stream_in_pieces_of_about_a_mebibyte() -> None:
     """Each step of a streamed body is a worker-thread hop; part headers and frames are
     joined into pieces of about 1 MiB (a 200-frame request of 256 KB frames went from
     679 to 1,507 MB/s), with every byte kept, in order."""
-    from dicomweb_server.web.pixel import _coalesced
+    from dicomweb_server.web.responses import coalesced
 
     pieces = [bytes([i % 251]) * n for i, n in enumerate([100, 300_000, 60, 300_000] * 20)]
-    out = list(_coalesced(iter(pieces), size=1 << 20))
+    out = list(coalesced(iter(pieces), size=1 << 20))
     assert b"".join(out) == b"".join(pieces)
     assert len(out) <= len(pieces) / 8  # 80 pieces of 12 MB in all: about 1 MiB each
     assert all(len(chunk) < (1 << 20) + 300_060 for chunk in out)
-    assert list(_coalesced(iter([]))) == []
+    assert list(coalesced(iter([]))) == []
 
 
 def test_pieces_response_sends_every_piece_with_their_total_length() -> None:

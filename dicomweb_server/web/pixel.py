@@ -17,7 +17,7 @@ from dicomweb_server.errors import NotAcceptable
 from dicomweb_server.services.pixels import Located, Output, parse_frame_list
 from dicomweb_server.web import rendered
 from dicomweb_server.web.negotiate import query_values
-from dicomweb_server.web.responses import PiecesResponse
+from dicomweb_server.web.responses import PiecesResponse, coalesced
 from dicomweb_server.web.urls import path_uids
 
 _PRIVATE = "private, no-cache"
@@ -50,25 +50,8 @@ def _parts(
 
 
 # Up to this many frames are read and framed in one worker-thread call and sent as one
-# body; longer lists are streamed in pieces of about _PIECE bytes.
+# body; longer lists are streamed in pieces of about a MiB (``coalesced``).
 _IN_ONE_GO = 8
-_PIECE = 1 << 20
-
-
-def _coalesced(pieces: Iterator[bytes], size: int = _PIECE) -> Iterator[bytes]:
-    """Consecutive pieces joined up to about ``size`` bytes: Starlette runs each step of
-    a sync iterator in a worker thread, and a hop per part header and per frame made
-    a 200-frame request a third as fast as the same bytes as one bulk data value."""
-    batch: list[bytes] = []
-    held = 0
-    for piece in pieces:
-        batch.append(piece)
-        held += len(piece)
-        if held >= size:
-            yield b"".join(batch)
-            batch, held = [], 0
-    if batch:
-        yield b"".join(batch)
 
 
 async def retrieve_frames(request: Request) -> Response:
@@ -103,7 +86,7 @@ async def retrieve_frames(request: Request) -> Response:
         pieces = list(_parts(ready[0], iter(ready[1:]), out, boundary, location))
         return PiecesResponse(pieces, media_type=media, headers=headers)
     return StreamingResponse(
-        _coalesced(_parts(ready[0], frames, out, boundary, location)),
+        coalesced(_parts(ready[0], frames, out, boundary, location)),
         media_type=media,
         headers=headers,
     )

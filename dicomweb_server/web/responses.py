@@ -3,7 +3,7 @@ bodies sent piece by piece."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import orjson
@@ -71,3 +71,24 @@ class PiecesResponse(Response):
             await send({"type": "http.response.body", "body": piece, "more_body": i < last})
         if last < 0:
             await send({"type": "http.response.body", "body": b""})
+
+
+# Streamed bodies go out in pieces of about this size (``coalesced``).
+PIECE = 1 << 20
+
+
+def coalesced(pieces: Iterator[bytes], size: int = PIECE) -> Iterator[bytes]:
+    """Consecutive pieces joined up to about ``size`` bytes. Starlette runs each step of
+    a sync body iterator in a worker thread (85-110 us a hop here); a multipart body
+    yielding every part header and every frame or small file on its own made all 200
+    frames of an instance a third as fast as the same bytes as one bulk data value."""
+    batch: list[bytes] = []
+    held = 0
+    for piece in pieces:
+        batch.append(piece)
+        held += len(piece)
+        if held >= size:
+            yield batch[0] if len(batch) == 1 else b"".join(batch)
+            batch, held = [], 0
+    if batch:
+        yield b"".join(batch)

@@ -38,7 +38,7 @@ from dicomweb_server.web.ranges import (
     single_range,
     unsatisfiable,
 )
-from dicomweb_server.web.responses import xml_multipart
+from dicomweb_server.web.responses import coalesced, xml_multipart
 from dicomweb_server.web.urls import base_url, path_uids
 
 log = logging.getLogger(__name__)
@@ -175,7 +175,9 @@ async def retrieve_instances(request: Request) -> Response:
     boundary = new_boundary()
     media = f'multipart/related; type="application/dicom"; boundary={boundary}'
     return StreamingResponse(
-        _multipart(retrieve, items, base, boundary, ready), media_type=media, headers=headers
+        coalesced(_multipart(retrieve, items, base, boundary, ready)),
+        media_type=media,
+        headers=headers,
     )
 
 
