@@ -38,7 +38,7 @@ from dicomweb_server.web.ranges import (
     single_range,
     unsatisfiable,
 )
-from dicomweb_server.web.responses import coalesced, xml_multipart
+from dicomweb_server.web.responses import PIECE, coalesced, xml_multipart
 from dicomweb_server.web.urls import base_url, path_uids
 
 log = logging.getLogger(__name__)
@@ -123,9 +123,10 @@ def _zip(retrieve: RetrieveService, items: list[Planned]) -> Iterator[bytes]:
             with archive.open(name, mode="w", force_zip64=True) as member:
                 for chunk in retrieve.chunks(item):
                     member.write(chunk)
-                    if len(sink.buffer) >= 1 << 20:
+                    if len(sink.buffer) >= PIECE:
                         yield sink.drain()
-            yield sink.drain()
+            if len(sink.buffer) >= PIECE:  # small members share a piece (one thread hop)
+                yield sink.drain()
     yield sink.drain()
 
 
