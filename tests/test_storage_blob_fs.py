@@ -253,3 +253,38 @@ def test_put_files_reports_a_failed_item_and_stores_the_others(tmp_path: Path) -
     assert isinstance(problems[0], FileNotFoundError)
     assert problems[1] is None
     assert store.exists("k/good.dcm") and not store.exists("k/missing.dcm")
+
+
+def test_read_now_gives_cached_bytes_and_none_for_what_it_cannot_read_at_once(
+    tmp_path: Path,
+) -> None:
+    store = FileBlobStore(tmp_path)
+    payload = os.urandom(256 * 1024)
+    store.put_file("ab/1.2/1.2.3/1.2.3.4-00.dcm", _spooled(store, payload))
+    key = "ab/1.2/1.2.3/1.2.3.4-00.dcm"
+    with store.open(key) as fh:
+        fh.read()  # in the page cache now
+    assert store.read_now(key, 1000, 5000) == payload[1000:6000]
+    assert store.read_now(key, len(payload) - 10, 20) is None  # short: past the end
+    assert store.read_now("ab/1.2/1.2.3/9.9-00.dcm", 0, 10) is None  # missing
+    with pytest.raises(StorageUnavailable):
+        store.read_now("../escape", 0, 10)  # keys are still checked
+
+
+@pytest.mark.skipif(not hasattr(os, "RWF_NOWAIT"), reason="needs preadv2 RWF_NOWAIT (Linux)")
+def test_read_now_does_not_wait_for_the_disk(tmp_path: Path) -> None:
+    """Bytes not in memory are not read (the caller would block its event loop)."""
+    store = FileBlobStore(tmp_path)
+    payload = os.urandom(1 << 20)
+    key = "ab/1.2/1.2.3/1.2.3.5-00.dcm"
+    store.put_file(key, _spooled(store, payload))  # fsynced: its pages are clean
+    path = store.path_of(key)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # drop them from the cache
+    finally:
+        os.close(fd)
+    assert store.read_now(key, 512 * 1024, 4096) is None
+    with store.open(key) as fh:
+        assert fh.read() == payload
+    assert store.read_now(key, 512 * 1024, 4096) == payload[512 * 1024 : 512 * 1024 + 4096]

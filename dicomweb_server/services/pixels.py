@@ -105,12 +105,18 @@ class PixelService:
         # openjpeg logs every tile it encodes at INFO: noise in a server log.
         logging.getLogger("openjpeg").setLevel(logging.WARNING)
 
-    def remembered(self, study: str, series: str, sop: str) -> Located | None:
+    def _cached(self, study: str, series: str, sop: str) -> Located | None:
         with self._lock:
             hit = self._cache.get(sop)
             if hit is not None:
                 self._cache.move_to_end(sop)
         if hit is None or (hit.instance.study_uid, hit.instance.series_uid) != (study, series):
+            return None
+        return hit
+
+    def remembered(self, study: str, series: str, sop: str) -> Located | None:
+        hit = self._cached(study, series, sop)
+        if hit is None:
             return None
         try:
             with self.blobs.open(hit.instance.blob_key):
@@ -185,6 +191,45 @@ class PixelService:
         if table is None:
             raise NotFound(f"instance {instance.sop_instance_uid} has no frames")
         return Located(instance, table, data)
+
+    def ready_frame(
+        self, study: str, series: str, sop: str, number: int, wanted: Sequence[Wanted]
+    ) -> tuple[Output, bytes] | None:
+        """Frame ``number`` when it can be answered without waiting: the instance was
+        located before (no index query), the frame goes out as its stored bytes (no
+        decoding, shifting or swapping), and those bytes are in memory (``read_now``).
+
+        None sends the request down the general path (``locate``, ``output``,
+        ``frames`` in a worker thread), which also gives every error its answer.
+        """
+        hit = self._cached(study, series, sop)
+        if hit is None:
+            return None
+        table = hit.table
+        if not 1 <= number <= table.count:
+            return None
+        try:
+            out = self.output(hit, wanted)
+        except NotAcceptable:
+            return None
+        if out.mode == "encode" or (
+            out.mode == "native" and table.transfer_syntax not in UNCOMPRESSED
+        ):
+            return None
+        if table.native is not None:
+            start, length, shift = table.native_span(number)
+            if shift or table.pixel.bits_allocated == 1 or table.swap:
+                return None
+            spans: Sequence[tuple[int, int]] = [(start, length)]
+        else:
+            spans = table.fragments[number - 1]
+        pieces = []
+        for offset, length in spans:
+            data = self.blobs.read_now(hit.instance.blob_key, offset, length)
+            if data is None:
+                return None
+            pieces.append(data)
+        return out, pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
     # -- choosing the output ---------------------------------------------------------
 

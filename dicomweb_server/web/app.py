@@ -75,6 +75,7 @@ async def health(request: Request) -> Response:
 
 def security_middleware(settings: Settings) -> list[Middleware]:
     """CORS outermost (preflights carry no credentials), then the one security gate."""
+    from dicomweb_server.web.fast_frames import FastFrames
     from dicomweb_server.web.guard import SecurityMiddleware
 
     stack = []
@@ -90,6 +91,8 @@ def security_middleware(settings: Settings) -> list[Middleware]:
             )
         )
     stack.append(Middleware(SecurityMiddleware, settings=settings))
+    # Inside the gate: single frames served from memory skip the router (fast_frames.py).
+    stack.append(Middleware(FastFrames, settings=settings))
     return stack
 
 

@@ -20,7 +20,8 @@ from dicomweb_server.web.negotiate import query_values
 from dicomweb_server.web.responses import PiecesResponse, coalesced
 from dicomweb_server.web.urls import path_uids
 
-_PRIVATE = "private, no-cache"
+# Patient data: a browser may keep it (per user), but asks again before reusing it.
+FRAMES_CACHE_CONTROL = "private, no-cache"
 _STUDY = "/studies/{study}"
 _SERIES = _STUDY + "/series/{series}"
 _INSTANCE = _SERIES + "/instances/{instance}"
@@ -75,7 +76,7 @@ async def retrieve_frames(request: Request) -> Response:
         return out, ready, frames
 
     out, ready, frames = await anyio.to_thread.run_sync(start)
-    headers = {"Cache-Control": _PRIVATE}
+    headers = {"Cache-Control": FRAMES_CACHE_CONTROL}
     if not out.multipart:
         frames.close()
         return Response(ready[0], media_type=out.content_type, headers=headers)

@@ -1,0 +1,144 @@
+"""Single frames answered ahead of the router (web/fast_frames.py): the same answers as
+the general path, served without it, and never for an instance that is gone."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import pytest
+from pydicom.dataset import Dataset
+
+from dicomweb_server.bootstrap import prepare
+from dicomweb_server.config import Settings
+from dicomweb_server.web.app import create_app
+from tests.conftest import Server, http
+from tests.dicomgen import make_dataset
+from tests.test_web_pixel import OCTET, OCTET_ANY, RLE, compressed, part10, path_of, store
+
+SINGLE = "application/octet-stream"
+
+
+def _split(response: httpx.Response) -> tuple[dict[str, str], bytes]:
+    """The one part's headers (boundary-free) and body."""
+    media = response.headers["content-type"]
+    boundary = media.split("boundary=")[1]
+    chunk = response.content.split(b"--" + boundary.encode())[1]
+    head, _, body = chunk.partition(b"\r\n\r\n")
+    headers = dict(line.split(": ", 1) for line in head.decode().strip().split("\r\n"))
+    assert response.content.endswith(b"\r\n--" + boundary.encode() + b"--\r\n")
+    return headers, body[:-2]
+
+
+def _shape(response: httpx.Response) -> dict[str, Any]:
+    """What a client sees, minus the random boundary."""
+    media = response.headers["content-type"]
+    seen: dict[str, Any] = {
+        "status": response.status_code,
+        "media": media.split("; boundary=")[0],
+        "cache": response.headers.get("cache-control"),
+        "length": int(response.headers["content-length"]) - len(media.split("boundary=")[-1]) * 2,
+    }
+    if media.startswith("multipart/related"):
+        seen["part"], seen["body"] = _split(response)
+    else:
+        seen["body"] = response.content
+    return seen
+
+
+@pytest.fixture(scope="module")
+def sources(shared_server: Server) -> dict[str, Dataset]:
+    found = {
+        "native": make_dataset(frames=4, rows=32, columns=32),
+        "rle": compressed(RLE, frames=3, size=32),
+        "single": make_dataset(rows=64, columns=64),
+    }
+    store(shared_server, *found.values())
+    return found
+
+
+@pytest.mark.parametrize(
+    ("name", "frame", "accept"),
+    [
+        ("native", 3, OCTET_ANY),
+        ("native", 1, OCTET),
+        ("native", 4, SINGLE),
+        ("single", 1, OCTET_ANY),
+        ("rle", 2, OCTET_ANY),
+        ("rle", 3, 'multipart/related; type="image/x-dicom-rle"'),
+    ],
+)
+def test_a_remembered_frame_is_answered_as_the_general_path_answers_it(
+    shared_server: Server, sources: dict[str, Dataset], name: str, frame: int, accept: str
+) -> None:
+    url = f"{shared_server.url}{path_of(sources[name])}/frames/{frame}"
+    first = http().get(url, headers={"Accept": accept})  # locates the instance
+    fast = http().get(url, headers={"Accept": accept})
+    # A query parameter always takes the general path; ``accept`` is left out of the
+    # part's Content-Location there, so both name the same URL.
+    general = http().get(f"{url}?accept={quote(accept)}")  # spaces as %20, not +
+    assert fast.status_code == general.status_code == first.status_code == 200, general.text
+    assert _shape(fast) == _shape(general) == _shape(first)
+
+
+def test_errors_keep_their_answers(shared_server: Server, sources: dict[str, Dataset]) -> None:
+    url = f"{shared_server.url}{path_of(sources['native'])}/frames"
+    assert http().get(f"{url}/1", headers={"Accept": OCTET_ANY}).status_code == 200
+    assert http().get(f"{url}/5", headers={"Accept": OCTET_ANY}).status_code == 404
+    refused = http().get(f"{url}/1", headers={"Accept": "text/html"})
+    assert refused.status_code == 406
+    assert "acceptable" in refused.text
+
+
+def test_a_deleted_instance_is_not_served_from_memory(server: Server) -> None:
+    ds = make_dataset(frames=2, rows=16, columns=16)
+    store(server, ds)
+    url = f"{server.url}{path_of(ds)}"
+    assert http().get(f"{url}/frames/2", headers={"Accept": OCTET_ANY}).status_code == 200
+    assert http().get(f"{url}/frames/2", headers={"Accept": OCTET_ANY}).status_code == 200
+    assert http().delete(url).status_code in (200, 204)
+    assert http().get(f"{url}/frames/2", headers={"Accept": OCTET_ANY}).status_code == 404
+
+
+def test_remembered_frames_skip_the_routes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = Settings(data_dir=tmp_path / "data")
+    prepare(settings)
+    app = create_app(settings)
+    ds = make_dataset(frames=3, rows=16, columns=16)
+    source = tmp_path / "one.dcm"
+    source.write_bytes(part10(ds))
+    url = f"/dicom-web{path_of(ds)}/frames"
+    located: list[str] = []
+
+    async def scenario() -> list[bytes]:
+        async with app.router.lifespan_context(app):
+            services: Any = app.state.services
+            assert services.store.store_copy(source).stored
+            locate = services.pixels.locate
+
+            def counting(study: str, series: str, sop: str) -> Any:
+                located.append(sop)
+                return locate(study, series, sop)
+
+            monkeypatch.setattr(services.pixels, "locate", counting)
+            transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 40000))
+            async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
+                bodies = []
+                for number in (1, 2, 3, 2):
+                    response = await c.get(f"{url}/{number}", headers={"Accept": OCTET_ANY})
+                    assert response.status_code == 200
+                    bodies.append(_split(response)[1])
+                assert located == [ds.SOPInstanceUID]  # the first request only
+                # Anything else still goes through the routes (and locates there).
+                several = await c.get(f"{url}/1,2", headers={"Accept": OCTET_ANY})
+                assert several.status_code == 200
+                query = await c.get(f"{url}/1?accept={quote(OCTET_ANY)}")
+                assert query.status_code == 200
+                return bodies
+
+    bodies = asyncio.run(scenario())
+    assert len(located) == 3
+    assert bodies[1] == bodies[3] == bytes(ds.PixelData)[512:1024]
