@@ -6,7 +6,9 @@ what STOW-RS uses for every request, so each instance's trouble must stay its ow
 
 from __future__ import annotations
 
+import hashlib
 import io
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ from dicomweb_server.config import Settings
 from dicomweb_server.dicom import status
 from dicomweb_server.dicom.ingest import analyse
 from dicomweb_server.errors import Conflict
+from dicomweb_server.storage import blob_fs
 from dicomweb_server.storage.interfaces import NewInstance
 from tests.dicomgen import make_dataset, to_part10, uid
 
@@ -149,3 +152,83 @@ def test_index_add_instances_reports_conflicts_by_slot(services: Services) -> No
         r.sop_instance_uid for r in recs
     }
     assert index.find_instances([uid()]) == {}
+
+
+def _spool_file(services: Services, data: bytes) -> Any:
+    spooled = services.store.spool()
+    for start in range(0, len(data), 4096):  # as a request body arrives, in pieces
+        spooled.write(data[start : start + 4096])
+    spooled.finish()
+    return spooled
+
+
+def test_spool_files_are_hashed_as_written_and_synced_once(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A finished spool file's fsync runs in the background; storing it uses that fsync's
+    outcome instead of syncing the file again, and its hash instead of reading it again."""
+    data = [to_part10(make_dataset()) for _ in range(3)]
+    spooled = [_spool_file(services, d) for d in data]
+    for item in spooled:
+        assert item.synced.result(timeout=10) is None
+    assert [s.content_hash for s in spooled] == [hashlib.sha256(d).hexdigest() for d in data]
+    synced_again: list[Path] = []
+    monkeypatch.setattr(
+        "dicomweb_server.storage.blob_fs._fsync_file", lambda path: synced_again.append(path)
+    )
+    read_again: list[Path] = []
+    monkeypatch.setattr("dicomweb_server.services.store._sha256", read_again.append)
+    outcomes = services.store.store_batch(spooled)
+    assert [o.stored for o in outcomes] == [True] * 3
+    assert synced_again == [] and read_again == []
+    stored = services.index.find_instances(o.sop_instance_uid or "" for o in outcomes)
+    assert sorted(i.content_hash for i in stored.values()) == sorted(
+        s.content_hash for s in spooled
+    )
+
+
+def test_a_failed_background_fsync_fails_its_instance_only(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An fsync error is reported once: the background sync's error must reach the
+    outcome, not be lost because the store would sync the file again and succeed."""
+    real_fsync = os.fsync
+    spooled = []
+    for index in range(3):
+        if index == 1:
+            monkeypatch.setattr(
+                "dicomweb_server.storage.blob_fs.os.fsync",
+                lambda fd: (_ for _ in ()).throw(OSError(5, "Input/output error")),
+            )
+        spooled.append(_spool_file(services, to_part10(make_dataset())))
+        spooled[-1].synced.exception(timeout=10)
+        monkeypatch.setattr("dicomweb_server.storage.blob_fs.os.fsync", real_fsync)
+    outcomes = services.store.store_batch(spooled)
+    assert [o.stored for o in outcomes] == [True, False, True]
+    assert outcomes[1].failure_reason == status.PROCESSING_FAILURE
+    assert len(blob_files(services)) == 2
+
+
+def test_a_spool_file_given_a_preamble_is_synced_as_rewritten(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A part without the 128-byte preamble is rewritten before storing: the background
+    fsync was of the old file, so the new one is synced (and hashed) itself."""
+    part10 = to_part10(make_dataset())
+    spooled = _spool_file(services, part10[132:])  # the meta header, no preamble or DICM
+    synced_again: list[Path] = []
+    real = blob_fs._fsync_file
+
+    def counting(path: Path) -> None:
+        synced_again.append(path)
+        real(path)
+
+    monkeypatch.setattr("dicomweb_server.storage.blob_fs._fsync_file", counting)
+    (outcome,) = services.store.store_batch([spooled])
+    assert outcome.stored
+    assert synced_again == [spooled.path]
+    stored = services.index.find_instance(outcome.sop_instance_uid or "")
+    assert stored is not None
+    (blob,) = blob_files(services)
+    assert stored.content_hash == hashlib.sha256(blob.read_bytes()).hexdigest()
+    assert blob.read_bytes() == part10

@@ -15,6 +15,7 @@ import secrets
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -62,17 +63,62 @@ def _blob_key(rec: InstanceRecord) -> str:
     return f"{spread}/{rec.study_uid}/{rec.series_uid}/{rec.sop_instance_uid}-{token}.dcm"
 
 
+class SpoolFile:
+    """An incoming object being written to the spool: hashed as it is written, and made
+    durable in the background once complete (``finish``), so that its fsync overlaps
+    receiving and analysing the rest of the request instead of following them."""
+
+    def __init__(self, path: Path, fh: BinaryIO, blobs: BlobStore) -> None:
+        self.path = path
+        self.size = 0
+        self.synced: Future[None] | None = None
+        self._fh: BinaryIO | None = fh
+        self._hash = hashlib.sha256()
+        self._blobs = blobs
+
+    def write(self, data: bytes) -> None:
+        assert self._fh is not None, "written after finish"
+        self._fh.write(data)
+        self._hash.update(data)
+        self.size += len(data)
+
+    def finish(self) -> None:
+        """Complete: the file is flushed (a full disk raises here) and its fsync starts."""
+        fh, self._fh = self._fh, None
+        if fh is None:
+            return
+        try:
+            fh.flush()
+        except BaseException:
+            fh.close()
+            raise
+        self.synced = self._blobs.sync_soon(fh)
+
+    def close(self) -> None:
+        """Give up writing (the file stays for the caller to remove)."""
+        fh, self._fh = self._fh, None
+        if fh is not None:
+            with contextlib.suppress(OSError):
+                fh.close()
+
+    @property
+    def content_hash(self) -> str:
+        return self._hash.hexdigest()
+
+
 @dataclass
 class _Pending:
     """One instance of a batch on its way: parsed (``rec``), blob written (``key``), done."""
 
     path: Path
+    spool: SpoolFile | None = None
     outcome: StoreOutcome = field(default_factory=StoreOutcome)
     rec: InstanceRecord | None = None
     content_hash: str = ""
     size: int = 0
     key: str | None = None
     done: bool = False
+    rewritten: bool = False  # the spooled file was replaced (a preamble or meta added)
 
     @property
     def record(self) -> InstanceRecord:
@@ -98,6 +144,11 @@ class StoreService:
         fd, name = tempfile.mkstemp(prefix="part-", suffix=".tmp", dir=self.blobs.spool_dir())
         return Path(name), os.fdopen(fd, "wb")
 
+    def spool(self) -> SpoolFile:
+        """A new spool file to write an incoming object into; see ``SpoolFile``."""
+        path, fh = self.new_spool_file()
+        return SpoolFile(path, fh, self.blobs)
+
     def store_copy(self, source: Path) -> StoreOutcome:
         """Store a file that must stay where it is (bulk import)."""
         spooled, fh = self.new_spool_file()
@@ -118,17 +169,17 @@ class StoreService:
         return self.store_batch([path], expected_study_uid)[0]
 
     def store_batch(
-        self, paths: Sequence[Path], expected_study_uid: str | None = None
+        self, paths: Sequence[Path | SpoolFile], expected_study_uid: str | None = None
     ) -> list[StoreOutcome]:
-        """Store spooled temp files, consumed (moved or deleted) in every case; one outcome
-        each, in order.
+        """Store spooled temp files (finished ``SpoolFile``s, or paths of complete files),
+        consumed (moved or deleted) in every case; one outcome each, in order.
 
         The instances of one batch share one duplicate lookup and one index transaction
         (the index write is most of the cost of a small instance), yet each still gets its
         own outcome: trouble with one becomes its Processing failure (0110) or Out of
         Resources (A700), never the others' (PS3.18 10.5.3, Annex I).
         """
-        pending = [_Pending(path) for path in paths]
+        pending = [_Pending(p.path, p) if isinstance(p, SpoolFile) else _Pending(p) for p in paths]
         try:
             for item in pending:
                 with self._failing(item):
@@ -207,7 +258,7 @@ class StoreService:
     def _prepare(self, item: _Pending, expected_study_uid: str | None) -> None:
         """Parse and check one file; on rejection the item is done with its failure."""
         try:
-            rec = self._analyse(item.path)
+            rec = self._analyse(item)
         except DicomRejected as exc:
             item.outcome = StoreOutcome(
                 sop_class_uid=exc.sop_class_uid,
@@ -229,8 +280,11 @@ class StoreService:
             )
             item.done = True
             return
-        item.content_hash = _sha256(item.path)
-        item.size = item.path.stat().st_size
+        if item.spool is not None and not item.rewritten:
+            item.content_hash, item.size = item.spool.content_hash, item.spool.size
+        else:
+            item.content_hash = _sha256(item.path)
+            item.size = item.path.stat().st_size
         item.rec = rec
 
     def _store_new_or_duplicate(self, batch: list[_Pending]) -> None:
@@ -292,7 +346,8 @@ class StoreService:
         """``_put_blob`` for a batch, sharing the directory syncs; the items written."""
         keys = [_blob_key(item.record) for item in items]
         problems = self.blobs.put_files(
-            [(key, item.path) for key, item in zip(keys, items, strict=True)]
+            [(key, item.path) for key, item in zip(keys, items, strict=True)],
+            [None if item.rewritten or not item.spool else item.spool.synced for item in items],
         )
         written = []
         for item, key, problem in zip(items, keys, problems, strict=True):
@@ -321,13 +376,16 @@ class StoreService:
         item.outcome.stored = True
         item.done = True
 
-    def _analyse(self, path: Path) -> InstanceRecord:
+    def _analyse(self, item: _Pending) -> InstanceRecord:
+        path = item.path
         with open(path, "rb") as fh:
             rec = analyse(fh, bulk_threshold=self.settings.bulk_data_threshold)
             fh.seek(128)
             has_preamble = fh.read(4) == b"DICM"
         if has_preamble:
             return rec
+        # A new file replaces the spooled one: what was hashed and synced is not it.
+        item.rewritten = True
         if rec.has_file_meta:
             self._add_preamble(path)
         else:

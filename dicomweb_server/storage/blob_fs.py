@@ -21,9 +21,10 @@ import contextlib
 import fcntl
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
 
@@ -63,6 +64,7 @@ class FileBlobStore:
         self.tmp.mkdir(parents=True, exist_ok=True)
         self._spool_lock: int | None = None
         self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
 
     # -- the spool -------------------------------------------------------------------
 
@@ -141,17 +143,41 @@ class FileBlobStore:
         if problem is not None:
             raise problem
 
-    def put_files(self, items: Sequence[tuple[str, Path]]) -> list[Exception | None]:
+    def sync_soon(self, fh: BinaryIO) -> Future[None]:
+        def sync() -> None:
+            try:
+                fh.flush()
+                os.fsync(fh.fileno())
+            finally:
+                fh.close()
+
+        return self._executor().submit(sync)
+
+    def put_files(
+        self,
+        items: Sequence[tuple[str, Path]],
+        synced: Sequence[Future[None] | None] | None = None,
+    ) -> list[Exception | None]:
         """Move each ``source`` into place under its key, durably; one outcome per item.
 
-        Each file is fsynced before its rename, and then every directory whose entries
-        changed is fsynced once for the whole batch (a study's instances share folders).
-        A failed item (``OutOfResources`` when the disk is full) leaves its source where
-        it was and does not stop the others.
+        Each file is fsynced before its rename (or was, by ``sync_soon``: its future's
+        outcome is used, since a failed fsync is reported once only), and then every
+        directory whose entries changed is fsynced once for the whole batch (a study's
+        instances share folders). A failed item (``OutOfResources`` when the disk is
+        full) leaves its source where it was and does not stop the others.
         """
-        problems: list[Exception | None] = list(
-            self._in_parallel(_fsync_file, [src for _, src in items])
-        )
+        early = list(synced) if synced is not None else [None] * len(items)
+        unsynced = [i for i, future in enumerate(early) if future is None]
+        problems: list[Exception | None] = [None] * len(items)
+        synced_now = self._in_parallel(_fsync_file, [items[i][1] for i in unsynced])
+        for i, problem in zip(unsynced, synced_now, strict=True):
+            problems[i] = problem
+        for i, future in enumerate(early):
+            if future is not None:
+                try:
+                    future.result()
+                except Exception as exc:  # OSError, or ValueError for a closed file
+                    problems[i] = exc
         changed: dict[Path, list[int]] = {}
         for i, (key, source) in enumerate(items):
             if problems[i] is not None:
@@ -190,9 +216,14 @@ class FileBlobStore:
 
         if len(paths) <= 1:
             return [run(path) for path in paths]
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(_SYNC_THREADS, thread_name_prefix="blob-fsync")
-        return list(self._pool.map(run, paths))
+        return list(self._executor().map(run, paths))
+
+    def _executor(self) -> ThreadPoolExecutor:
+        # Made on first use, from the event loop (sync_soon) or a worker thread.
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(_SYNC_THREADS, thread_name_prefix="blob-fsync")
+            return self._pool
 
     @staticmethod
     def _move(source: Path, target: Path) -> list[Path]:

@@ -7,6 +7,7 @@ httpx's transport, each interface is small enough to have an in-memory double.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -28,9 +29,20 @@ class BlobStore(Protocol):
         """Move ``source`` into the store under ``key``, durably (fsync before returning)."""
         ...
 
-    def put_files(self, items: Sequence[tuple[str, Path]]) -> list[Exception | None]:
+    def put_files(
+        self,
+        items: Sequence[tuple[str, Path]],
+        synced: Sequence[Future[None] | None] | None = None,
+    ) -> list[Exception | None]:
         """``put_file`` for each (key, source), durably, sharing the directory syncs; one
-        outcome each: None, or the error that item met (``OutOfResources`` when full)."""
+        outcome each: None, or the error that item met (``OutOfResources`` when full).
+        A source with a ``synced`` future (from ``sync_soon``) is not synced again: the
+        future's outcome is its fsync's."""
+        ...
+
+    def sync_soon(self, fh: BinaryIO) -> Future[None]:
+        """Start making a completely written spool file durable (fsync), then close it;
+        the future gives the fsync's outcome."""
         ...
 
     def open(self, key: str) -> BinaryIO:

@@ -7,11 +7,10 @@ the store service and gets its own outcome (PS3.18 Annex I).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import anyio.to_thread
 from starlette.requests import ClientDisconnect, Request
@@ -27,7 +26,7 @@ from dicomweb_server.errors import (
     UnsupportedMediaType,
     is_no_space,
 )
-from dicomweb_server.services.store import StoreOutcome, StoreService
+from dicomweb_server.services.store import SpoolFile, StoreOutcome, StoreService
 from dicomweb_server.web.audit import note
 from dicomweb_server.web.responses import dataset_response
 from dicomweb_server.web.urls import base_url, path_uids
@@ -38,59 +37,59 @@ _ACCEPTED_PART_TYPES = ("application/dicom", "application/octet-stream", "")
 
 @dataclass
 class _Part:
-    path: Path
-    fh: BinaryIO | None
+    spool: SpoolFile
     content_type: str
+    writing: bool = True
     failure: int | None = None
     message: str = ""
+
+    @property
+    def path(self) -> Path:
+        return self.spool.path
 
 
 @dataclass
 class SpoolSink:
-    """Writes each part to its own spool file; remembers parts that could not be written."""
+    """Writes each part to its own spool file, whose fsync starts as soon as the part is
+    complete; remembers parts that could not be written."""
 
     store: StoreService
     parts: list[_Part] = field(default_factory=list)
 
     def start_part(self, headers: dict[str, str]) -> None:
         media = headers.get("content-type", "").split(";")[0].strip().lower()
-        path, fh = self.store.new_spool_file()
-        self.parts.append(_Part(path, fh, media))
+        self.parts.append(_Part(self.store.spool(), media))
 
     def write(self, data: bytes) -> None:
         part = self.parts[-1]
-        if part.fh is None:
+        if not part.writing:
             return
         try:
-            part.fh.write(data)
+            part.spool.write(data)
         except OSError as exc:
             self._fail(part, exc)
 
     def end_part(self) -> None:
         part = self.parts[-1]
-        if part.fh is not None:
+        if part.writing:
+            part.writing = False
             try:
-                part.fh.close()
+                part.spool.finish()
             except OSError as exc:
                 self._fail(part, exc)
-            part.fh = None
 
     @staticmethod
     def _fail(part: _Part, exc: OSError) -> None:
+        part.writing = False
+        part.spool.close()
         if not is_no_space(exc):
             raise exc
         part.failure = status.OUT_OF_RESOURCES
         part.message = "no space left on the archive"
-        if part.fh is not None:
-            with contextlib.suppress(OSError):
-                part.fh.close()
-            part.fh = None
 
     def discard(self) -> None:
         for part in self.parts:
-            if part.fh is not None:
-                with contextlib.suppress(OSError):
-                    part.fh.close()
+            part.spool.close()
             part.path.unlink(missing_ok=True)
 
 
@@ -152,7 +151,7 @@ def _store_parts(store: StoreService, parts: list[_Part], study: str | None) -> 
             storable.append(i)
     for start in range(0, len(storable), _BATCH):
         chunk = storable[start : start + _BATCH]
-        stored = store.store_batch([parts[i].path for i in chunk], study)
+        stored = store.store_batch([parts[i].spool for i in chunk], study)
         for i, outcome in zip(chunk, stored, strict=True):
             outcomes[i] = outcome
     return [o for o in outcomes if o is not None]
