@@ -12,8 +12,10 @@ import httpx
 import pytest
 from pydicom.dataset import Dataset
 
-from dicomweb_server.bootstrap import prepare
+from dicomweb_server.bootstrap import build_services, prepare
 from dicomweb_server.config import Settings
+from dicomweb_server.dicom.pixel_media import choose_pixel
+from dicomweb_server.services import pixels
 from dicomweb_server.web.app import create_app
 from tests.conftest import Server, http
 from tests.dicomgen import make_dataset
@@ -142,3 +144,25 @@ def test_remembered_frames_skip_the_routes(tmp_path: Path, monkeypatch: pytest.M
     bodies = asyncio.run(scenario())
     assert len(located) == 3
     assert bodies[1] == bodies[3] == bytes(ds.PixelData)[512:1024]
+
+
+def test_large_frames_are_left_to_the_routes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Copying a very large frame would hold up every other request on the event loop."""
+    settings = Settings(data_dir=tmp_path / "data")
+    prepare(settings)
+    services = build_services(settings)
+    try:
+        ds = make_dataset(frames=2, rows=64, columns=64)  # 8 KB frames
+        source = tmp_path / "one.dcm"
+        source.write_bytes(part10(ds))
+        assert services.store.store_copy(source).stored
+        uids = (ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+        services.pixels.locate(*uids)
+        wanted = choose_pixel(OCTET_ANY, single_allowed=True)
+        assert services.pixels.ready_frame(*uids, 2, wanted) is not None
+        monkeypatch.setattr(pixels, "READY_FRAME_LIMIT", 8191)
+        assert services.pixels.ready_frame(*uids, 2, wanted) is None
+    finally:
+        services.close()

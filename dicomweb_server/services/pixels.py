@@ -42,6 +42,9 @@ from dicomweb_server.storage.interfaces import BlobStore, IndexStore, StoredInst
 log = logging.getLogger(__name__)
 PIXEL_DATA = 0x7FE00010
 MAX_FRAME_LIST = 10_000
+# Frames up to this size may be answered from the event loop (``ready_frame``): a
+# 512x512x16-bit slice is 0.5 MiB, a 2048x2048 radiograph 8 MiB.
+READY_FRAME_LIMIT = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -223,6 +226,8 @@ class PixelService:
             spans: Sequence[tuple[int, int]] = [(start, length)]
         else:
             spans = table.fragments[number - 1]
+        if sum(length for _, length in spans) > READY_FRAME_LIMIT:
+            return None  # copying it would hold up the event loop
         pieces = []
         for offset, length in spans:
             data = self.blobs.read_now(hit.instance.blob_key, offset, length)
