@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -232,3 +233,56 @@ def test_a_spool_file_given_a_preamble_is_synced_as_rewritten(
     (blob,) = blob_files(services)
     assert stored.content_hash == hashlib.sha256(blob.read_bytes()).hexdigest()
     assert blob.read_bytes() == part10
+
+
+def test_index_rows_are_written_while_directories_sync_and_committed_after(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Durable before visible, without waiting in line: the batch's index statements run
+    while the blobs' directory syncs do, and the commit waits for the syncs."""
+    events: list[str] = []
+    real = blob_fs.fsync_dir
+
+    def slow_sync(path: Path) -> None:
+        time.sleep(0.3)
+        real(path)
+        events.append("dir synced")
+
+    monkeypatch.setattr(blob_fs, "fsync_dir", slow_sync)
+    add = services.index.add_instances
+
+    def adding(*args: Any, **kwargs: Any) -> Any:
+        events.append("index statements")
+        return add(*args, **kwargs)
+
+    monkeypatch.setattr(services.index, "add_instances", adding)
+    commits = Commits(services)
+    event.listen(services.index.write_engine, "commit", lambda _c: events.append("commit"))
+    try:
+        outcomes = services.store.store_batch([spool(services, to_part10(make_dataset()))])
+    finally:
+        commits.close()
+    assert outcomes[0].stored
+    assert events[0] == "index statements"
+    assert events.index("commit") > max(i for i, e in enumerate(events) if e == "dir synced")
+
+
+def test_a_failed_directory_sync_keeps_its_instances_out_of_the_index(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    study = uid()
+    real = blob_fs.fsync_dir
+
+    def failing(path: Path) -> None:
+        if study in str(path):
+            raise OSError(5, "Input/output error")
+        real(path)
+
+    monkeypatch.setattr(blob_fs, "fsync_dir", failing)
+    data = [make_dataset(study=study), make_dataset(), make_dataset(study=study), make_dataset()]
+    outcomes = services.store.store_batch([spool(services, to_part10(d)) for d in data])
+    assert [o.stored for o in outcomes] == [False, True, False, True]
+    assert {o.failure_reason for o in outcomes if not o.stored} == {status.PROCESSING_FAILURE}
+    found = services.index.find_instances(d.SOPInstanceUID for d in data)
+    assert sorted(found) == sorted([data[1].SOPInstanceUID, data[3].SOPInstanceUID])
+    assert len(blob_files(services)) == 2

@@ -12,6 +12,7 @@ from sqlalchemy import text
 
 from dicomweb_server.dicom.ingest import InstanceRecord, analyse
 from dicomweb_server.errors import Conflict, NotFound, OutOfResources
+from dicomweb_server.storage.interfaces import NewInstance
 from dicomweb_server.storage.sql.engine import MIGRATIONS, SCHEMA_VERSION, current_version
 from dicomweb_server.storage.sql.index import IndexFull, SqlIndex
 from tests.conftest import SmallFs
@@ -471,3 +472,24 @@ def test_a_batch_with_a_conflicting_series_still_stores_the_others(index: SqlInd
             )
             == 0
         )
+
+
+def test_add_instances_runs_before_commit_last_and_commits_only_if_it_returns(
+    index: SqlIndex,
+) -> None:
+    first, second = record(), record()
+    seen: list[object] = []
+
+    def check() -> None:  # inside the transaction: written, not yet visible to readers
+        seen.append(index.find_instance(first.sop_instance_uid))
+
+    assert index.add_instances([NewInstance(first, "k/1.dcm", 10, "h1")], check) == [None]
+    assert seen == [None]
+    assert index.find_instance(first.sop_instance_uid) is not None
+
+    def refuse() -> None:
+        raise RuntimeError("a blob is not durable")
+
+    with pytest.raises(RuntimeError):
+        index.add_instances([NewInstance(second, "k/2.dcm", 10, "h2")], refuse)
+    assert index.find_instance(second.sop_instance_uid) is None

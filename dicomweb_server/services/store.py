@@ -28,7 +28,7 @@ from dicomweb_server.config import Settings
 from dicomweb_server.dicom import status
 from dicomweb_server.dicom.ingest import DicomRejected, InstanceRecord, analyse
 from dicomweb_server.errors import Conflict, OutOfResources, is_no_space
-from dicomweb_server.storage.interfaces import BlobStore, IndexStore, NewInstance
+from dicomweb_server.storage.interfaces import BlobStore, IndexStore, NewInstance, Placement
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,10 @@ def _blob_key(rec: InstanceRecord) -> str:
     spread = hashlib.sha1(rec.study_uid.encode()).hexdigest()[:2]
     token = secrets.token_hex(4)
     return f"{spread}/{rec.study_uid}/{rec.series_uid}/{rec.sop_instance_uid}-{token}.dcm"
+
+
+class _NotDurable(Exception):
+    """A blob of the batch could not be made durable: its index rows must not commit."""
 
 
 class SpoolFile:
@@ -301,15 +305,22 @@ class StoreService:
                 self._replace(item)
             else:
                 item.done = True
-        written = self._put_blobs(new)
+        written, placement = self._place_blobs(new)
         if not written:
             return
-        problems = self.index.add_instances(
-            [
-                NewInstance(item.record, item.key or "", item.size, item.content_hash)
-                for item in written
-            ]
-        )
+
+        def durable() -> None:
+            # Last in the index transaction: its statements ran while the blobs'
+            # directory syncs did; it commits only once every blob is durable.
+            self._blob_outcomes(new, placement.wait())
+            if any(item.done for item in written):
+                raise _NotDurable
+
+        try:
+            problems = self._add(written, durable)
+        except _NotDurable:  # rolled back; the blobs that are durable go in on their own
+            written = [item for item in written if not item.done]
+            problems = self._add(written)
         for item, problem in zip(written, problems, strict=True):
             if problem is None:
                 item.outcome.stored = True
@@ -337,24 +348,38 @@ class StoreService:
             item.key = None
         item.done = True
 
+    def _add(
+        self, items: list[_Pending], before_commit: Callable[[], None] | None = None
+    ) -> list[Conflict | None]:
+        news = [NewInstance(i.record, i.key or "", i.size, i.content_hash) for i in items]
+        return self.index.add_instances(news, before_commit)
+
     def _put_blob(self, item: _Pending) -> bool:
         """Move the spooled file into the blob store, durably; False (and the item done
         with its failure) when it could not be written."""
-        return bool(self._put_blobs([item]))
+        _, placement = self._place_blobs([item])
+        self._blob_outcomes([item], placement.wait())
+        return not item.done
 
-    def _put_blobs(self, items: list[_Pending]) -> list[_Pending]:
-        """``_put_blob`` for a batch, sharing the directory syncs; the items written."""
+    def _place_blobs(self, items: list[_Pending]) -> tuple[list[_Pending], Placement]:
+        """Rename a batch's files into the blob store, sharing the directory syncs (still
+        running when this returns); the items in place, each with its key."""
         keys = [_blob_key(item.record) for item in items]
-        problems = self.blobs.put_files(
+        placement = self.blobs.place_files(
             [(key, item.path) for key, item in zip(keys, items, strict=True)],
             [None if item.rewritten or not item.spool else item.spool.synced for item in items],
         )
-        written = []
-        for item, key, problem in zip(items, keys, problems, strict=True):
-            if problem is None:
-                item.key = key
-                written.append(item)
+        for item, key in zip(items, keys, strict=True):
+            item.key = key
+        self._blob_outcomes(items, placement.now())
+        return [item for item in items if not item.done], placement
+
+    def _blob_outcomes(self, items: list[_Pending], problems: list[Exception | None]) -> None:
+        """Items whose blob could not be made durable are done with their failure."""
+        for item, problem in zip(items, problems, strict=True):
+            if problem is None or item.done:
                 continue
+            key, item.key = item.key, None
             if isinstance(problem, OutOfResources):
                 item.outcome.failure_reason = status.OUT_OF_RESOURCES
                 item.outcome.message = problem.message
@@ -363,8 +388,8 @@ class StoreService:
                 item.outcome.failure_reason = status.PROCESSING_FAILURE
                 item.outcome.message = f"processing failure: {type(problem).__name__}"
             item.done = True
-            self.blobs.delete(key)  # a rename may have happened before a failed dir sync
-        return written
+            if key is not None:
+                self.blobs.delete(key)  # renamed, but the directory sync failed
 
     def _replace(self, item: _Pending) -> None:
         if not self._put_blob(item):

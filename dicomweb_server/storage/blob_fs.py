@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from dicomweb_server.errors import OutOfResources, StorageUnavailable, is_no_space
-from dicomweb_server.storage.interfaces import BlobInfo
+from dicomweb_server.storage.interfaces import BlobInfo, Placement
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +166,13 @@ class FileBlobStore:
         instances share folders). A failed item (``OutOfResources`` when the disk is
         full) leaves its source where it was and does not stop the others.
         """
+        return self.place_files(items, synced).wait()
+
+    def place_files(
+        self,
+        items: Sequence[tuple[str, Path]],
+        synced: Sequence[Future[None] | None] | None = None,
+    ) -> Placement:
         early = list(synced) if synced is not None else [None] * len(items)
         unsynced = [i for i, future in enumerate(early) if future is None]
         problems: list[Exception | None] = [None] * len(items)
@@ -189,16 +196,15 @@ class FileBlobStore:
                     changed.setdefault(directory, []).append(i)
             except (OSError, OutOfResources, StorageUnavailable) as exc:
                 problems[i] = exc
-        folders = list(changed)
-        for directory, problem in zip(folders, self._in_parallel(fsync_dir, folders), strict=True):
-            for i in changed[directory] if problem is not None else ():
-                problems[i] = problems[i] or problem
-        return [
+        problems = [
             OutOfResources(f"no space left to store {key}")
             if isinstance(problem, OSError) and is_no_space(problem)
             else problem
             for (key, _), problem in zip(items, problems, strict=True)
         ]
+        pool = self._executor()
+        syncs = [(pool.submit(fsync_dir, folder), indices) for folder, indices in changed.items()]
+        return Placement(problems, syncs)
 
     def _in_parallel(
         self, sync: Callable[[Path], None], paths: list[Path]

@@ -15,7 +15,7 @@ from typing import BinaryIO, Protocol
 from dicomweb_server.dicom.ingest import InstanceRecord
 from dicomweb_server.dicom.matching import QueryRequest
 from dicomweb_server.dicom.workitem import Workitem
-from dicomweb_server.errors import Conflict
+from dicomweb_server.errors import Conflict, OutOfResources, is_no_space
 
 
 class BlobStore(Protocol):
@@ -38,6 +38,17 @@ class BlobStore(Protocol):
         outcome each: None, or the error that item met (``OutOfResources`` when full).
         A source with a ``synced`` future (from ``sync_soon``) is not synced again: the
         future's outcome is its fsync's."""
+        ...
+
+    def place_files(
+        self,
+        items: Sequence[tuple[str, Path]],
+        synced: Sequence[Future[None] | None] | None = None,
+    ) -> Placement:
+        """``put_files`` in two steps: the files are in place when this returns, the
+        directory syncs that make the renames durable run on; ``Placement.wait`` gives
+        the outcomes once they are done. Lets the caller prepare its index transaction
+        meanwhile (committing it only after ``wait``)."""
         ...
 
     def sync_soon(self, fh: BinaryIO) -> Future[None]:
@@ -64,6 +75,32 @@ class BlobStore(Protocol):
         ...
 
     def exists(self, key: str) -> bool: ...
+
+
+class Placement:
+    """Blobs renamed into place whose directory syncs may still be running."""
+
+    def __init__(
+        self, problems: list[Exception | None], syncs: Sequence[tuple[Future[None], list[int]]]
+    ) -> None:
+        self._problems = problems
+        self._syncs = syncs
+
+    def now(self) -> list[Exception | None]:
+        """Each item's problem known so far (file sync, reserve, rename)."""
+        return list(self._problems)
+
+    def wait(self) -> list[Exception | None]:
+        """Each item's outcome once every directory sync is done (idempotent)."""
+        for future, indices in self._syncs:
+            try:
+                future.result()
+            except Exception as exc:
+                if isinstance(exc, OSError) and is_no_space(exc):
+                    exc = OutOfResources("no space left to make a stored object durable")
+                for i in indices:
+                    self._problems[i] = self._problems[i] or exc
+        return list(self._problems)
 
 
 @dataclass(frozen=True)
@@ -137,9 +174,13 @@ class IndexStore(Protocol):
         """
         ...
 
-    def add_instances(self, items: Sequence[NewInstance]) -> list[Conflict | None]:
+    def add_instances(
+        self, items: Sequence[NewInstance], before_commit: Callable[[], None] | None = None
+    ) -> list[Conflict | None]:
         """Insert several instances in one transaction; a Conflict in the slot of each one
         that could not go in (already indexed, series of another study), None for the rest.
+        ``before_commit`` runs inside the transaction just before it commits; if it
+        raises, nothing is committed and the exception propagates.
         """
         ...
 

@@ -213,16 +213,23 @@ class SqlIndex:
         if problem is not None:
             raise problem
 
-    def add_instances(self, items: Sequence[NewInstance]) -> list[Conflict | None]:
+    def add_instances(
+        self, items: Sequence[NewInstance], before_commit: Callable[[], None] | None = None
+    ) -> list[Conflict | None]:
         """Insert instances (and new parents) in ONE transaction: one commit, one fsync of
         the log, each patient/study/series upserted once however many instances it gets.
 
         An instance that cannot go in (its SOP Instance UID is indexed already, its series
         belongs to another study) gets a Conflict in its slot and takes only itself out:
         the others still commit (PS3.18 10.5.3, per-instance outcomes).
+        ``before_commit`` runs last inside the transaction; if it raises, nothing commits.
         """
         if not items:
             return []
+
+        def ready() -> None:
+            if before_commit is not None:
+                before_commit()
 
         def lock_studies(conn: Connection) -> None:
             # Sorted, so that two batches on PostgreSQL take study locks in one order.
@@ -237,6 +244,7 @@ class SqlIndex:
                 if _lost_race(exc):
                     raise  # _write runs it again
                 raise NeedsGeneralPath(str(exc.orig)) from exc
+            ready()
             return [None] * len(items)
 
         try:
@@ -268,6 +276,7 @@ class SqlIndex:
                 )
                 rows.append((i, {"series_fk": parent, **values}))
             if not rows:
+                ready()
                 return problems
             insert = _INSTANCE_T.insert()
             try:  # all at once; the rare clash is found again one by one below
@@ -285,6 +294,7 @@ class SqlIndex:
                             raise
                         uid = items[i].record.sop_instance_uid
                         problems[i] = Conflict(f"instance {uid} is already stored")
+            ready()
             return problems
 
         try:
