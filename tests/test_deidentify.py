@@ -11,13 +11,19 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from pydicom.datadict import dictionary_VR
+from pydicom.datadict import dictionary_has_tag, dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset
+from pydicom.uid import UID
 from pydicom.valuerep import DA
 
+from dicomweb_server.dicom.confidentiality_table import (
+    BASIC_PROFILE_TAG_ROWS,
+    BEYOND_TABLE_ROWS,
+)
 from dicomweb_server.dicom.deidentify import (
     BASIC_PROFILE,
     BASIC_PROFILE_ROWS,
+    PROTECTED,
     deidentify,
     keyed_uid,
     refusal,
@@ -283,3 +289,176 @@ def test_processes_racing_to_create_the_secret_agree(tmp_path: Path) -> None:
     assert all(p.returncode == 0 for p in procs)
     assert outputs == {path.read_bytes().hex().encode()}
     assert [p.name for p in tmp_path.iterdir()] == ["deidentify.key"]
+
+
+# --- PS3.15 Table E.1-1 (2026d), Basic Profile column, as verified ---------------------
+
+ALL_KEYWORD_ROWS = BASIC_PROFILE_ROWS + BEYOND_TABLE_ROWS
+
+
+def test_every_tag_named_is_known_and_named_once() -> None:
+    """Keyword rows name attributes of pydicom's dictionary; no tag is listed twice."""
+    tags = [int(tag_for_keyword(k) or 0) for k, _ in ALL_KEYWORD_ROWS]
+    assert all(tags), [k for k, _ in ALL_KEYWORD_ROWS if tag_for_keyword(k) is None]
+    assert all(dictionary_has_tag(t) for t in tags)
+    tags += [t for t, _, _ in BASIC_PROFILE_TAG_ROWS]
+    assert len(tags) == len(set(tags)), "a tag is listed twice"
+    assert len(PROTECTED) == len(tags)
+    for tag, name, action in BASIC_PROFILE_TAG_ROWS:
+        # Once pydicom knows one of these, it belongs with the keyword rows.
+        assert not dictionary_has_tag(tag), f"{tag:08X} {name}: move it to BASIC_PROFILE_ROWS"
+        assert action == "X" and name
+    # The table's size in PS3.15 2026d: 653 rows with a tag (and 4 group rows).
+    assert len(BASIC_PROFILE_ROWS) + len(BASIC_PROFILE_TAG_ROWS) == 653
+
+
+@pytest.mark.parametrize(
+    ("keyword", "code"),
+    [
+        ("AcquisitionDateTime", "X/Z/D"),  # was X/D
+        ("OperatorIdentificationSequence", "X/D"),  # was X
+        ("AcquisitionContextSequence", "X/Z"),  # was X
+        ("PatientID", "Z/D"),
+        ("StructureSetTime", "Z"),
+        ("TreatmentMachineName", "X/Z"),
+        ("TreatmentSite", "X/D"),
+        ("InstitutionName", "X/Z/D"),
+        ("DeviceSerialNumber", "X/Z/D"),
+        ("StationName", "X/Z/D"),
+        ("OperatorsName", "X/Z/D"),
+        ("ReferringPhysicianName", "Z"),
+        ("PatientBirthDate", "Z"),
+    ],
+)
+def test_codes_are_the_standards(keyword: str, code: str) -> None:
+    assert dict(BASIC_PROFILE_ROWS)[keyword] == code
+
+
+def test_rows_not_in_the_table_are_not_claimed_for_it() -> None:
+    table = dict(BASIC_PROFILE_ROWS)
+    # In older editions only (2013): no longer in Table E.1-1, so kept as they are.
+    for keyword in ("ContextGroupExtensionCreatorUID", "CreatorVersionUID"):
+        assert keyword not in table and tag_for_keyword(keyword) not in PROTECTED
+    assert "ModifyingDeviceManufacturer" not in table
+    # Never in the table but identifying: protected beyond it, not counted as it.
+    for keyword, _ in BEYOND_TABLE_ROWS:
+        assert keyword not in table
+
+
+def _valued(keyword: str) -> Dataset:
+    ds = make_dataset()
+    tag = tag_for_keyword(keyword)
+    assert tag is not None
+    vr = dictionary_VR(tag).split(" or ")[0]
+    if vr == "SQ":
+        item = Dataset()
+        item.PersonName = "Doe^John"
+        item.CodeMeaning = "Doe John"
+        ds.add_new(tag, vr, [item])
+    else:
+        ds.add_new(tag, vr, _sample(vr))
+    return ds
+
+
+@pytest.mark.parametrize(
+    ("keyword", "outcome"),
+    [
+        # Rows the table lacked before it was verified: they used to be sent as they were.
+        ("ClinicalTrialCoordinatingCenterName", "emptied"),
+        ("ClinicalTrialProtocolEthicsCommitteeName", "dummy"),
+        ("ClinicalTrialProtocolEthicsCommitteeApprovalNumber", "removed"),
+        ("ClinicalTrialTimePointDescription", "removed"),
+        ("IssuerOfTheContainerIdentifierSequence", "emptied"),
+        ("IssuerOfTheSpecimenIdentifierSequence", "emptied"),
+        ("PerformedProcedureStepStartDateTime", "removed"),
+        ("ScheduledProcedureStepStartDateTime", "removed"),
+        ("ProcedureStepCancellationDateTime", "removed"),
+        ("ReasonForRequestedProcedureCodeSequence", "removed"),
+        ("VerbalSourceIdentifierCodeSequenceTrial", "removed"),
+        ("SecondaryCaptureDeviceID", "removed"),
+        ("HardcopyCreationDeviceID", "removed"),
+        ("DateOfDocumentOrVerbalTransactionTrial", "removed"),
+        ("EthicsCommitteeApprovalEffectivenessStartDate", "removed"),
+        ("DateOfLastDetectorCalibration", "dummy"),  # X/D
+        ("InstructionPerformedDateTime", "dummy"),  # Z/D
+        ("WaveformAnnotationSequence", "dummy"),  # X/D: one empty item
+        ("UnformattedTextValue", "dummy"),
+        ("TreatmentToleranceViolationDescription", "dummy"),
+        ("RadiationGenerationModeDescription", "emptied"),
+        ("RTTreatmentApproachLabel", "dummy"),  # X/D
+        # Codes corrected: removed before, emptied or a dummy item now.
+        ("AcquisitionContextSequence", "emptied"),  # X/Z
+        ("OperatorIdentificationSequence", "dummy"),  # X/D
+        # Rows that were right, pinned to the standard's action.
+        ("InstitutionName", "dummy"),  # X/Z/D
+        ("DeviceSerialNumber", "dummy"),  # X/Z/D
+        ("StationName", "dummy"),  # X/Z/D
+        ("OperatorsName", "dummy"),  # X/Z/D
+        ("ReferringPhysicianName", "emptied"),  # Z
+        ("PatientBirthDate", "emptied"),  # Z
+        ("PatientBirthTime", "removed"),
+        ("InstitutionAddress", "removed"),
+        ("FrameOfReferenceUID", "uid"),
+        # Not in the table, removed as identifying (BEYOND_TABLE_ROWS).
+        ("PatientBirthDateInAlternativeCalendar", "removed"),
+        ("PatientDeathDateInAlternativeCalendar", "removed"),
+        ("RequestingPhysicianIdentificationSequence", "removed"),
+    ],
+)
+def test_each_row_gets_the_standards_action(keyword: str, outcome: str) -> None:
+    ds = _valued(keyword)
+    before = ds[keyword].value
+    out = cleaned(ds)
+    if outcome == "removed":
+        assert keyword not in out
+        return
+    assert keyword in out
+    value = out[keyword].value
+    if outcome == "emptied":
+        assert not value
+    elif outcome == "dummy":
+        assert value and value != before
+        if out[keyword].VR == "SQ":  # a dummy item, nothing of the original
+            assert len(value) == 1 and len(value[0]) == 0
+        else:
+            assert "Doe" not in str(value) and "DOE" not in str(value)
+    else:
+        assert value == new_uid(str(before))
+
+
+_UNKNOWN_VR = {0x00100012: ("PN", "Maria"), 0x00100016: ("UT", "she/her, Ms Doe")}
+
+
+def _part10(ds: Dataset, syntax: str) -> bytes:
+    ds.file_meta.TransferSyntaxUID = UID(syntax)
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("syntax", ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
+def test_rows_pydicom_does_not_know_are_acted_on_by_tag(syntax: str) -> None:
+    """Name to Use, pronouns, gender identity...: read from a file, then removed.
+
+    pydicom 3.0 has no keyword for these rows of the table; in Implicit VR they arrive
+    as UN. Left out of the table they were sent as they came.
+    """
+    ds = make_dataset()
+    for tag, _, _ in BASIC_PROFILE_TAG_ROWS:
+        vr, value = _UNKNOWN_VR.get(tag, ("LO", "Doe John"))
+        ds.add_new(tag, vr, value)
+    pronouns = Dataset()
+    pronouns.add_new(0x00100016, "UT", "she/her")
+    ds.AnatomicRegionSequence = [pronouns]  # not in the table: kept, items cleaned
+    read = pydicom.dcmread(io.BytesIO(_part10(ds, syntax)))
+    assert all(tag in read for tag, _, _ in BASIC_PROFILE_TAG_ROWS)
+    if syntax == "1.2.840.10008.1.2":  # pydicom says it cannot tell their VR
+        with pytest.warns(UserWarning, match="VR lookup failed"):
+            out = cleaned(read)
+    else:
+        out = cleaned(read)
+    for tag, name, _ in BASIC_PROFILE_TAG_ROWS:
+        assert tag not in out, name
+    assert 0x00100016 not in out.AnatomicRegionSequence[0]
+    written = _part10(out, syntax)
+    assert b"Maria" not in written and b"Doe" not in written and b"she/her" not in written

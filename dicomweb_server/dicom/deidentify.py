@@ -5,8 +5,9 @@ Information removed "as defined in PS3.15 Annex E Basic Profile with Clean Pixel
 Option" (PS3.18 9.4, Table 9.4.1-1). This module is that profile, pure: a pydicom
 Dataset in, the same Dataset cleaned in place.
 
-The table (``dicom/confidentiality_table.py``) is PS3.15 Table E.1-1 (2024 edition),
-"Basic Profile" column, as rows of (pydicom keyword, action code). Action codes
+The table (``dicom/confidentiality_table.py``) is PS3.15 Table E.1-1 (2026d),
+"Basic Profile" column, as rows of (pydicom keyword, action code), and by tag the rows
+pydicom's dictionary has no keyword for. Action codes
 (Table E.1-1a): D dummy, Z zero length, X remove, K keep (sequences cleaned), U
 replace UID consistently. The compound codes say "the first unless a later one is
 needed for IOD conformance"; without each IOD's attribute types at hand we take the
@@ -42,7 +43,11 @@ from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
 
-from dicomweb_server.dicom.confidentiality_table import BASIC_PROFILE_ROWS
+from dicomweb_server.dicom.confidentiality_table import (
+    BASIC_PROFILE_ROWS,
+    BASIC_PROFILE_TAG_ROWS,
+    BEYOND_TABLE_ROWS,
+)
 
 UidFor = Callable[[str], str]
 
@@ -58,7 +63,21 @@ def _tag(keyword: str) -> int:
 
 
 BASIC_PROFILE: dict[int, str] = {_tag(k): a for k, a in BASIC_PROFILE_ROWS}
-__all__ = ["BASIC_PROFILE", "BASIC_PROFILE_ROWS", "deidentify", "keyed_uid", "refusal"]
+# What is acted on: the table, its rows pydicom has no keyword for, and the few
+# identifying attributes the table misses.
+PROTECTED: dict[int, str] = {
+    **BASIC_PROFILE,
+    **{tag: a for tag, _, a in BASIC_PROFILE_TAG_ROWS},
+    **{_tag(k): a for k, a in BEYOND_TABLE_ROWS},
+}
+__all__ = [
+    "BASIC_PROFILE",
+    "BASIC_PROFILE_ROWS",
+    "PROTECTED",
+    "deidentify",
+    "keyed_uid",
+    "refusal",
+]
 
 # Dummy values (action D) by VR: valid for the VR, obviously not real (PS3.15 E.1.1).
 _DUMMY_TEXT = "ANONYMIZED"
@@ -146,7 +165,7 @@ def refusal(ds: Dataset) -> str | None:
 
 
 def _action(tag: BaseTag) -> str | None:
-    action = BASIC_PROFILE.get(int(tag))
+    action = PROTECTED.get(int(tag))
     if action is not None:
         return _RESOLVED.get(action, action)
     group = tag.group
