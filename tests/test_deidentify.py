@@ -28,7 +28,11 @@ from dicomweb_server.dicom.deidentify import (
     keyed_uid,
     refusal,
 )
-from dicomweb_server.dicom.uids import is_valid_uid
+from dicomweb_server.dicom.uids import (
+    IMPLEMENTATION_CLASS_UID,
+    IMPLEMENTATION_VERSION_NAME,
+    is_valid_uid,
+)
 from dicomweb_server.errors import StorageUnavailable
 from dicomweb_server.services.anonymize import load_or_create_secret
 from tests.dicomgen import SC_IMAGE_STORAGE, make_dataset
@@ -167,6 +171,34 @@ def test_file_meta_source_ae_title_removed() -> None:
     ds.file_meta.SourceApplicationEntityTitle = "HOSPITAL_CT1"
     out = cleaned(ds)
     assert "SourceApplicationEntityTitle" not in out.file_meta
+
+
+def test_file_meta_and_preamble_are_replaced_by_ours() -> None:
+    """PS3.15 E.1.1 item 7: identity can leak through the preamble and the meta header."""
+    ds = make_dataset()
+    ds.file_meta.SourceApplicationEntityTitle = "HOSPITAL_CT1"
+    ds.file_meta.ImplementationVersionName = "ACME_CT_SITE7"
+    ds.file_meta.PrivateInformationCreatorUID = "1.2.3.4"
+    ds.file_meta.PrivateInformation = b"PATIENT DOE^JOHN"
+    ds.preamble = b"PATIENT DOE^JOHN MRN 0042".ljust(128, b" ")
+    original = io.BytesIO()
+    ds.save_as(original, enforce_file_format=True)
+    read = pydicom.dcmread(io.BytesIO(original.getvalue()))
+    assert read.preamble.startswith(b"PATIENT DOE")
+    deidentify(read, new_uid)
+    out = io.BytesIO()
+    read.save_as(out, enforce_file_format=True)
+    data = out.getvalue()
+    assert data[:128] == bytes(128) and data[128:132] == b"DICM"
+    for text in (b"DOE^JOHN", b"MRN 0042", b"ACME_CT_SITE7", b"HOSPITAL_CT1"):
+        assert text not in data, text
+    meta = pydicom.dcmread(io.BytesIO(data)).file_meta
+    assert meta.ImplementationClassUID == IMPLEMENTATION_CLASS_UID
+    assert meta.ImplementationVersionName == IMPLEMENTATION_VERSION_NAME
+    assert meta.MediaStorageSOPInstanceUID == read.SOPInstanceUID != ds.SOPInstanceUID
+    assert meta.MediaStorageSOPClassUID == ds.SOPClassUID
+    assert meta.TransferSyntaxUID == ds.file_meta.TransferSyntaxUID
+    assert "PrivateInformation" not in meta
 
 
 def test_keyed_uid() -> None:

@@ -38,7 +38,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pydicom.datadict import tag_for_keyword
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
@@ -48,6 +48,7 @@ from dicomweb_server.dicom.confidentiality_table import (
     BASIC_PROFILE_TAG_ROWS,
     BEYOND_TABLE_ROWS,
 )
+from dicomweb_server.dicom.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
 UidFor = Callable[[str], str]
 
@@ -242,13 +243,23 @@ def deidentify(ds: Dataset, uid_for: UidFor) -> None:
         codes.append(_code(*DCM_CLEAN_PIXEL_DATA))
     ds.DeidentificationMethodCodeSequence = Sequence(codes)
     ds.LongitudinalTemporalInformationModified = "REMOVED"
-    meta = getattr(ds, "file_meta", None)
-    if meta is not None:
-        if "SOPInstanceUID" in ds:
-            meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        # The sending station's AE titles name a device of the originating site.
-        for keyword in ("SourceApplicationEntityTitle", "SendingApplicationEntityTitle"):
-            if keyword in meta:
-                delattr(meta, keyword)
-        if "ReceivingApplicationEntityTitle" in meta:
-            del meta.ReceivingApplicationEntityTitle
+    _replace_file_meta(ds)
+
+
+def _replace_file_meta(ds: Dataset) -> None:
+    """The File Meta Information and the 128-byte preamble are replaced with ones that
+    describe this application (PS3.15 E.1.1 item 7): the originals may carry identity
+    (a preamble with text, the sending station's AE titles, its implementation)."""
+    ds.preamble = bytes(128)
+    old = getattr(ds, "file_meta", None)
+    if old is None:
+        return
+    meta = FileMetaDataset()
+    for keyword in ("MediaStorageSOPClassUID", "TransferSyntaxUID"):
+        if keyword in old:
+            setattr(meta, keyword, getattr(old, keyword))
+    if "SOPInstanceUID" in ds:
+        meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    ds.file_meta = meta

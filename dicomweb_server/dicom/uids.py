@@ -20,6 +20,11 @@ UNCOMPRESSED = frozenset(
     {EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_BIG_ENDIAN}
 )
 
+# This application, in the File Meta Information of files it writes itself (PS3.10
+# 7.1): a UUID-derived UID (PS3.5 B.2, uuid5 of "dicomweb-server/implementation").
+IMPLEMENTATION_CLASS_UID = "2.25.288713005183818414340079877465794936264"
+IMPLEMENTATION_VERSION_NAME = "DICOMWEB_SRV_0_1"
+
 
 def is_valid_uid(value: str) -> bool:
     return 0 < len(value) <= 64 and _UID_RE.match(value) is not None
