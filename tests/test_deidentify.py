@@ -178,13 +178,13 @@ def test_file_meta_and_preamble_are_replaced_by_ours() -> None:
     ds = make_dataset()
     ds.file_meta.SourceApplicationEntityTitle = "HOSPITAL_CT1"
     ds.file_meta.ImplementationVersionName = "ACME_CT_SITE7"
-    ds.file_meta.PrivateInformationCreatorUID = "1.2.3.4"
+    ds.file_meta.PrivateInformationCreatorUID = UID("1.2.3.4")
     ds.file_meta.PrivateInformation = b"PATIENT DOE^JOHN"
     ds.preamble = b"PATIENT DOE^JOHN MRN 0042".ljust(128, b" ")
     original = io.BytesIO()
     ds.save_as(original, enforce_file_format=True)
     read = pydicom.dcmread(io.BytesIO(original.getvalue()))
-    assert read.preamble.startswith(b"PATIENT DOE")
+    assert (read.preamble or b"").startswith(b"PATIENT DOE")
     deidentify(read, new_uid)
     out = io.BytesIO()
     read.save_as(out, enforce_file_format=True)

@@ -42,6 +42,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
+from pydicom.uid import UID
 
 from dicomweb_server.dicom.confidentiality_table import (
     BASIC_PROFILE_ROWS,
@@ -260,6 +261,6 @@ def _replace_file_meta(ds: Dataset) -> None:
             setattr(meta, keyword, getattr(old, keyword))
     if "SOPInstanceUID" in ds:
         meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+    meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
     meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
     ds.file_meta = meta
