@@ -264,7 +264,7 @@ def test_read_now_gives_cached_bytes_and_none_for_what_it_cannot_read_at_once(
     key = "ab/1.2/1.2.3/1.2.3.4-00.dcm"
     with store.open(key) as fh:
         fh.read()  # in the page cache now
-    assert store.read_now(key, 1000, 5000) == payload[1000:6000]
+    assert bytes(store.read_now(key, 1000, 5000) or b"") == payload[1000:6000]
     assert store.read_now(key, len(payload) - 10, 20) is None  # short: past the end
     assert store.read_now("ab/1.2/1.2.3/9.9-00.dcm", 0, 10) is None  # missing
     with pytest.raises(StorageUnavailable):
@@ -287,4 +287,5 @@ def test_read_now_does_not_wait_for_the_disk(tmp_path: Path) -> None:
     assert store.read_now(key, 512 * 1024, 4096) is None
     with store.open(key) as fh:
         assert fh.read() == payload
-    assert store.read_now(key, 512 * 1024, 4096) == payload[512 * 1024 : 512 * 1024 + 4096]
+    again = store.read_now(key, 512 * 1024, 4096)
+    assert bytes(again or b"") == payload[512 * 1024 : 512 * 1024 + 4096]

@@ -197,7 +197,7 @@ class PixelService:
 
     def ready_frame(
         self, study: str, series: str, sop: str, number: int, wanted: Sequence[Wanted]
-    ) -> tuple[Output, bytes] | None:
+    ) -> tuple[Output, bytes | bytearray] | None:
         """Frame ``number`` when it can be answered without waiting: the instance was
         located before (no index query), the frame goes out as its stored bytes (no
         decoding, shifting or swapping), and those bytes are in memory (``read_now``).

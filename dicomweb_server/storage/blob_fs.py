@@ -288,7 +288,7 @@ class FileBlobStore:
         except OSError as exc:
             raise StorageUnavailable(f"stored object {key} is unreadable: {exc.strerror}") from exc
 
-    def read_now(self, key: str, offset: int, length: int) -> bytes | None:
+    def read_now(self, key: str, offset: int, length: int) -> bytearray | None:
         # RWF_NOWAIT (Linux 4.14+): the read fails with EAGAIN, or comes back short,
         # unless the page cache already holds the range; a filesystem without support
         # says EOPNOTSUPP. Either way the caller reads in a thread instead.
@@ -305,7 +305,9 @@ class FileBlobStore:
                 got = os.preadv(fd, [buffer], offset, flags)
             except OSError:
                 return None
-            return bytes(buffer) if got == length else None
+            # The buffer itself: bytes(buffer) would cost a second large allocation and
+            # copy (0.5 ms for 512 KB on the benchmark VM, page faults included).
+            return buffer if got == length else None
         finally:
             os.close(fd)
 

@@ -60,7 +60,7 @@ class BlobStore(Protocol):
         """Open a blob for reading; raises StorageUnavailable when it is missing or unreadable."""
         ...
 
-    def read_now(self, key: str, offset: int, length: int) -> bytes | None:
+    def read_now(self, key: str, offset: int, length: int) -> bytearray | None:
         """``length`` bytes at ``offset`` when they can be had without waiting for a
         device (already in memory); None otherwise, or when the blob is missing. For
         callers on an event loop, which must not block on a disk."""
