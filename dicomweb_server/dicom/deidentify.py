@@ -37,7 +37,7 @@ import hmac
 from collections.abc import Callable
 from typing import Any
 
-from pydicom.datadict import tag_for_keyword
+from pydicom.datadict import dictionary_has_tag, repeater_has_tag, tag_for_keyword
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
@@ -178,6 +178,10 @@ def _action(tag: BaseTag) -> str | None:
     return None
 
 
+def _known(tag: BaseTag) -> bool:
+    return dictionary_has_tag(tag) or repeater_has_tag(int(tag))
+
+
 def _dummy(vr: str) -> Any:
     # An ambiguous dictionary VR ("US or SS", "OB or OW"): either reading is valid.
     return _DUMMY.get(vr.split(" or ")[0], _DUMMY_TEXT)
@@ -190,16 +194,17 @@ def _replace_uids(value: Any, uid_for: UidFor) -> Any:
 
 
 def _clean(ds: Dataset, uid_for: UidFor) -> None:
-    for elem in list(ds):
-        tag = elem.tag
-        if tag.is_private:
+    for tag in list(ds.keys()):
+        action = _action(tag)
+        if action == "X" or tag.is_private or (action is None and not _known(tag)):
+            # Unknown to pydicom's dictionary, so to what the table was checked against:
+            # a newer attribute may identify (E.1.1 Note 1). Removed before its raw
+            # value is read (which would warn that its VR is unknown).
             del ds[tag]
             continue
-        action = _action(tag)
+        elem = ds[tag]
         vr = str(elem.VR)
-        if action == "X":
-            del ds[tag]
-        elif action == "Z":
+        if action == "Z":
             elem.value = Sequence() if vr == "SQ" else None
         elif action == "D":
             if vr == "SQ":
