@@ -100,7 +100,7 @@ def prepare(settings: Settings) -> None:
 def build_services(settings: Settings) -> Services:
     configure_pydicom()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    blobs = FileBlobStore(settings.data_dir, settings.min_free_bytes)
+    blobs = FileBlobStore(settings.data_dir, settings.min_free_bytes, settings.blob_sync)
     # Held for the life of the process: a concurrent `prepare` must not clean our spool.
     blobs.hold_spool()
     index = SqlIndex(settings.effective_database_url)

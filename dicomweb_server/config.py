@@ -18,6 +18,7 @@ from typing import Any
 
 ENV_PREFIX = "DICOMWEB_"
 DUPLICATE_POLICIES = ("keep-first", "replace", "reject")
+BLOB_SYNC_MODES = ("syncfs", "fsync")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 _TRUE = ("1", "true", "yes", "on")
 ROLES = ("reader", "writer", "admin")
@@ -41,6 +42,12 @@ class Settings:
     # New instances are refused (Out of Resources) once the blob filesystem has less
     # free space than this, so the index can still write, e.g. to delete; 0 disables.
     min_free_bytes: int = 64 * 1024**2
+    # How stored files are made durable before the index names them: "syncfs" (one
+    # syncfs(2) for a request's files, shared with concurrent requests; Linux 5.8+,
+    # else fsync is used) or "fsync" (each file and each changed directory). See
+    # docs/architecture.md: syncfs also flushes other programs' writes to the same
+    # filesystem, so give the data folder its own filesystem or choose "fsync".
+    blob_sync: str = "syncfs"
     max_parts: int = 100_000
     qido_max_limit: int = 1000
     # PS3.4 C.2.2.1.2: entities with an empty value match every key. Off by default:
@@ -198,6 +205,10 @@ class Settings:
             raise ValueError("thread_limit must be at least 1")
         if self.min_free_bytes < 0:
             raise ValueError("min_free_bytes must not be negative")
+        if self.blob_sync not in BLOB_SYNC_MODES:
+            raise ValueError(
+                f"blob_sync must be one of {', '.join(BLOB_SYNC_MODES)}, not {self.blob_sync!r}"
+            )
         if self.bulk_data_threshold < 0:
             raise ValueError("bulk_data_threshold must not be negative")
         if self.log_level.lower() not in LOG_LEVELS:

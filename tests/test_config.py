@@ -86,6 +86,7 @@ def test_top_level_keys_and_server_section_merge(tmp_path: Path) -> None:
         ("port = [\n", "not valid TOML"),
         ("server = 3\n", "must be a table"),
         ("duplicate_policy = 'sometimes'\n", "duplicate_policy must be one of"),
+        ("blob_sync = 'never'\n", "blob_sync must be one of syncfs, fsync"),
         ("trusted_proxies = ['not-an-address']\n", "trusted_proxies"),
         ("log_level = 'verbose'\n", "log_level must be one of"),
         ("port = 70000\n", "out of range"),
@@ -176,3 +177,8 @@ def test_database_url_for_display_hides_the_password() -> None:
     settings = Settings(database_url="postgresql+psycopg://pacs:s3cret@db/pacs?sslmode=require")
     assert settings.database_url_for_display == "postgresql+psycopg://pacs:***@db/pacs"
     assert "s3cret" not in settings.database_url_for_display
+
+
+def test_blob_sync_defaults_to_syncfs_and_takes_fsync_from_the_environment() -> None:
+    assert load_settings(None, {}).blob_sync == "syncfs"
+    assert load_settings(None, {"DICOMWEB_BLOB_SYNC": "fsync"}).blob_sync == "fsync"

@@ -6,6 +6,7 @@ what STOW-RS uses for every request, so each instance's trouble must stay its ow
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import io
 import os
@@ -22,18 +23,37 @@ from dicomweb_server.config import Settings
 from dicomweb_server.dicom import status
 from dicomweb_server.dicom.ingest import analyse
 from dicomweb_server.errors import Conflict
-from dicomweb_server.storage import blob_fs
+from dicomweb_server.storage import blob_fs, fs_sync
 from dicomweb_server.storage.interfaces import NewInstance
 from tests.dicomgen import make_dataset, to_part10, uid
 
 
-@pytest.fixture
-def services(database_url: str, tmp_path: Path) -> Iterator[Services]:
-    settings = Settings(data_dir=tmp_path / "data", database_url=database_url)
+def _services(database_url: str, data_dir: Path, blob_sync: str) -> Iterator[Services]:
+    settings = Settings(data_dir=data_dir, database_url=database_url, blob_sync=blob_sync)
     prepare(settings)
     built = build_services(settings)
+    assert built.blobs.sync == blob_sync
     yield built
     built.close()
+
+
+@pytest.fixture(params=["syncfs", "fsync"])
+def services(
+    database_url: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Services]:
+    yield from _services(database_url, tmp_path / "data", request.param)
+
+
+@pytest.fixture
+def fsync_services(database_url: str, tmp_path: Path) -> Iterator[Services]:
+    """Each file and each changed directory fsynced on its own."""
+    yield from _services(database_url, tmp_path / "data", "fsync")
+
+
+@pytest.fixture
+def syncfs_services(database_url: str, tmp_path: Path) -> Iterator[Services]:
+    """The files of a batch made durable by shared syncfs calls."""
+    yield from _services(database_url, tmp_path / "data", "syncfs")
 
 
 def spool(services: Services, data: bytes) -> Path:
@@ -189,7 +209,7 @@ def test_spool_files_are_hashed_as_written_and_synced_once(
 
 
 def test_a_failed_background_fsync_fails_its_instance_only(
-    services: Services, monkeypatch: pytest.MonkeyPatch
+    fsync_services: Services, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An fsync error is reported once: the background sync's error must reach the
     outcome, not be lost because the store would sync the file again and succeed."""
@@ -201,13 +221,13 @@ def test_a_failed_background_fsync_fails_its_instance_only(
                 "dicomweb_server.storage.blob_fs.os.fsync",
                 lambda fd: (_ for _ in ()).throw(OSError(5, "Input/output error")),
             )
-        spooled.append(_spool_file(services, to_part10(make_dataset())))
+        spooled.append(_spool_file(fsync_services, to_part10(make_dataset())))
         spooled[-1].synced.exception(timeout=10)
         monkeypatch.setattr("dicomweb_server.storage.blob_fs.os.fsync", real_fsync)
-    outcomes = services.store.store_batch(spooled)
+    outcomes = fsync_services.store.store_batch(spooled)
     assert [o.stored for o in outcomes] == [True, False, True]
     assert outcomes[1].failure_reason == status.PROCESSING_FAILURE
-    assert len(blob_files(services)) == 2
+    assert len(blob_files(fsync_services)) == 2
 
 
 def test_a_spool_file_given_a_preamble_is_synced_as_rewritten(
@@ -236,7 +256,7 @@ def test_a_spool_file_given_a_preamble_is_synced_as_rewritten(
 
 
 def test_index_rows_are_written_while_directories_sync_and_committed_after(
-    services: Services, monkeypatch: pytest.MonkeyPatch
+    fsync_services: Services, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Durable before visible, without waiting in line: the batch's index statements run
     while the blobs' directory syncs do, and the commit waits for the syncs."""
@@ -249,17 +269,19 @@ def test_index_rows_are_written_while_directories_sync_and_committed_after(
         events.append("dir synced")
 
     monkeypatch.setattr(blob_fs, "fsync_dir", slow_sync)
-    add = services.index.add_instances
+    add = fsync_services.index.add_instances
 
     def adding(*args: Any, **kwargs: Any) -> Any:
         events.append("index statements")
         return add(*args, **kwargs)
 
-    monkeypatch.setattr(services.index, "add_instances", adding)
-    commits = Commits(services)
-    event.listen(services.index.write_engine, "commit", lambda _c: events.append("commit"))
+    monkeypatch.setattr(fsync_services.index, "add_instances", adding)
+    commits = Commits(fsync_services)
+    event.listen(fsync_services.index.write_engine, "commit", lambda _c: events.append("commit"))
     try:
-        outcomes = services.store.store_batch([spool(services, to_part10(make_dataset()))])
+        outcomes = fsync_services.store.store_batch(
+            [spool(fsync_services, to_part10(make_dataset()))]
+        )
     finally:
         commits.close()
     assert outcomes[0].stored
@@ -268,7 +290,7 @@ def test_index_rows_are_written_while_directories_sync_and_committed_after(
 
 
 def test_a_failed_directory_sync_keeps_its_instances_out_of_the_index(
-    services: Services, monkeypatch: pytest.MonkeyPatch
+    fsync_services: Services, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     study = uid()
     real = blob_fs.fsync_dir
@@ -280,9 +302,83 @@ def test_a_failed_directory_sync_keeps_its_instances_out_of_the_index(
 
     monkeypatch.setattr(blob_fs, "fsync_dir", failing)
     data = [make_dataset(study=study), make_dataset(), make_dataset(study=study), make_dataset()]
-    outcomes = services.store.store_batch([spool(services, to_part10(d)) for d in data])
+    outcomes = fsync_services.store.store_batch([spool(fsync_services, to_part10(d)) for d in data])
     assert [o.stored for o in outcomes] == [False, True, False, True]
     assert {o.failure_reason for o in outcomes if not o.stored} == {status.PROCESSING_FAILURE}
-    found = services.index.find_instances(d.SOPInstanceUID for d in data)
+    found = fsync_services.index.find_instances(d.SOPInstanceUID for d in data)
     assert sorted(found) == sorted([data[1].SOPInstanceUID, data[3].SOPInstanceUID])
-    assert len(blob_files(services)) == 2
+    assert len(blob_files(fsync_services)) == 2
+
+
+class SyncfsCalls:
+    """Counts syncfs(2) calls (the libc function fs_sync calls); can make them fail."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls: list[float] = []
+        self.fail_with: int | None = None
+        self.delay = 0.0
+        real = fs_sync._SYNCFS
+        assert real is not None
+
+        def counting(fd: int) -> int:
+            self.calls.append(time.monotonic())
+            time.sleep(self.delay)
+            if self.fail_with is not None:
+                ctypes.set_errno(self.fail_with)
+                return -1
+            return int(real(fd))
+
+        monkeypatch.setattr(fs_sync, "_SYNCFS", counting)
+
+
+def test_a_requests_files_share_a_few_syncfs_calls_and_no_fsync(
+    syncfs_services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ten spooled parts of one request: no fsync of any file or directory; two syncfs
+    for their data (the first starts at once, the other nine share the next, which
+    starts after it) and one for their names; the index commit after the last."""
+    syncs = SyncfsCalls(monkeypatch)
+    syncs.delay = 0.2  # a slow disk: the later parts all arrive during the first sync
+    fsyncs: list[int] = []
+    monkeypatch.setattr("dicomweb_server.storage.blob_fs.os.fsync", fsyncs.append)
+    data = [to_part10(make_dataset()) for _ in range(10)]
+    spooled = [_spool_file(syncfs_services, d) for d in data]
+    events: list[tuple[str, float]] = []
+    event.listen(
+        syncfs_services.index.write_engine,
+        "commit",
+        lambda _c: events.append(("commit", time.monotonic())),
+    )
+    outcomes = syncfs_services.store.store_batch(spooled)
+    assert [o.stored for o in outcomes] == [True] * 10
+    assert fsyncs == []
+    assert len(syncs.calls) == 3
+    (commit,) = [t for name, t in events if name == "commit"]
+    assert commit > max(syncs.calls)
+    assert len(blob_files(syncfs_services)) == 10
+
+
+@pytest.mark.parametrize(
+    ("code", "reason"),
+    [(5, status.PROCESSING_FAILURE), (28, status.OUT_OF_RESOURCES)],
+    ids=["EIO", "ENOSPC"],
+)
+def test_a_failed_syncfs_keeps_its_instances_out_of_the_index(
+    syncfs_services: Services, monkeypatch: pytest.MonkeyPatch, code: int, reason: int
+) -> None:
+    """syncfs reporting a writeback error (EIO) or a full disk (ENOSPC): none of the
+    instances that waited on it is acknowledged, indexed or left behind."""
+    syncs = SyncfsCalls(monkeypatch)
+    data = [make_dataset() for _ in range(3)]
+    spooled = [_spool_file(syncfs_services, to_part10(d)) for d in data]
+    syncs.fail_with = code
+    outcomes = syncfs_services.store.store_batch(spooled)
+    assert [o.stored for o in outcomes] == [False] * 3
+    assert {o.failure_reason for o in outcomes} == {reason}
+    assert syncfs_services.index.find_instances(d.SOPInstanceUID for d in data) == {}
+    assert blob_files(syncfs_services) == []
+    syncs.fail_with = None  # the disk recovers: storing works again
+    again = syncfs_services.store.store_batch(
+        [_spool_file(syncfs_services, to_part10(d)) for d in data]
+    )
+    assert [o.stored for o in again] == [True] * 3

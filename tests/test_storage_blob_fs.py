@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from dicomweb_server.errors import OutOfResources, StorageUnavailable
-from dicomweb_server.storage import blob_fs
+from dicomweb_server.storage import blob_fs, fs_sync
 from dicomweb_server.storage.blob_fs import FileBlobStore
 
 
@@ -289,3 +289,39 @@ def test_read_now_does_not_wait_for_the_disk(tmp_path: Path) -> None:
         assert fh.read() == payload
     again = store.read_now(key, 512 * 1024, 4096)
     assert bytes(again or b"") == payload[512 * 1024 : 512 * 1024 + 4096]
+
+
+@pytest.mark.skipif(not fs_sync.syncfs_usable(), reason="needs syncfs (Linux 5.8+)")
+def test_syncfs_mode_makes_the_names_durable_with_one_syncfs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Files given by path are fsynced (their writes came before any mark), renamed,
+    then one syncfs covers every new name: no directory is fsynced on its own."""
+    store = FileBlobStore(tmp_path, sync="syncfs")
+    events: list[str] = []
+    real_fsync, real_syncfs = os.fsync, fs_sync._SYNCFS
+    assert real_syncfs is not None
+
+    def fsync(fd: int) -> None:
+        events.append("fsync " + os.path.basename(os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def syncfs(fd: int) -> int:
+        events.append("syncfs")
+        return int(real_syncfs(fd))
+
+    monkeypatch.setattr("dicomweb_server.storage.blob_fs.os.fsync", fsync)
+    monkeypatch.setattr(fs_sync, "_SYNCFS", syncfs)
+    monkeypatch.setattr(blob_fs, "fsync_dir", lambda path: pytest.fail(f"directory {path} fsynced"))
+    sources = [_spooled(store, b"x" * 10, f"part-{n}.tmp") for n in range(3)]
+    keys = [f"ab/1.2/1.2.{n}/1.2.{n}.9-00.dcm" for n in range(3)]
+    assert store.put_files(list(zip(keys, sources, strict=True))) == [None] * 3
+    assert sorted(events[:3]) == ["fsync part-0.tmp", "fsync part-1.tmp", "fsync part-2.tmp"]
+    assert events[3:] == ["syncfs"]
+    assert all(store.exists(key) for key in keys)
+    store.close()
+
+
+def test_an_unknown_sync_mode_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="sync must be one of"):
+        FileBlobStore(tmp_path, sync="sometimes")

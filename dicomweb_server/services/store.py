@@ -79,6 +79,7 @@ class SpoolFile:
         self._fh: BinaryIO | None = fh
         self._hash = hashlib.sha256()
         self._blobs = blobs
+        self._mark = blobs.sync_mark()  # before anything is written
 
     def write(self, data: bytes) -> None:
         assert self._fh is not None, "written after finish"
@@ -96,7 +97,7 @@ class SpoolFile:
         except BaseException:
             fh.close()
             raise
-        self.synced = self._blobs.sync_soon(fh)
+        self.synced = self._blobs.sync_soon(fh, self._mark)
 
     def close(self) -> None:
         """Give up writing (the file stays for the caller to remove)."""

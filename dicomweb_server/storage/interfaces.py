@@ -51,9 +51,15 @@ class BlobStore(Protocol):
         meanwhile (committing it only after ``wait``)."""
         ...
 
-    def sync_soon(self, fh: BinaryIO) -> Future[None]:
-        """Start making a completely written spool file durable (fsync), then close it;
-        the future gives the fsync's outcome."""
+    def sync_mark(self) -> int:
+        """Taken before a spool file is written, for ``sync_soon``: a sync shared with
+        other files fails if an error that may have been this file's was seen since."""
+        ...
+
+    def sync_soon(self, fh: BinaryIO, mark: int | None = None) -> Future[None]:
+        """Start making a completely written spool file durable, then close it; the
+        future gives the sync's outcome. ``mark`` is ``sync_mark()`` from before the
+        file was written (without it the file is synced on its own)."""
         ...
 
     def open(self, key: str) -> BinaryIO:
