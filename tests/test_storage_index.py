@@ -493,3 +493,16 @@ def test_add_instances_runs_before_commit_last_and_commits_only_if_it_returns(
     with pytest.raises(RuntimeError):
         index.add_instances([NewInstance(second, "k/2.dcm", 10, "h2")], refuse)
     assert index.find_instance(second.sop_instance_uid) is None
+
+
+def test_find_instances_describes_each_as_find_instance_does(index: SqlIndex) -> None:
+    """The batch duplicate lookup (SQL text) and the single lookup (SQLAlchemy) read the
+    same columns: a column added to one and not the other shows here."""
+    recs = [record(), record(frames=3), record()]
+    for n, rec in enumerate(recs):
+        add(index, rec, digest=f"h{n}")
+    found = index.find_instances([r.sop_instance_uid for r in recs] + [uid()])
+    assert sorted(found) == sorted(r.sop_instance_uid for r in recs)
+    for rec in recs:
+        assert found[rec.sop_instance_uid] == index.find_instance(rec.sop_instance_uid)
+    assert found[recs[1].sop_instance_uid].number_of_frames == 3

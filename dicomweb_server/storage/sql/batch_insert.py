@@ -126,6 +126,24 @@ class BatchInsert:
         params = {f"u{i}": uid for i, uid in enumerate(uids)}
         return dict(conn.exec_driver_sql(sql, params).all())
 
+    def stored(self, conn: Connection, uids: list[str]) -> list[Any]:
+        """The batch's duplicate lookup: ``_stored`` rows (study, series and SOP Instance
+        UIDs, SOP class, transfer syntax, blob key, size, hash, frames) of the indexed
+        ones among ``uids``."""
+        sql = self._text(
+            ("stored", len(uids)),
+            lambda: (
+                "SELECT study.study_uid, series.series_uid, instance.sop_uid,"
+                " instance.sop_class_uid, instance.transfer_syntax, instance.blob_key,"
+                " instance.blob_size, instance.content_hash, instance.number_of_frames"
+                " FROM instance JOIN series ON series.pk = instance.series_fk"
+                " JOIN study ON study.pk = series.study_fk WHERE instance.sop_uid IN ("
+                + ", ".join(f":u{i}" for i in range(len(uids)))
+                + ")"
+            ),
+        )
+        return list(conn.exec_driver_sql(sql, {f"u{i}": uid for i, uid in enumerate(uids)}))
+
     def _upsert(
         self, conn: Connection, table: str, key: str, values: dict[str, Any], returning: str
     ) -> Any:

@@ -388,9 +388,7 @@ class SqlIndex:
         found: dict[str, StoredInstance] = {}
         with self.read_engine.connect() as conn:
             for start in range(0, len(wanted), 500):
-                chunk = wanted[start : start + 500]
-                stmt = self._joined(*_STORED_COLUMNS).where(INSTANCE.sop_uid.in_(chunk))
-                for row in conn.execute(stmt):
+                for row in self._batch.stored(conn, wanted[start : start + 500]):
                     stored = _stored(row)
                     found[stored.sop_instance_uid] = stored
         return found
