@@ -127,22 +127,28 @@ def boundary_of(content_type: str) -> str | None:
     return None
 
 
-def split_multipart(body: bytes, content_type: str) -> list[bytes]:
-    """Payloads of a multipart response (headers of each part stripped)."""
+def split_multipart(body: bytes, content_type: str) -> list[memoryview]:
+    """Payloads of a multipart response (headers of each part stripped), as views of
+    ``body``: checking a 512 KB frame copied it three times (0.2-0.3 ms of the client's
+    time per request on the benchmark VM, on the cores the servers share)."""
     boundary = boundary_of(content_type)
     if not boundary:
         raise ValueError(f"no boundary in Content-Type: {content_type!r}")
     delim = b"--" + boundary.encode()
-    pieces = body.split(delim)
-    parts: list[bytes] = []
-    for piece in pieces[1:]:
-        if piece.startswith(b"--"):
+    view = memoryview(body)
+    parts: list[memoryview] = []
+    at = body.find(delim)
+    while at >= 0:
+        start = at + len(delim)
+        if body.startswith(b"--", start):
             break
-        head_end = piece.find(b"\r\n\r\n")
-        if head_end < 0:
-            continue
-        payload = piece[head_end + 4 :]
-        if payload.endswith(b"\r\n"):
-            payload = payload[:-2]
-        parts.append(payload)
+        following = body.find(delim, start)
+        end = following if following >= 0 else len(body)
+        head_end = body.find(b"\r\n\r\n", start, end)
+        if head_end >= 0:
+            payload = head_end + 4
+            if body.endswith(b"\r\n", payload, end):
+                end -= 2
+            parts.append(view[payload:end])
+        at = following
     return parts
