@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import copy
 import io
@@ -642,3 +643,91 @@ def test_undecodable_pixel_data(shared_server: Server) -> None:
 def _no_tracebacks(shared_server: Server) -> Iterator[None]:
     yield
     assert "Traceback" not in shared_server.log(), shared_server.log()
+
+
+def _retrieve_in_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, datasets: list[Dataset], in_memory: bool
+) -> tuple[list[tuple[dict[str, str], bytes]], list[int], list[int], list[bytes]]:
+    """Store ``datasets`` (one series), retrieve the series in-process; (parts, lengths
+    asked of the page cache, lengths read through a worker thread, the stored files).
+    ``in_memory`` False makes every page-cache read miss, as on a cold cache."""
+    from dicomweb_server.bootstrap import prepare
+    from dicomweb_server.config import Settings
+    from dicomweb_server.web import wado
+    from dicomweb_server.web.app import create_app
+
+    settings = Settings(data_dir=tmp_path / "data")
+    prepare(settings)
+    app = create_app(settings)
+    monkeypatch.setattr(wado, "PIECE", 64 * 1024)  # several pieces per larger object
+    from_disk: list[int] = []
+    from_cache: list[int] = []
+    files = [to_part10(ds) for ds in datasets]
+
+    async def scenario() -> httpx.Response:
+        async with app.router.lifespan_context(app):
+            services: Any = app.state.services
+            for n, data in enumerate(files):
+                source = tmp_path / f"{n}.dcm"
+                source.write_bytes(data)
+                assert services.store.store_copy(source).stored
+            retrieve = services.retrieve
+            read_bytes = retrieve.read_bytes
+
+            def counting(instance: Any, offset: int, length: int) -> bytes:
+                from_disk.append(length)
+                return bytes(read_bytes(instance, offset, length))
+
+            monkeypatch.setattr(retrieve, "read_bytes", counting)
+            read_now = retrieve.read_now
+
+            def from_memory(instance: Any, offset: int, length: int) -> bytearray | None:
+                from_cache.append(length)
+                return read_now(instance, offset, length) if in_memory else None
+
+            monkeypatch.setattr(retrieve, "read_now", from_memory)
+            transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 40000))
+            async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
+                ds = datasets[0]
+                return await c.get(
+                    f"/dicom-web/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}",
+                    headers={"Accept": DICOM_ANY},
+                )
+
+    response = asyncio.run(scenario())
+    assert response.status_code == 200
+    return parse_multipart(response), from_cache, from_disk, files
+
+
+def test_series_retrieve_reads_cached_files_on_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Files in the page cache (just stored) are read without a worker thread; small and
+    large instances, split across pieces, come out whole and in order."""
+    study, series = uid(), uid()
+    datasets = [
+        make_dataset(study=study, series=series, rows=rows, columns=rows, instance_number=n)
+        for n, rows in enumerate((8, 200, 16, 300), start=1)
+    ]
+    parts, from_cache, from_disk, files = _retrieve_in_process(
+        tmp_path, monkeypatch, datasets, True
+    )
+    assert from_disk == []
+    assert sum(from_cache) == sum(len(f) for f in files)
+    assert max(from_cache) <= 64 * 1024
+    assert [body for _, body in parts] == files
+    assert [int(h["content-length"]) for h, _ in parts] == [len(f) for f in files]
+
+
+def test_series_retrieve_reads_from_disk_in_a_thread_when_not_cached(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    study, series = uid(), uid()
+    datasets = [
+        make_dataset(study=study, series=series, rows=rows, columns=rows, instance_number=n)
+        for n, rows in enumerate((300, 8), start=1)
+    ]
+    parts, _, from_disk, files = _retrieve_in_process(tmp_path, monkeypatch, datasets, False)
+    assert [body for _, body in parts] == files
+    assert sum(from_disk) == sum(len(f) for f in files)
+    assert max(from_disk) <= 64 * 1024

@@ -113,6 +113,23 @@ class RetrieveService:
             else:
                 yield to_transfer_syntax(fh, item.transfer_syntax)
 
+    def read_now(self, instance: StoredInstance, offset: int, length: int) -> bytearray | None:
+        """``length`` bytes of the stored object at ``offset`` if they are in memory
+        already (for the event loop, which must not wait on a disk); else None."""
+        return self.blobs.read_now(instance.blob_key, offset, length)
+
+    def read_bytes(self, instance: StoredInstance, offset: int, length: int) -> bytes:
+        """``length`` bytes of the stored object at ``offset``, from the disk if need be."""
+        with self.blobs.open(instance.blob_key) as fh:
+            fh.seek(offset)
+            data = fh.read(length)
+        if len(data) != length:
+            raise StorageUnavailable(
+                f"stored object {instance.blob_key} is shorter than the"
+                f" {instance.blob_size} bytes indexed"
+            )
+        return data
+
     def converted(self, item: Planned) -> bytes:
         """The whole instance in its planned (not stored) syntax, in memory."""
         try:

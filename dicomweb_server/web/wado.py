@@ -10,7 +10,7 @@ import hashlib
 import logging
 import re
 import zipfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from email.utils import format_datetime, parsedate_to_datetime
 from functools import partial
@@ -38,7 +38,7 @@ from dicomweb_server.web.ranges import (
     single_range,
     unsatisfiable,
 )
-from dicomweb_server.web.responses import PIECE, coalesced, xml_multipart
+from dicomweb_server.web.responses import PIECE, xml_multipart
 from dicomweb_server.web.urls import base_url, path_uids
 
 log = logging.getLogger(__name__)
@@ -51,19 +51,51 @@ def _instance_url(base: str, item: Planned) -> str:
     return f"{base}/studies/{i.study_uid}/series/{i.series_uid}/instances/{i.sop_instance_uid}"
 
 
-def _multipart(
+# Pieces at least this big go out on their own; smaller ones (part headers, small
+# instances) are gathered up to PIECE, each send being a system call.
+_ALONE = 64 * 1024
+
+
+class _Gather:
+    """Small pieces joined up to about PIECE bytes; big ones passed on as they are."""
+
+    def __init__(self) -> None:
+        self.batch: list[bytes | bytearray] = []
+        self.held = 0
+
+    def add(self, piece: bytes | bytearray) -> list[bytes | memoryview]:
+        """What is to be sent now (in order) for ``piece``."""
+        if len(piece) >= _ALONE:
+            alone = piece if isinstance(piece, bytes) else memoryview(piece)
+            return [self.rest(), alone] if self.batch else [alone]
+        self.batch.append(piece)
+        self.held += len(piece)
+        return [self.rest()] if self.held >= PIECE else []
+
+    def rest(self) -> bytes:
+        data = b"".join(self.batch)
+        self.batch, self.held = [], 0
+        return data
+
+
+async def _multipart_async(
     retrieve: RetrieveService,
     items: list[Planned],
     base: str,
     boundary: str,
     ready: dict[str, bytes],
-) -> Iterator[bytes]:
+) -> AsyncIterator[bytes | memoryview]:
     """One part per instance (PS3.18 8.6.1.2): Content-Type with the part's actual
     transfer syntax (8.7.3.5.2, 8.7.9), Content-Location and Content-Length.
 
     Once the status line is sent an error can no longer be reported, so an instance
     that fails to convert is left out (and logged) rather than breaking the framing.
-    """
+
+    Streamed from the event loop: a stored object already in the page cache is read
+    there (``read_now``), without a worker-thread hop per piece (85-110 us on the
+    benchmark VM) or the join of part headers with file bytes (one copy of every byte);
+    a read that would wait on the disk, and any conversion, go to a worker thread."""
+    gather = _Gather()
     sent = 0
     for item in items:
         headers = {
@@ -71,13 +103,25 @@ def _multipart(
             "Content-Location": _instance_url(base, item),
         }
         if item.as_stored:
-            headers["Content-Length"] = str(item.instance.blob_size)
-            yield part_header(boundary, headers, first=sent == 0)
-            yield from retrieve.chunks(item)
+            size = item.instance.blob_size
+            headers["Content-Length"] = str(size)
+            for out in gather.add(part_header(boundary, headers, first=sent == 0)):
+                yield out
+            for offset in range(0, size, PIECE):
+                length = min(PIECE, size - offset)
+                data: bytes | bytearray | None = retrieve.read_now(item.instance, offset, length)
+                if data is None:
+                    data = await anyio.to_thread.run_sync(
+                        retrieve.read_bytes, item.instance, offset, length
+                    )
+                for out in gather.add(data):
+                    yield out
         else:
             uid = item.instance.sop_instance_uid
             try:
-                data = ready.get(uid) or b"".join(retrieve.chunks(item))
+                converted = ready.get(uid)
+                if converted is None:
+                    converted = await anyio.to_thread.run_sync(retrieve.converted, item)
             except Exception as exc:
                 log.error(
                     "instance %s left out: conversion to %s failed: %s",
@@ -86,10 +130,13 @@ def _multipart(
                     exc,
                 )
                 continue
-            headers["Content-Length"] = str(len(data))
-            yield part_header(boundary, headers, first=sent == 0) + data
+            headers["Content-Length"] = str(len(converted))
+            for piece in (part_header(boundary, headers, first=sent == 0), converted):
+                for out in gather.add(piece):
+                    yield out
         sent += 1
-    yield closing_delimiter(boundary)
+    gather.add(closing_delimiter(boundary))
+    yield gather.rest()
 
 
 class _ZipSink:
@@ -176,7 +223,7 @@ async def retrieve_instances(request: Request) -> Response:
     boundary = new_boundary()
     media = f'multipart/related; type="application/dicom"; boundary={boundary}'
     return StreamingResponse(
-        coalesced(_multipart(retrieve, items, base, boundary, ready)),
+        _multipart_async(retrieve, items, base, boundary, ready),
         media_type=media,
         headers=headers,
     )
