@@ -731,3 +731,55 @@ def test_series_retrieve_reads_from_disk_in_a_thread_when_not_cached(
     assert [body for _, body in parts] == files
     assert sum(from_disk) == sum(len(f) for f in files)
     assert max(from_disk) <= 64 * 1024
+
+
+def test_the_multipart_body_ends_with_its_closing_delimiter(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Whatever the sizes, every part and the closing delimiter are sent, even when the
+    delimiter is what fills the last gathered piece."""
+    from dicomweb_server.services.retrieve import Planned
+    from dicomweb_server.storage.interfaces import StoredInstance
+    from dicomweb_server.web import wado
+
+    monkeypatch.setattr(wado, "PIECE", 1024)
+
+    class Stub:
+        blobs: dict[str, bytes] = {}
+
+        def read_now(self, instance: StoredInstance, offset: int, length: int) -> bytearray:
+            return bytearray(self.blobs[instance.blob_key][offset : offset + length])
+
+    async def body(stub: Stub, items: list[Planned]) -> bytes:
+        chunks = wado._multipart_async(stub, items, "http://x", "bnd", {})  # type: ignore[arg-type]
+        return b"".join([bytes(c) async for c in chunks])
+
+    for size in range(200, 1100):  # the delimiter lands on each side of 1024 bytes
+        stub = Stub()
+        stub.blobs = {f"k{n}": bytes([65 + n]) * size for n in range(2)}
+        items = [
+            Planned(StoredInstance("1.2", "1.3", f"1.4.{n}", "1.5", EVRLE, key, size, "h"), EVRLE)
+            for n, key in enumerate(stub.blobs)
+        ]
+        data = asyncio.run(body(stub, items))
+        assert data.endswith(b"\r\n--bnd--\r\n"), size
+        assert all(blob in data for blob in stub.blobs.values()), size
+
+
+def test_gathered_pieces_keep_every_byte_whatever_the_sizes() -> None:
+    """Small pieces are joined up to PIECE, large ones go alone, in order; the last
+    small piece (the closing delimiter) is never dropped even when it fills a batch."""
+    from dicomweb_server.web import wado
+    from dicomweb_server.web.responses import PIECE
+
+    gather = wado._Gather()
+    sizes = [10, PIECE - 20, 15, 5, 70_000, 3, PIECE, 1]
+    pieces = [bytes([n]) * size for n, size in enumerate(sizes)]
+    out: list[bytes] = []
+    for piece in pieces:
+        out += [bytes(p) for p in gather.add(piece)]
+    if gather.batch:
+        out.append(gather.rest())
+    assert b"".join(out) == b"".join(pieces)
+    assert all(len(p) >= 64 * 1024 or len(p) <= PIECE for p in out)
+    assert len(out) < len(pieces)  # small ones were joined

@@ -135,8 +135,10 @@ async def _multipart_async(
                 for out in gather.add(piece):
                     yield out
         sent += 1
-    gather.add(closing_delimiter(boundary))
-    yield gather.rest()
+    for out in gather.add(closing_delimiter(boundary)):
+        yield out
+    if gather.batch:
+        yield gather.rest()
 
 
 class _ZipSink:
