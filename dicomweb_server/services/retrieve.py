@@ -119,16 +119,9 @@ class RetrieveService:
         return self.blobs.read_now(instance.blob_key, offset, length)
 
     def read_bytes(self, instance: StoredInstance, offset: int, length: int) -> bytes:
-        """``length`` bytes of the stored object at ``offset``, from the disk if need be."""
-        with self.blobs.open(instance.blob_key) as fh:
-            fh.seek(offset)
-            data = fh.read(length)
-        if len(data) != length:
-            raise StorageUnavailable(
-                f"stored object {instance.blob_key} is shorter than the"
-                f" {instance.blob_size} bytes indexed"
-            )
-        return data
+        """``length`` bytes of the stored object at ``offset``, from the disk if need be
+        (``read_range`` joined: one piece up to CHUNK, so usually no copy)."""
+        return b"".join(self.read_range(instance.blob_key, offset, length))
 
     def converted(self, item: Planned) -> bytes:
         """The whole instance in its planned (not stored) syntax, in memory."""
