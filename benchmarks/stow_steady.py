@@ -1,7 +1,7 @@
 """Steady-state STOW-RS of the small corpus, with where the servers' CPU time went.
 
 `python -m benchmarks.stow_steady [--clients 1] [--workers 2] [--target ours|orthanc]
-[--warmup 50] [--rounds 1]`
+[--warmup 50] [--rounds 1] [--dir DIR]`
 
 The full run's STOW phases are short (2,500 small instances with one client, about two
 seconds) and begin on a server just started, so they mix start-up costs and the VM's
@@ -85,6 +85,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", choices=("ours", "orthanc"), default="ours")
     parser.add_argument("--warmup", type=int, default=50, help="untimed requests first")
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        default=Path(__file__).parent / ".cache",
+        help="where the servers' data folders go (e.g. another filesystem)",
+    )
     args = parser.parse_args(argv)
     files = sorted((corpus_dir(FULL) / "small").rglob("*.dcm"))
     if not files:
@@ -92,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     data = [f.read_bytes() for f in files]
     for n in range(1, args.rounds + 1):
-        work = Path(tempfile.mkdtemp(prefix="stow-steady-", dir=Path(__file__).parent / ".cache"))
+        work = Path(tempfile.mkdtemp(prefix="stow-steady-", dir=args.dir))
         try:
             target: Target = (
                 OursTarget(work, workers=args.workers)
