@@ -10,6 +10,7 @@ import ctypes
 import hashlib
 import io
 import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -99,6 +100,68 @@ def test_a_batch_is_one_index_transaction(services: Services) -> None:
     assert commits.count == 1
     assert len(services.index.instances(study)) == 20
     assert not any(p.exists() for p in paths), "spooled files are consumed"
+
+
+def test_concurrent_batches_share_one_index_transaction(services: Services) -> None:
+    """Batches arriving while a commit runs are committed together by the next one, each
+    caller still getting its own outcomes; an instance sent by two of them is stored once."""
+    study, series = uid(), uid()
+
+    def batch(first: int) -> list[Path]:
+        return [
+            spool(services, to_part10(make_dataset(study=study, series=series, instance_number=n)))
+            for n in range(first, first + 3)
+        ]
+
+    shared = to_part10(make_dataset(study=study, series=series, instance_number=99))
+    batches = [
+        batch(1),
+        [*batch(4), spool(services, shared)],
+        [*batch(7), spool(services, shared)],
+        batch(10),
+    ]
+    index = services.index
+    original = index.add_instances
+    first_call = threading.Event()
+    go = threading.Event()
+
+    def add_instances(*args: Any, **kwargs: Any) -> Any:
+        if not first_call.is_set():
+            first_call.set()
+            assert go.wait(10)  # hold the first commit until the others queue behind it
+        return original(*args, **kwargs)
+
+    results: dict[int, list[Any]] = {}
+
+    def store(i: int) -> None:
+        results[i] = services.store.store_batch(batches[i])
+
+    commits = Commits(services)
+    index.add_instances = add_instances  # type: ignore[method-assign]
+    try:
+        threads = [threading.Thread(target=store, args=(i,)) for i in range(4)]
+        threads[0].start()
+        assert first_call.wait(10)
+        for thread in threads[1:]:
+            thread.start()
+        deadline = time.monotonic() + 10
+        while len(services.store._group._queue) < 3:
+            assert time.monotonic() < deadline, "the other batches never queued"
+            time.sleep(0.001)
+        go.set()
+        for thread in threads:
+            thread.join(10)
+            assert not thread.is_alive()
+    finally:
+        index.add_instances = original  # type: ignore[method-assign]
+        commits.close()
+    assert commits.count == 2
+    assert [len(results[i]) for i in range(4)] == [3, 4, 4, 3]
+    assert all(o.stored for i in range(4) for o in results[i])
+    # The shared instance: new for one caller, an identical duplicate for the other.
+    assert sorted(results[i][3].duplicate for i in (1, 2)) == [False, True]
+    assert len(services.index.instances(study)) == 13
+    assert len(blob_files(services)) == 13
 
 
 def test_each_instance_keeps_its_own_outcome(services: Services) -> None:

@@ -28,9 +28,14 @@ from dicomweb_server.config import Settings
 from dicomweb_server.dicom import status
 from dicomweb_server.dicom.ingest import DicomRejected, InstanceRecord, analyse
 from dicomweb_server.errors import Conflict, OutOfResources, is_no_space
+from dicomweb_server.services.group_commit import GroupCommit
 from dicomweb_server.storage.interfaces import BlobStore, IndexStore, NewInstance, Placement
 
 log = logging.getLogger(__name__)
+
+# Instances per group commit: large enough to merge the requests a process serves at
+# once, small enough to bound how long one commit holds the index's writer lock.
+_GROUP_LIMIT = 128
 
 
 @dataclass
@@ -143,6 +148,7 @@ class StoreService:
         # Called with the newly stored instances of a batch, after its index commit
         # (the order-to-image loop, services/workitem_loop.py); None: nothing is called.
         self.after_store: Callable[[Sequence[InstanceRecord]], None] | None = None
+        self._group: GroupCommit[_Pending] = GroupCommit(self._commit, limit=_GROUP_LIMIT)
 
     def new_spool_file(self) -> tuple[Path, BinaryIO]:
         """A temp file on the blob filesystem, so that storing it is a rename."""
@@ -189,26 +195,29 @@ class StoreService:
             for item in pending:
                 with self._failing(item):
                     self._prepare(item, expected_study_uid)
-            batch: list[_Pending] = []
-            again: list[_Pending] = []  # a SOP Instance UID repeated within the batch
-            seen: set[str] = set()
-            for item in pending:
-                if item.rec is None:
-                    continue
-                uid = item.rec.sop_instance_uid
-                (again if uid in seen else batch).append(item)
-                seen.add(uid)
-            with self._failing(*batch):
-                self._store_new_or_duplicate(batch)
-            for item in again:
-                with self._failing(item):
-                    self._store_new_or_duplicate([item])
+            # Committed with the batches of concurrent callers (services/group_commit.py).
+            self._group.run([item for item in pending if item.rec is not None])
         finally:
             for item in pending:
                 item.path.unlink(missing_ok=True)
         if self.after_store is not None:
             self._after_store(self.after_store, pending)
         return [item.outcome for item in pending]
+
+    def _commit(self, items: list[_Pending]) -> None:
+        """Store prepared items: one lookup and one index transaction for all of them,
+        except that a SOP Instance UID met again goes after, on its own."""
+        batch: list[_Pending] = []
+        again: list[_Pending] = []
+        seen: set[str] = set()
+        for item in items:
+            (again if item.uid in seen else batch).append(item)
+            seen.add(item.uid)
+        with self._failing(*batch):
+            self._store_new_or_duplicate(batch)
+        for item in again:
+            with self._failing(item):
+                self._store_new_or_duplicate([item])
 
     @staticmethod
     def _after_store(
