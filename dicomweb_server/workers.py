@@ -1,15 +1,14 @@
-"""Several uvicorn worker processes, each listening on its own socket of one port.
+"""Several uvicorn worker processes sharing one listening socket.
 
-uvicorn's supervisor shares one listening socket among its workers, and asyncio accepts
-every pending connection when it wakes: the first worker to wake takes a whole burst of
-keep-alive connections (in the benchmark, 8 clients on one of two workers while the
-other idled). Here every worker gets its own socket with SO_REUSEPORT, and the kernel
-spreads connections across them by address hash. The parent only holds the sockets,
-restarts a worker that dies, and stops them all on SIGINT/SIGTERM.
+Which worker accepts a connection is decided by ``balanced_accept``: the one holding
+the fewest connections, so keep-alive clients spread evenly over the workers. The
+parent only holds the socket and the workers' connection board, restarts a worker that
+dies, and stops them all on SIGINT/SIGTERM.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import multiprocessing
 import signal
@@ -19,6 +18,8 @@ import time
 from multiprocessing.process import BaseProcess
 from types import FrameType
 from typing import Any
+
+from dicomweb_server.balanced_accept import IDLE, Acceptor, Board
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,6 @@ def listen(host: str, port: int) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
         sock.listen(2048)
     except BaseException:
@@ -43,19 +43,53 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _worker(app: str, options: dict[str, Any], sock: socket.socket) -> None:
+def _worker(
+    app: str, options: dict[str, Any], sock: socket.socket, board: Board, slot: int
+) -> None:
     import uvicorn
 
-    uvicorn.Server(uvicorn.Config(app, **options)).run(sockets=[sock])
+    class Server(uvicorn.Server):
+        """uvicorn, its connections accepted by an ``Acceptor`` instead of its own
+        listening server; each is served by uvicorn's protocol as usual."""
+
+        acceptor: Acceptor | None = None
+
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets=[])  # the app's lifespan; no listener
+            if self.should_exit:
+                return
+            config, loop = self.config, asyncio.get_running_loop()
+
+            class Counted(config.http_protocol_class):  # type: ignore[name-defined,misc]
+                def connection_lost(self, exc: Exception | None) -> None:
+                    super().connection_lost(exc)
+                    acceptor.closed()
+
+            def protocol() -> asyncio.Protocol:
+                return Counted(
+                    config=config, server_state=self.server_state, app_state=self.lifespan.state
+                )
+
+            async def serve(conn: socket.socket) -> None:
+                await loop.connect_accepted_socket(protocol, conn, ssl=config.ssl)
+
+            acceptor = self.acceptor = Acceptor(sock, board, slot, serve)
+            acceptor.start()
+
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            if self.acceptor is not None:
+                self.acceptor.stop()
+            await super().shutdown(sockets=None)
+
+    Server(uvicorn.Config(app, **options)).run()
 
 
 def run_workers(app: str, host: str, port: int, workers: int, **options: Any) -> int:
     """Serve ``app`` (an import string for uvicorn) from ``workers`` processes until
     SIGINT/SIGTERM; returns an exit status (1 when a worker could not start)."""
-    socks = [listen(host, port)]
-    port = socks[0].getsockname()[1]  # port 0: every socket on the one the kernel chose
-    socks += [listen(host, port) for _ in range(workers - 1)]
+    sock = listen(host, port)
     ctx = multiprocessing.get_context("spawn")
+    board: Board = ctx.RawArray("q", [IDLE] * workers)  # connections held, per worker
     stop = threading.Event()
 
     def on_signal(_signum: int, _frame: FrameType | None) -> None:
@@ -63,12 +97,13 @@ def run_workers(app: str, host: str, port: int, workers: int, **options: Any) ->
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
 
-    def start(sock: socket.socket) -> tuple[BaseProcess, float]:
-        proc = ctx.Process(target=_worker, args=(app, options, sock), daemon=False)
+    def start(slot: int) -> tuple[BaseProcess, float]:
+        board[slot] = IDLE  # until the new worker accepts
+        proc = ctx.Process(target=_worker, args=(app, options, sock, board, slot), daemon=False)
         proc.start()
         return proc, time.monotonic()
 
-    procs = [start(sock) for sock in socks]
+    procs = [start(slot) for slot in range(workers)]
     quick_deaths = [0] * workers
     status = 0
     try:
@@ -89,7 +124,7 @@ def run_workers(app: str, host: str, port: int, workers: int, **options: Any) ->
                     stop.set()
                     break
                 log.warning("worker %d exited (%s); starting another", proc.pid, proc.exitcode)
-                procs[i] = start(socks[i])
+                procs[i] = start(i)
     finally:
         for proc, _ in procs:
             if proc.is_alive():
@@ -100,8 +135,7 @@ def run_workers(app: str, host: str, port: int, workers: int, **options: Any) ->
             if proc.is_alive():
                 proc.kill()
                 proc.join()
-        for sock in socks:
-            sock.close()
+        sock.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return status

@@ -26,7 +26,8 @@ ALLOWED: dict[str, set[str]] = {
         "dimse.syntaxes",
     },
     "web": {"services", "bootstrap", "dicom", "errors", "config", "__init__"},
-    "workers": set(),
+    "workers": {"balanced_accept"},
+    "balanced_accept": set(),
     "cli": {
         "services",
         "bootstrap",

@@ -63,21 +63,66 @@ def _server_side_inodes(port: int) -> set[str]:
     return inodes
 
 
-def test_keep_alive_connections_spread_over_the_workers(two_workers: Server) -> None:
+def _held_per_worker(server: Server, pids: list[int]) -> list[int]:
+    established = _server_side_inodes(server.port)
+    return [len(_socket_inodes(pid) & established) for pid in pids]
+
+
+def _ask(conn: socket.socket) -> None:
+    conn.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    assert conn.recv(65536).startswith(b"HTTP/1.1 200")
+
+
+def _both_accepting(server: Server, pids: list[int]) -> None:
+    """Until both workers have started accepting (a worker still starting is left out)."""
+    deadline = time.monotonic() + 30
+    while True:
+        conns = []
+        try:
+            for _ in range(4):
+                conns.append(socket.create_connection(("127.0.0.1", server.port), 10))
+                _ask(conns[-1])
+            if min(_held_per_worker(server, pids)) > 0:
+                break
+        finally:
+            for conn in conns:
+                conn.close()
+        assert time.monotonic() < deadline, "a worker never accepted a connection"
+        time.sleep(0.2)
+    deadline = time.monotonic() + 10
+    while sum(_held_per_worker(server, pids)) > 0:
+        assert time.monotonic() < deadline, "closed connections still held"
+        time.sleep(0.05)
+    time.sleep(0.3)  # and the workers have seen them close
+
+
+def test_a_burst_of_keep_alive_connections_is_split_evenly(two_workers: Server) -> None:
     pids = _workers(two_workers, 2)
-    # A burst: all connected before any is accepted, as a pool of clients starting at
-    # once does. On one shared listening socket, the first worker to wake took them all.
+    _both_accepting(two_workers, pids)
+    # All connected before any is accepted, as a pool of clients starting at once does.
+    # On one socket plainly shared, the first worker to wake took them all; with a
+    # socket per worker (SO_REUSEPORT), the kernel's address hash split them unevenly.
     conns = [socket.create_connection(("127.0.0.1", two_workers.port), 10) for _ in range(16)]
     try:
         for conn in conns:
-            conn.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            _ask(conn)
+        held = _held_per_worker(two_workers, pids)
+        assert sum(held) == 16 and min(held) >= 7, held
+    finally:
         for conn in conns:
-            assert conn.recv(65536).startswith(b"HTTP/1.1 200")
-        established = _server_side_inodes(two_workers.port)
-        served = {pid: len(_socket_inodes(pid) & established) for pid in pids}
-        assert sum(served.values()) == 16, served
-        # One listening socket per worker: the kernel hashes connections over both.
-        assert all(n > 0 for n in served.values()), served
+            conn.close()
+
+
+def test_connections_opened_one_after_another_alternate(two_workers: Server) -> None:
+    pids = _workers(two_workers, 2)
+    _both_accepting(two_workers, pids)
+    conns = []
+    try:
+        for n in range(1, 13):
+            conns.append(socket.create_connection(("127.0.0.1", two_workers.port), 10))
+            _ask(conns[-1])
+            if n % 2 == 0:  # the worker holding fewer took each new one
+                assert _held_per_worker(two_workers, pids) == [n // 2, n // 2]
     finally:
         for conn in conns:
             conn.close()
