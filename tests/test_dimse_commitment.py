@@ -23,6 +23,7 @@ PUSH = "1.2.840.10008.1.20.1"
 PUSH_INSTANCE = "1.2.840.10008.1.20.1.1"
 CT = "1.2.840.10008.5.1.4.1.1.2"
 MR = "1.2.840.10008.5.1.4.1.1.4"
+Verification = "1.2.840.10008.1.1"
 SCU_AET = "COMMITSCU"
 
 
@@ -59,6 +60,7 @@ def _ae() -> AE:
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
     ae.add_requested_context(PUSH)
     ae.add_requested_context(CT)
+    ae.add_requested_context(Verification)
     return ae
 
 
@@ -109,6 +111,9 @@ def test_commitment_reported_on_the_same_association(setup: Setup) -> None:
         rsp, _ = assoc.send_n_action(info, 1, PUSH, PUSH_INSTANCE)
         assert rsp.Status == 0x0000
         assert reports.arrived.wait(30), "no N-EVENT-REPORT on the association"
+        # The handler signals before pynetdicom sends its response; releasing first
+        # would make that response a protocol error. A round trip orders them.
+        assert assoc.send_c_echo().Status == 0x0000
     finally:
         assoc.release()
     _check(reports.got[0], info, stored, missing)
