@@ -126,3 +126,24 @@ def test_an_exception_of_the_leader_reaches_the_leader() -> None:
         group.run([1])
     with pytest.raises(ValueError, match="index gone"):
         group.run([2])  # not left busy by the failure
+
+
+def test_a_follower_gets_a_new_exception_caused_by_the_leaders() -> None:
+    commit = Recorder(fail_on="c1")
+    group: GroupCommit[str] = GroupCommit(commit, limit=100)
+    errors: list[BaseException] = []
+    first = _start(group, ["a"], errors)
+    assert commit.entered.wait(WAIT)
+    others = [_start(group, [f"{n}1"], errors) for n in "bc"]
+    _queued(group, 2)
+    commit.release.set()
+    for thread in [first, *others]:
+        thread.join(WAIT)
+    # One of b and c led the failed commit and raises its error; the other raises a new
+    # one caused by it, so that no exception object is raised in two threads at once.
+    assert len(errors) == 2
+    led = [e for e in errors if e.__cause__ is None]
+    followed = [e for e in errors if e.__cause__ is not None]
+    assert len(led) == 1 and len(followed) == 1
+    assert followed[0].__cause__ is led[0]
+    assert group._queue == [] and not group._busy

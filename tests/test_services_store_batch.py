@@ -29,8 +29,12 @@ from dicomweb_server.storage.interfaces import NewInstance
 from tests.dicomgen import make_dataset, to_part10, uid
 
 
-def _services(database_url: str, data_dir: Path, blob_sync: str) -> Iterator[Services]:
-    settings = Settings(data_dir=data_dir, database_url=database_url, blob_sync=blob_sync)
+def _services(
+    database_url: str, data_dir: Path, blob_sync: str, **settings_: Any
+) -> Iterator[Services]:
+    settings = Settings(
+        data_dir=data_dir, database_url=database_url, blob_sync=blob_sync, **settings_
+    )
     prepare(settings)
     built = build_services(settings)
     assert built.blobs.sync == blob_sync
@@ -102,6 +106,45 @@ def test_a_batch_is_one_index_transaction(services: Services) -> None:
     assert not any(p.exists() for p in paths), "spooled files are consumed"
 
 
+def _store_grouped(services: Services, batches: list[list[Path]]) -> dict[int, list[Any]]:
+    """``store_batch`` of each batch from its own thread, the first one's commit held
+    until all the others are queued behind it: they then share the next commit."""
+    index = services.index
+    original = index.add_instances
+    first_call = threading.Event()
+    go = threading.Event()
+
+    def add_instances(*args: Any, **kwargs: Any) -> Any:
+        if not first_call.is_set():
+            first_call.set()
+            assert go.wait(10)
+        return original(*args, **kwargs)
+
+    results: dict[int, list[Any]] = {}
+
+    def store(i: int) -> None:
+        results[i] = services.store.store_batch(batches[i])
+
+    index.add_instances = add_instances  # type: ignore[method-assign]
+    try:
+        threads = [threading.Thread(target=store, args=(i,)) for i in range(len(batches))]
+        threads[0].start()
+        assert first_call.wait(10)
+        for thread in threads[1:]:
+            thread.start()
+        deadline = time.monotonic() + 10
+        while len(services.store._group._queue) < len(batches) - 1:
+            assert time.monotonic() < deadline, "the other batches never queued"
+            time.sleep(0.001)
+        go.set()
+        for thread in threads:
+            thread.join(10)
+            assert not thread.is_alive()
+    finally:
+        index.add_instances = original  # type: ignore[method-assign]
+    return results
+
+
 def test_concurrent_batches_share_one_index_transaction(services: Services) -> None:
     """Batches arriving while a commit runs are committed together by the next one, each
     caller still getting its own outcomes; an instance sent by two of them is stored once."""
@@ -120,40 +163,10 @@ def test_concurrent_batches_share_one_index_transaction(services: Services) -> N
         [*batch(7), spool(services, shared)],
         batch(10),
     ]
-    index = services.index
-    original = index.add_instances
-    first_call = threading.Event()
-    go = threading.Event()
-
-    def add_instances(*args: Any, **kwargs: Any) -> Any:
-        if not first_call.is_set():
-            first_call.set()
-            assert go.wait(10)  # hold the first commit until the others queue behind it
-        return original(*args, **kwargs)
-
-    results: dict[int, list[Any]] = {}
-
-    def store(i: int) -> None:
-        results[i] = services.store.store_batch(batches[i])
-
     commits = Commits(services)
-    index.add_instances = add_instances  # type: ignore[method-assign]
     try:
-        threads = [threading.Thread(target=store, args=(i,)) for i in range(4)]
-        threads[0].start()
-        assert first_call.wait(10)
-        for thread in threads[1:]:
-            thread.start()
-        deadline = time.monotonic() + 10
-        while len(services.store._group._queue) < 3:
-            assert time.monotonic() < deadline, "the other batches never queued"
-            time.sleep(0.001)
-        go.set()
-        for thread in threads:
-            thread.join(10)
-            assert not thread.is_alive()
+        results = _store_grouped(services, batches)
     finally:
-        index.add_instances = original  # type: ignore[method-assign]
         commits.close()
     assert commits.count == 2
     assert [len(results[i]) for i in range(4)] == [3, 4, 4, 3]
@@ -162,6 +175,69 @@ def test_concurrent_batches_share_one_index_transaction(services: Services) -> N
     assert sorted(results[i][3].duplicate for i in (1, 2)) == [False, True]
     assert len(services.index.instances(study)) == 13
     assert len(blob_files(services)) == 13
+
+
+def test_a_refused_replacement_fails_only_its_own_instance(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Group commit puts several requests' instances in one batch: a replacement the
+    index refuses (its series belongs to another study) fails alone."""
+    for services in _services(
+        database_url, tmp_path / "data", "syncfs", duplicate_policy="replace"
+    ):
+        sop, series = uid(), uid()
+        first = spool(services, to_part10(make_dataset(sop=sop)))
+        assert services.store.store_batch([first])[0].stored
+        owner = spool(services, to_part10(make_dataset(study=uid(), series=series)))
+        assert services.store.store_batch([owner])[0].stored
+        refused = to_part10(make_dataset(sop=sop, study=uid(), series=series, pixel_seed=7))
+        study = uid()
+        others = [
+            spool(services, to_part10(make_dataset(study=study, instance_number=n)))
+            for n in range(1, 4)
+        ]
+        results = _store_grouped(
+            services,
+            [[spool(services, to_part10(make_dataset()))], [spool(services, refused)], others],
+        )
+        assert results[1][0].failure_reason == status.PROCESSING_FAILURE
+        assert [o.stored for o in results[2]] == [True, True, True]
+        assert len(services.index.instances(study)) == 3
+
+
+def test_trouble_after_a_conflict_leaves_the_committed_instances_whole(
+    services: Services,
+) -> None:
+    """The commit went in; handling the one instance it refused then fails: the others
+    stay stored with their blobs (none of them is reported failed or loses its file)."""
+    study, series, sop = uid(), uid(), uid()
+    original = to_part10(make_dataset(sop=sop, study=study, series=series))
+    assert services.store.store_batch([spool(services, original)])[0].stored
+    index = services.index
+    real_lookup, real_find = index.find_instances, index.find_instance
+
+    def lookup(uids: Any) -> Any:  # another process's store of ``sop``, not yet visible
+        return {k: v for k, v in real_lookup(list(uids)).items() if k != sop}
+
+    def find(uid_: str) -> Any:
+        raise RuntimeError("index connection dropped")
+
+    index.find_instances = lookup  # type: ignore[method-assign,assignment]
+    index.find_instance = find  # type: ignore[method-assign,assignment]
+    try:
+        again = to_part10(make_dataset(sop=sop, study=study, series=series, pixel_seed=3))
+        paths = [spool(services, again)] + [
+            spool(services, to_part10(make_dataset(study=study, series=series, instance_number=n)))
+            for n in range(2, 5)
+        ]
+        outcomes = services.store.store_batch(paths)
+    finally:
+        index.find_instances = real_lookup  # type: ignore[method-assign]
+        index.find_instance = real_find  # type: ignore[method-assign]
+    assert outcomes[0].failure_reason == status.PROCESSING_FAILURE
+    assert [o.stored for o in outcomes[1:]] == [True, True, True]
+    assert len(services.index.instances(study)) == 4
+    assert len(blob_files(services)) == 4
 
 
 def test_each_instance_keeps_its_own_outcome(services: Services) -> None:

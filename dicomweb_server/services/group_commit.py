@@ -38,34 +38,43 @@ class GroupCommit(Generic[T]):
         self._busy = False
 
     def run(self, items: Sequence[T]) -> None:
-        """Returns once ``items`` were committed (by this thread or another); raises
-        what the commit that took them raised."""
+        """Returns once ``items`` were committed (by this thread or another); raises if
+        the commit that took them failed."""
         if not items:
             return
         job: _Job[T] = _Job(items)
-        with self._cond:
-            self._queue.append(job)
-            while self._busy and not job.finished:
-                self._cond.wait()
-            if job.finished:
-                if job.error is not None:
-                    raise job.error
-                return
-            jobs = self._take(job)
-            self._busy = True
+        jobs: list[_Job[T]] = []
         error: BaseException | None = None
         try:
+            with self._cond:
+                self._queue.append(job)
+                try:
+                    while self._busy and not job.finished:
+                        self._cond.wait()
+                except BaseException:
+                    if job in self._queue:  # not taken: nobody commits it now
+                        self._queue.remove(job)
+                    raise
+                if job.finished:
+                    failed = job.error
+                    if failed is not None:
+                        # A new exception: the leader's own is being raised in its thread.
+                        raise RuntimeError(f"the shared commit failed: {failed!r}") from failed
+                    return
+                self._busy = True
+                jobs = self._take(job)
             self._commit([item for j in jobs for item in j.items])
         except BaseException as exc:
             error = exc
             raise
         finally:
-            with self._cond:
-                for j in jobs:
-                    j.finished = True
-                    j.error = error
-                self._busy = False
-                self._cond.notify_all()
+            if jobs:  # this thread led a commit: its followers learn how it went
+                with self._cond:
+                    for j in jobs:
+                        j.finished = True
+                        j.error = error
+                    self._busy = False
+                    self._cond.notify_all()
 
     def _take(self, leader: _Job[T]) -> list[_Job[T]]:
         """The leader's job and, oldest first, the queued ones that fit (lock held)."""

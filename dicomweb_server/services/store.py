@@ -312,7 +312,9 @@ class StoreService:
             if stored is None:
                 new.append(item)
             elif self._resolve_duplicate(stored.content_hash, item.content_hash, item.outcome):
-                self._replace(item)
+                # On its own: the batch may hold other requests' instances (group commit).
+                with self._failing(item):
+                    self._replace(item)
             else:
                 item.done = True
         written, placement = self._place_blobs(new)
@@ -331,11 +333,16 @@ class StoreService:
         except _NotDurable:  # rolled back; the blobs that are durable go in on their own
             written = [item for item in written if not item.done]
             problems = self._add(written)
+        # Committed rows first: trouble with a refused one must not touch their blobs.
+        refused: list[tuple[_Pending, Conflict]] = []
         for item, problem in zip(written, problems, strict=True):
             if problem is None:
                 item.outcome.stored = True
                 item.done = True
             else:
+                refused.append((item, problem))
+        for item, problem in refused:
+            with self._failing(item):
                 self._after_conflict(item, problem)
 
     def _after_conflict(self, item: _Pending, problem: Conflict) -> None:
@@ -349,10 +356,8 @@ class StoreService:
             item.outcome.failure_reason = status.PROCESSING_FAILURE
             item.outcome.message = problem.message
         elif self._resolve_duplicate(existing.content_hash, item.content_hash, item.outcome):
-            self.blobs.delete(
-                self.index.replace_instance(item.record, item.key, item.size, item.content_hash)
-            )
-            item.outcome.stored = True
+            self._swap(item)
+            return
         else:
             self.blobs.delete(item.key)
             item.key = None
@@ -402,14 +407,17 @@ class StoreService:
                 self.blobs.delete(key)  # renamed, but the directory sync failed
 
     def _replace(self, item: _Pending) -> None:
-        if not self._put_blob(item):
-            return
+        if self._put_blob(item):
+            self._swap(item)
+
+    def _swap(self, item: _Pending) -> None:
+        """Point the index at the item's blob; the one it replaces is removed after, so
+        that trouble removing it never touches the blob the index now holds."""
         assert item.key is not None
-        self.blobs.delete(
-            self.index.replace_instance(item.record, item.key, item.size, item.content_hash)
-        )
+        old = self.index.replace_instance(item.record, item.key, item.size, item.content_hash)
         item.outcome.stored = True
         item.done = True
+        self.blobs.delete(old)
 
     def _analyse(self, item: _Pending) -> InstanceRecord:
         path = item.path
