@@ -11,7 +11,9 @@ So the workers share one listening socket and a board of how many connections ea
 holds (shared memory, one slot per worker). A worker accepts when no other holds fewer
 connections; otherwise it leaves the connection to the one that does, looking again
 every few milliseconds, and takes it after all when nobody has within ``OVERDUE``
-seconds (that worker may be stuck in a long request). Each worker counts its
+seconds (that worker may be stuck in a long request, or dead and not yet replaced;
+it is then passed over until its count moves, rather than waited for again on every
+connection). Each worker counts its
 connections as it accepts them and as they close; the count must be current, or a
 burst right after others closed (a client pool replaced) all goes to one worker.
 """
@@ -19,6 +21,7 @@ burst right after others closed (a client pool replaced) all goes to one worker.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import select
 import socket
@@ -34,6 +37,11 @@ BURST = 16  # connections accepted per wake-up at most
 IDLE = 1 << 30  # the count of a slot whose worker is not accepting
 
 Board = MutableSequence[int]
+
+# accept() errors of the connection at hand (Linux passes the network's through): skip
+# it and take the next. Others (out of descriptors or memory) wait for connections to close.
+_SKIP = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.ENETDOWN, errno.ENONET}
+_SKIP |= {errno.EHOSTDOWN, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ENOPROTOOPT}
 
 
 class Acceptor:
@@ -56,6 +64,11 @@ class Acceptor:
         self._timer: asyncio.TimerHandle | None = None
         self._reading = False
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Slots that let a connection wait too long, with their count then: not waited
+        # for again until that count moves.
+        self._passed_over: dict[int, int] = {}
+        self._poll = select.poll()
+        self._poll.register(sock.fileno(), select.POLLIN)
 
     def start(self, open_connections: int = 0) -> None:
         self._loop = asyncio.get_running_loop()
@@ -64,6 +77,7 @@ class Acceptor:
         self._watch()
 
     def stop(self) -> None:
+        """Accept no more; connections still being set up (a TLS handshake) are dropped."""
         self._board[self._slot] = IDLE  # nobody leaves a connection to a stopping worker
         if self._timer is not None:
             self._timer.cancel()
@@ -71,6 +85,8 @@ class Acceptor:
         if self._reading and self._loop is not None:
             self._loop.remove_reader(self._sock.fileno())
             self._reading = False
+        for task in list(self._tasks):
+            task.cancel()
 
     def closed(self) -> None:
         """A connection this worker accepted was closed."""
@@ -82,30 +98,44 @@ class Acceptor:
         self._loop.add_reader(self._sock.fileno(), self._ready)
         self._reading = True
 
-    def _my_turn(self) -> bool:
-        mine = self._board[self._slot]
-        return all(mine <= other for other in self._board)
+    def _fewer(self) -> list[int]:
+        """The slots holding fewer connections than this one, that are still trusted
+        to take their turn."""
+        board, mine = self._board, self._board[self._slot]
+        for slot, count in list(self._passed_over.items()):
+            if board[slot] != count:  # it moved: alive and accepting again
+                del self._passed_over[slot]
+        return [
+            slot
+            for slot, count in enumerate(board)
+            if count < mine and slot not in self._passed_over
+        ]
 
     def _ready(self) -> None:
         now = time.monotonic()
-        if not self._my_turn():
+        fewer = self._fewer()
+        if fewer:
             if self._deferred_since is None:
                 self._deferred_since = now
             if now - self._deferred_since < OVERDUE:
                 self._defer()
                 return
+            for slot in fewer:
+                self._passed_over[slot] = self._board[slot]
         for _ in range(BURST):
             try:
                 conn, _ = self._sock.accept()
             except (BlockingIOError, InterruptedError):
                 break  # another worker took it
-            except OSError as exc:  # out of descriptors, say: let connections close first
+            except OSError as exc:
+                if exc.errno in _SKIP:
+                    continue
                 log.warning("accepting a connection failed: %s", exc)
-                self._defer(0.1)
+                self._defer(0.1)  # out of descriptors, say: let connections close first
                 return
             self._board[self._slot] += 1
             self._start(conn)
-            if not self._my_turn():
+            if self._fewer():
                 break
         self._deferred_since = None
 
@@ -118,8 +148,7 @@ class Acceptor:
 
     def _recheck(self) -> None:
         self._timer = None
-        pending, _, _ = select.select([self._sock], [], [], 0)
-        if not pending:  # another worker took it: the next one starts a new wait
+        if not self._poll.poll(0):  # another worker took it: the next one starts a new wait
             self._deferred_since = None
         self._watch()
 
@@ -132,6 +161,9 @@ class Acceptor:
 
     def _done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.warning("a connection could not be set up: %s", task.exception())
+        if task.cancelled() or task.exception() is not None:
+            # A failed TLS handshake, say: common (scanners, clients refusing the
+            # certificate), and the connection never reached the protocol.
+            if not task.cancelled():
+                log.debug("a connection could not be set up: %s", task.exception())
             self._board[self._slot] -= 1

@@ -15,6 +15,7 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from multiprocessing.process import BaseProcess
 from types import FrameType
 from typing import Any
@@ -43,6 +44,19 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _counted(base: type[asyncio.Protocol], closed: Callable[[], None]) -> type[asyncio.Protocol]:
+    """``base``, calling ``closed`` when its connection is lost."""
+
+    class Counted(base):  # type: ignore[valid-type,misc]
+        def connection_lost(self, exc: Exception | None) -> None:
+            try:
+                super().connection_lost(exc)
+            finally:
+                closed()
+
+    return Counted
+
+
 def _worker(
     app: str, options: dict[str, Any], sock: socket.socket, board: Board, slot: int
 ) -> None:
@@ -59,14 +73,16 @@ def _worker(
             if self.should_exit:
                 return
             config, loop = self.config, asyncio.get_running_loop()
-
-            class Counted(config.http_protocol_class):  # type: ignore[name-defined,misc]
-                def connection_lost(self, exc: Exception | None) -> None:
-                    super().connection_lost(exc)
-                    acceptor.closed()
+            # A connection ends in its HTTP protocol or, once upgraded, in the WebSocket
+            # protocol that took over its transport: both count it out.
+            http = _counted(config.http_protocol_class, lambda: acceptor.closed())
+            if config.ws_protocol_class is not None:
+                config.ws_protocol_class = _counted(
+                    config.ws_protocol_class, lambda: acceptor.closed()
+                )
 
             def protocol() -> asyncio.Protocol:
-                return Counted(
+                return http(  # type: ignore[call-arg]
                     config=config, server_state=self.server_state, app_state=self.lifespan.state
                 )
 

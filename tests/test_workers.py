@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import base64
+import multiprocessing
 import os
 import signal
 import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
-from dicomweb_server.workers import run_workers
+from dicomweb_server.balanced_accept import IDLE
+from dicomweb_server.workers import _worker, listen, run_workers
 from tests.conftest import Server, start_server
 
 
@@ -160,3 +164,63 @@ def test_a_worker_that_cannot_start_stops_the_server() -> None:
     status = run_workers("tests.no_such_module:app", "127.0.0.1", 0, 2, log_level="critical")
     assert status == 1
     assert time.monotonic() - started < 60
+
+
+async def ws_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Plain HTTP 200, and WebSockets accepted and held until the client leaves."""
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            await send({"type": message["type"] + ".complete"})
+            if message["type"] == "lifespan.shutdown":
+                return
+    elif scope["type"] == "websocket":
+        await receive()  # websocket.connect
+        await send({"type": "websocket.accept"})
+        while (await receive())["type"] != "websocket.disconnect":
+            pass
+    else:
+        headers = [(b"content-length", b"2")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+
+def _until(check: Any, seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.02)
+
+
+def test_upgraded_connections_are_counted_out_when_they_close() -> None:
+    """A WebSocket connection ends in the protocol that took its transport over from
+    HTTP; it must leave the worker's count like any other, or that worker would look
+    busier and busier to the others."""
+    ctx = multiprocessing.get_context("spawn")
+    sock = listen("127.0.0.1", 0)
+    board = ctx.RawArray("q", [IDLE])
+    options = {"log_level": "warning"}
+    proc = ctx.Process(target=_worker, args=("tests.test_workers:ws_app", options, sock, board, 0))
+    proc.start()
+    try:
+        _until(lambda: board[0] != IDLE, 30, "the worker never started accepting")
+        port = sock.getsockname()[1]
+        for _ in range(3):
+            with socket.create_connection(("127.0.0.1", port), 10) as conn:
+                key = base64.b64encode(os.urandom(16)).decode()
+                conn.sendall(
+                    b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                    b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                    + f"Sec-WebSocket-Key: {key}\r\n\r\n".encode()
+                )
+                assert conn.recv(4096).startswith(b"HTTP/1.1 101")
+        with socket.create_connection(("127.0.0.1", port), 10) as conn:
+            _ask(conn)
+        _until(lambda: board[0] == 0, 10, f"connections still counted: {board[0]}")
+    finally:
+        proc.terminate()
+        proc.join(30)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+        sock.close()
