@@ -521,3 +521,41 @@ def test_a_failed_syncfs_keeps_its_instances_out_of_the_index(
         [_spool_file(syncfs_services, to_part10(d)) for d in data]
     )
     assert [o.stored for o in again] == [True] * 3
+
+
+def test_a_stored_batch_costs_no_cleanup_and_one_free_space_look(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Per instance the store renames; it does not unlink paths already moved, make
+    folders that exist, or ask the filesystem for free space again."""
+    study, series = uid(), uid()
+    first = spool(services, to_part10(make_dataset(study=study, series=series)))
+    assert services.store.store_batch([first])[0].stored  # the folders exist now
+    paths = [
+        spool(services, to_part10(make_dataset(study=study, series=series, instance_number=n)))
+        for n in range(2, 12)
+    ]
+    calls: dict[str, int] = {"unlink": 0, "mkdir": 0, "statvfs": 0}
+    real_unlink, real_mkdir, real_statvfs = Path.unlink, Path.mkdir, os.statvfs
+
+    def unlink(self: Path, missing_ok: bool = False) -> None:
+        calls["unlink"] += 1
+        real_unlink(self, missing_ok=missing_ok)
+
+    def mkdir(self: Path, *args: Any, **kwargs: Any) -> None:
+        calls["mkdir"] += 1
+        real_mkdir(self, *args, **kwargs)
+
+    def statvfs(path: Any) -> Any:
+        calls["statvfs"] += 1
+        return real_statvfs(path)
+
+    monkeypatch.setattr(Path, "unlink", unlink)
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    monkeypatch.setattr(os, "statvfs", statvfs)
+    outcomes = services.store.store_batch(paths)
+    monkeypatch.undo()
+    assert all(o.stored for o in outcomes)
+    assert calls == {"unlink": 0, "mkdir": 0, "statvfs": 1}
+    assert not any(p.exists() for p in paths)
+    assert len(blob_files(services)) == 11

@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 # Instances per group commit: large enough to merge the requests a process serves at
 # once, small enough to bound how long one commit holds the index's writer lock.
 _GROUP_LIMIT = 128
+_BUFFER = 1 << 16
 
 
 @dataclass
@@ -129,6 +130,7 @@ class _Pending:
     key: str | None = None
     done: bool = False
     rewritten: bool = False  # the spooled file was replaced (a preamble or meta added)
+    moved: bool = False  # renamed into the blob store: nothing left at ``path``
 
     @property
     def record(self) -> InstanceRecord:
@@ -153,7 +155,8 @@ class StoreService:
     def new_spool_file(self) -> tuple[Path, BinaryIO]:
         """A temp file on the blob filesystem, so that storing it is a rename."""
         fd, name = tempfile.mkstemp(prefix="part-", suffix=".tmp", dir=self.blobs.spool_dir())
-        return Path(name), os.fdopen(fd, "wb")
+        # An explicit buffer size spares the fstat and isatty of the default.
+        return Path(name), os.fdopen(fd, "wb", buffering=_BUFFER)
 
     def spool(self) -> SpoolFile:
         """A new spool file to write an incoming object into; see ``SpoolFile``."""
@@ -199,7 +202,8 @@ class StoreService:
             self._group.run([item for item in pending if item.rec is not None])
         finally:
             for item in pending:
-                item.path.unlink(missing_ok=True)
+                if not item.moved:
+                    item.path.unlink(missing_ok=True)
         if self.after_store is not None:
             self._after_store(self.after_store, pending)
         return [item.outcome for item in pending]
@@ -384,9 +388,11 @@ class StoreService:
             [(key, item.path) for key, item in zip(keys, items, strict=True)],
             [None if item.rewritten or not item.spool else item.spool.synced for item in items],
         )
-        for item, key in zip(items, keys, strict=True):
+        problems = placement.now()
+        for item, key, problem in zip(items, keys, problems, strict=True):
             item.key = key
-        self._blob_outcomes(items, placement.now())
+            item.moved = problem is None
+        self._blob_outcomes(items, problems)
         return [item for item in items if not item.done], placement
 
     def _blob_outcomes(self, items: list[_Pending], problems: list[Exception | None]) -> None:

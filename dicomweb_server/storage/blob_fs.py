@@ -220,12 +220,20 @@ class FileBlobStore:
                     problems[i] = exc
         mark = self.sync_mark()  # before the renames that the names sync covers
         changed: dict[Path, list[int]] = {}
+        # Once per batch: its spooled files are counted as used already, so the renames
+        # do not change what is free.
+        short = self._short_of_reserve() if None in problems else None
         for i, (key, source) in enumerate(items):
             if problems[i] is not None:
                 continue
+            if short is not None:
+                problems[i] = OutOfResources(
+                    f"not storing {key}: {short} bytes free on the archive's disk, "
+                    f"{self.min_free_bytes} are kept in reserve"
+                )
+                continue
             try:
                 target = self.path_of(key)
-                self._check_reserve(key)
                 for directory in self._move(source, target):
                     changed.setdefault(directory, []).append(i)
             except (OSError, OutOfResources, StorageUnavailable) as exc:
@@ -279,7 +287,8 @@ class FileBlobStore:
                 created.append(parent)
                 parent = parent.parent
             try:
-                target.parent.mkdir(parents=True, exist_ok=True)
+                if created:
+                    target.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(source, target)
                 break
             except FileNotFoundError:
@@ -293,17 +302,13 @@ class FileBlobStore:
         stat = os.statvfs(self.blobs)
         return stat.f_bavail * stat.f_frsize
 
-    def _check_reserve(self, key: str) -> None:
-        """Refuse a new blob when the disk is nearly full (the spooled file is already
-        counted as used): what is left is kept for the index, e.g. to delete."""
+    def _short_of_reserve(self) -> int | None:
+        """The free bytes when new blobs must be refused, the disk being nearly full
+        (what is left is kept for the index, e.g. to delete); else None."""
         if self.min_free_bytes <= 0:
-            return
+            return None
         free = self.free_bytes()
-        if free < self.min_free_bytes:
-            raise OutOfResources(
-                f"not storing {key}: {free} bytes free on the archive's disk, "
-                f"{self.min_free_bytes} are kept in reserve"
-            )
+        return free if free < self.min_free_bytes else None
 
     def walk(self) -> Iterator[BlobInfo]:
         """Every stored blob (not the spool), in no particular order."""

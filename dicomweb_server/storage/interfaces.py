@@ -93,7 +93,8 @@ class Placement:
         self._syncs = syncs
 
     def now(self) -> list[Exception | None]:
-        """Each item's problem known so far (file sync, reserve, rename)."""
+        """Each item's problem known so far (file sync, reserve, rename); None: the file
+        was renamed into place (nothing is left at its source path)."""
         return list(self._problems)
 
     def wait(self) -> list[Exception | None]:

@@ -266,8 +266,9 @@ async def stow(request: Request) -> Response:
         raise
     try:
         outcomes = await anyio.to_thread.run_sync(_store_parts, services.store, sink.parts, study)
-    finally:
-        sink.discard()  # whatever the store did not consume
+    except BaseException:
+        sink.discard()  # whatever the store did not consume (it consumes all it finishes)
+        raise
     _note_stored(request, outcomes)
     base = base_url(request, services.settings)
     dataset, code = stow_response_dataset(list(outcomes), base, study)
