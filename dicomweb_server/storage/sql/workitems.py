@@ -8,8 +8,9 @@ keeps the merged outputs in its JSON too; the merge skips what is already there.
 
 from __future__ import annotations
 
+import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import orjson
@@ -121,31 +122,55 @@ class SqlWorkitems:
         return self.index._write(work)
 
     def find_workitems(self, where: WorkitemFilter) -> list[Workitem]:
-        stmt = select(*_COLUMNS)
-        if where.states is not None:
-            stmt = stmt.where(_T.c.state.in_(list(where.states)))
+        # SQL text: SQLAlchemy's select, its IN lists rendered anew on every call, cost
+        # 0.3 ms per call in Python, and every STOW request makes one (to link images
+        # to their orders) though hardly any finds something.
+        clauses: list[str] = []
+        params: dict[str, Any] = {}
+
+        def any_of(column: str, values: Collection[str] | None) -> bool:
+            """Adds ``column IN (...)``; False when the list is empty (nothing matches)."""
+            if values is None:
+                return True
+            values = list(values)
+            names = [f"{column}_{i}" for i in range(len(values))]
+            params.update(zip(names, values, strict=True))
+            clauses.append(f"{_T.name}.{column} IN ({', '.join(':' + n for n in names)})")
+            return bool(values)
+
+        if not (
+            any_of("state", where.states)
+            and any_of("accession_number", where.accession_numbers)
+            and any_of("study_uid", where.study_uids)
+        ):
+            return []
         for column, value in (
-            (_T.c.accession_number, where.accession_number),
-            (_T.c.study_uid, where.study_uid),
-            (_T.c.patient_id, where.patient_id),
-            (_T.c.station_ae, where.station_ae),
-            (_T.c.modality, where.modality),
+            ("accession_number", where.accession_number),
+            ("study_uid", where.study_uid),
+            ("patient_id", where.patient_id),
+            ("station_ae", where.station_ae),
+            ("modality", where.modality),
         ):
             if value is not None:
-                stmt = stmt.where(column == value)
-        if where.accession_numbers is not None:
-            stmt = stmt.where(_T.c.accession_number.in_(list(where.accession_numbers)))
-        if where.study_uids is not None:
-            stmt = stmt.where(_T.c.study_uid.in_(list(where.study_uids)))
+                clauses.append(f"{_T.name}.{column} = :{column}")
+                params[column] = value
         if where.start_from:
-            stmt = stmt.where(_T.c.scheduled_start >= where.start_from)
+            clauses.append(f"{_T.name}.scheduled_start >= :start_from")
+            params["start_from"] = where.start_from
         if where.start_to:
-            stmt = stmt.where(_T.c.scheduled_start <= where.start_to)
-        stmt = stmt.order_by(_T.c.scheduled_start, _T.c.uid)
+            clauses.append(f"{_T.name}.scheduled_start <= :start_to")
+            params["start_to"] = where.start_to
+        sql = f"SELECT uid, state, transaction_uid, dataset FROM {_T.name}"
+        if clauses:
+            sql += " WHERE " + " AND ".join(clauses)
+        sql += f" ORDER BY {_T.name}.scheduled_start, {_T.name}.uid"
         if where.limit is not None:
-            stmt = stmt.limit(where.limit)
+            sql += " LIMIT :limit"
+            params["limit"] = where.limit
+        if self.index.dialect == "postgresql":
+            sql = re.sub(r"(?<![:\w]):(\w+)", r"%(\1)s", sql)
         with self.index.read_engine.connect() as conn:
-            rows = list(conn.execute(stmt))
+            rows = list(conn.exec_driver_sql(sql, params))
             outputs = _outputs(conn, [row.uid for row in rows]) if where.outputs else {}
         return [_workitem(row, outputs.get(row.uid, ())) for row in rows]
 
