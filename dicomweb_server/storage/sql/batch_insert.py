@@ -19,6 +19,7 @@ caller runs the general path, which gives those instances their own outcome.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -29,6 +30,13 @@ from sqlalchemy.engine import Connection
 
 from dicomweb_server.dicom.ingest import InstanceRecord
 from dicomweb_server.storage.interfaces import NewInstance
+
+
+@functools.lru_cache(maxsize=1024)
+def driver_sql(sql: str, postgresql: bool) -> str:
+    """SQL text with ``:name`` parameters in the driver's style (as is for sqlite3,
+    ``%(name)s`` for psycopg), converted once per statement text."""
+    return re.sub(r"(?<![:\w]):(\w+)", r"%(\1)s", sql) if postgresql else sql
 
 
 class NeedsGeneralPath(Exception):
@@ -75,10 +83,7 @@ class BatchInsert:
         (``:name`` for sqlite3, ``%(name)s`` for psycopg)."""
         sql = self._texts.get(key)
         if sql is None:
-            sql = build()
-            if self.postgresql:
-                sql = re.sub(r"(?<![:\w]):(\w+)", r"%(\1)s", sql)
-            self._texts[key] = sql
+            sql = self._texts[key] = driver_sql(build(), self.postgresql)
         return sql
 
     @staticmethod

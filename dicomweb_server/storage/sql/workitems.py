@@ -8,7 +8,6 @@ keeps the merged outputs in its JSON too; the merge skips what is already there.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
@@ -22,6 +21,7 @@ from dicomweb_server.dicom.workitem import Workitem, index_keys
 from dicomweb_server.dicom.workitem_performed import OutputRef, merge_outputs
 from dicomweb_server.errors import Conflict, NotFound
 from dicomweb_server.storage.interfaces import WorkitemFilter
+from dicomweb_server.storage.sql.batch_insert import driver_sql
 from dicomweb_server.storage.sql.index import SqlIndex
 from dicomweb_server.storage.sql.models import WorkitemOutput, WorkitemRow
 
@@ -167,8 +167,7 @@ class SqlWorkitems:
         if where.limit is not None:
             sql += " LIMIT :limit"
             params["limit"] = where.limit
-        if self.index.dialect == "postgresql":
-            sql = re.sub(r"(?<![:\w]):(\w+)", r"%(\1)s", sql)
+        sql = driver_sql(sql, self.index.dialect == "postgresql")
         with self.index.read_engine.connect() as conn:
             rows = list(conn.exec_driver_sql(sql, params))
             outputs = _outputs(conn, [row.uid for row in rows]) if where.outputs else {}
