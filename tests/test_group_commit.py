@@ -64,18 +64,28 @@ def test_an_idle_group_commits_at_once() -> None:
     assert seen == [[1, 2], [3]]
 
 
-def test_callers_waiting_for_a_commit_share_the_next_one() -> None:
-    commit = Recorder()
-    group: GroupCommit[str] = GroupCommit(commit, limit=100)
+def _behind_a_running_commit(
+    commit: Recorder, limit: int, later: list[list[str]]
+) -> tuple[GroupCommit[str], list[BaseException]]:
+    """``["a"]`` starts a commit that blocks; the ``later`` batches queue behind it from
+    their own threads; then it is released and every caller returns. The group, and
+    what the callers raised."""
+    group: GroupCommit[str] = GroupCommit(commit, limit=limit)
     errors: list[BaseException] = []
     first = _start(group, ["a"], errors)
     assert commit.entered.wait(WAIT)
-    others = [_start(group, [f"{n}1", f"{n}2"], errors) for n in "bcd"]
-    _queued(group, 3)
+    others = [_start(group, items, errors) for items in later]
+    _queued(group, len(later))
     commit.release.set()
     for thread in [first, *others]:
         thread.join(WAIT)
         assert not thread.is_alive()
+    return group, errors
+
+
+def test_callers_waiting_for_a_commit_share_the_next_one() -> None:
+    commit = Recorder()
+    _, errors = _behind_a_running_commit(commit, 100, [[f"{n}1", f"{n}2"] for n in "bcd"])
     assert errors == []
     assert commit.batches[0] == ["a"]
     assert len(commit.batches) == 2
@@ -84,15 +94,7 @@ def test_callers_waiting_for_a_commit_share_the_next_one() -> None:
 
 def test_a_group_takes_no_more_than_its_limit() -> None:
     commit = Recorder()
-    group: GroupCommit[str] = GroupCommit(commit, limit=4)
-    errors: list[BaseException] = []
-    first = _start(group, ["a"], errors)
-    assert commit.entered.wait(WAIT)
-    others = [_start(group, [f"{n}1", f"{n}2", f"{n}3"], errors) for n in "bcd"]
-    _queued(group, 3)
-    commit.release.set()
-    for thread in [first, *others]:
-        thread.join(WAIT)
+    _, errors = _behind_a_running_commit(commit, 4, [[f"{n}{k}" for k in "123"] for n in "bcd"])
     assert errors == []
     # Each later commit holds one caller of three items: two would exceed four.
     assert [len(b) for b in commit.batches] == [1, 3, 3, 3]
@@ -103,15 +105,7 @@ def test_a_group_takes_no_more_than_its_limit() -> None:
 
 def test_a_failed_commit_fails_every_caller_it_took_and_no_other() -> None:
     commit = Recorder(fail_on="c1")
-    group: GroupCommit[str] = GroupCommit(commit, limit=100)
-    errors: list[BaseException] = []
-    first = _start(group, ["a"], errors)
-    assert commit.entered.wait(WAIT)
-    others = [_start(group, [f"{n}1"], errors) for n in "bc"]
-    _queued(group, 2)
-    commit.release.set()
-    for thread in [first, *others]:
-        thread.join(WAIT)
+    group, errors = _behind_a_running_commit(commit, 100, [["b1"], ["c1"]])
     assert len(errors) == 2 and all("cannot commit c1" in str(e) for e in errors)
     group.run(["e1"])  # the group still works
     assert commit.batches[-1] == ["e1"]
@@ -130,15 +124,7 @@ def test_an_exception_of_the_leader_reaches_the_leader() -> None:
 
 def test_a_follower_gets_a_new_exception_caused_by_the_leaders() -> None:
     commit = Recorder(fail_on="c1")
-    group: GroupCommit[str] = GroupCommit(commit, limit=100)
-    errors: list[BaseException] = []
-    first = _start(group, ["a"], errors)
-    assert commit.entered.wait(WAIT)
-    others = [_start(group, [f"{n}1"], errors) for n in "bc"]
-    _queued(group, 2)
-    commit.release.set()
-    for thread in [first, *others]:
-        thread.join(WAIT)
+    group, errors = _behind_a_running_commit(commit, 100, [["b1"], ["c1"]])
     # One of b and c led the failed commit and raises its error; the other raises a new
     # one caused by it, so that no exception object is raised in two threads at once.
     assert len(errors) == 2
