@@ -4,6 +4,7 @@ the general path, served without it, and never for an instance that is gone."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -144,6 +145,57 @@ def test_remembered_frames_skip_the_routes(tmp_path: Path, monkeypatch: pytest.M
     bodies = asyncio.run(scenario())
     assert len(located) == 3
     assert bodies[1] == bodies[3] == bytes(ds.PixelData)[512:1024]
+
+
+def test_a_frame_not_all_in_memory_goes_to_the_routes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When part of a frame's bytes (here: its second piece) would need the disk, the
+    request is answered by the general path, whole and correct."""
+    settings = Settings(data_dir=tmp_path / "data")
+    prepare(settings)
+    app = create_app(settings)
+    ds = make_dataset(frames=3, rows=16, columns=16)
+    source = tmp_path / "one.dcm"
+    source.write_bytes(part10(ds))
+    url = f"/dicom-web{path_of(ds)}/frames/2"
+    reads: list[int] = []
+
+    async def scenario() -> list[bytes]:
+        async with app.router.lifespan_context(app):
+            services: Any = app.state.services
+            assert services.store.store_copy(source).stored
+            services.pixels.locate(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+            ready = services.pixels.ready_frame(
+                ds.StudyInstanceUID,
+                ds.SeriesInstanceUID,
+                ds.SOPInstanceUID,
+                2,
+                choose_pixel(OCTET_ANY, single_allowed=True),
+            )
+            ((start, length),) = ready.spans
+            # The same frame as two pieces, the second of them not in memory.
+            pieces = dataclasses.replace(ready, spans=[(start, 100), (start + 100, length - 100)])
+            monkeypatch.setattr(services.pixels, "ready_frame", lambda *args: pieces)
+            read_now_into = services.blobs.read_now_into
+
+            def partly(key: str, offset: int, into: memoryview) -> bool:
+                reads.append(offset)
+                return offset == start and read_now_into(key, offset, into)
+
+            monkeypatch.setattr(services.blobs, "read_now_into", partly)
+            transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 40000))
+            async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
+                bodies = []
+                for _ in range(2):
+                    response = await c.get(url, headers={"Accept": OCTET_ANY})
+                    assert response.status_code == 200
+                    bodies.append(_split(response)[1])
+                return bodies
+
+    bodies = asyncio.run(scenario())
+    assert reads[:2] == [reads[0], reads[0] + 100]  # both pieces tried, the second failed
+    assert bodies == [bytes(ds.PixelData)[512:1024]] * 2
 
 
 def test_large_frames_are_left_to_the_routes(

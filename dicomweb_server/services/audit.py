@@ -7,8 +7,10 @@ Any adapter records through ``AuditTrail.record(AuditEvent(...))``::
     audit.record(AuditEvent(QUERY, "E", OUTCOME_SUCCESS, user="ct1", user_kind="ae-title",
                             source_ip="10.0.0.7", query={"PatientID": "123"}))
 
-The file is opened with O_APPEND for each record and written with a single write, so
-several worker processes can share it and a log rotator may rename it at any time.
+Each record is one write to the file, opened with O_APPEND, so several worker processes
+can share it. The file stays open (a viewer's every frame is a record) and is reopened
+when it was renamed or removed, checked at most once a second: a log rotator may rename
+it at any time, and the records of that second go to the renamed file.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import os
 import queue
 import socket
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
@@ -79,14 +82,25 @@ class AuditEvent:
     def to_json(self) -> bytes:
         # A shallow copy: asdict's deep copy was most of the cost of auditing a request
         # (every frame a viewer fetches is one), and orjson reads the lists as they are.
-        data: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
-        code, meaning = data.pop("event")
-        data["event_id"] = {"code": code, "scheme": "DCM", "meaning": meaning}
-        kind = data.pop("event_type")
-        if kind:
-            data["event_type"] = {"code": kind[0], "scheme": "DCM", "meaning": kind[1]}
-        ordered = {"time": data.pop("time"), **data}
-        return orjson.dumps({k: v for k, v in ordered.items() if v not in (None, [], {}, "")})
+        code, meaning = self.event
+        data: dict[str, Any] = {
+            "time": self.time,
+            "event_id": {"code": code, "scheme": "DCM", "meaning": meaning},
+        }
+        for name in _PLAIN_FIELDS:
+            value = getattr(self, name)
+            if value is not None and value != "" and value != [] and value != {}:
+                data[name] = value
+        if self.event_type:
+            kind, text = self.event_type
+            data["event_type"] = {"code": kind, "scheme": "DCM", "meaning": text}
+        return orjson.dumps(data)
+
+
+# Written as they are, in declaration order, after time and event_id; empty ones left out.
+_PLAIN_FIELDS = tuple(
+    f.name for f in fields(AuditEvent) if f.name not in ("time", "event", "event_type")
+)
 
 
 class AuditSink(Protocol):
@@ -95,22 +109,53 @@ class AuditSink(Protocol):
     def close(self) -> None: ...
 
 
+# How long records may still go to a file after it was renamed (rotated) or removed.
+REOPEN_CHECK_SECONDS = 1.0
+
+
 class JsonlFileSink:
     """Appends each record as one line; the folder is made on first use."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(
+        self,
+        path: Path,
+        reopen_check: float = REOPEN_CHECK_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
+        self._reopen_check, self._clock = reopen_check, clock
+        self._lock = threading.Lock()  # records come from the event loop and threads
+        self._fd: int | None = None
+        self._checked = 0.0
 
     def write(self, line: bytes) -> None:
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        try:
+        with self._lock:
+            fd = self._file()
             os.write(fd, line + b"\n")
-        finally:
-            os.close(fd)
+
+    def _file(self) -> int:
+        now = self._clock()
+        if self._fd is not None and now - self._checked < self._reopen_check:
+            return self._fd
+        self._checked = now
+        if self._fd is not None:
+            try:
+                named, held = os.stat(self.path), os.fstat(self._fd)
+                if (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino):
+                    return self._fd
+            except FileNotFoundError:
+                pass  # rotated away or removed: start a new file
+            os.close(self._fd)
+            self._fd = None
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        return self._fd
 
     def close(self) -> None:
-        pass
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
 
 
 class SyslogSink:

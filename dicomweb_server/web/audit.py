@@ -23,6 +23,8 @@ from dicomweb_server.services import audit
 from dicomweb_server.services.audit import AuditEvent
 
 _SEGMENT = re.compile(r"(?:^|/)(studies|series|instances)/([^/]+)")
+_SUBSCRIPTION = re.compile(r"/workitems/[^/]+/subscribers/[^/]+(/suspend)?")
+_OBJECTS = re.compile(r"(/studies/[^/]+)(/series/[^/]+)?(/instances/[^/]+)?")
 _SEARCH_ENDS = ("studies", "series", "instances", "workitems")
 _WADO_URI = {"studyUID": "study_uids", "seriesUID": "series_uids", "objectUID": "sop_instance_uids"}
 _MAX_VALUE = 256
@@ -36,6 +38,8 @@ def note(request: Request) -> AuditEvent | None:
 
 
 def _query(raw: bytes) -> dict[str, str]:
+    if not raw:
+        return {}
     pairs = parse_qsl(raw.decode("latin-1"), keep_blank_values=True)[:_MAX_PARAMS]
     return {k[:64]: v[:_MAX_VALUE] for k, v in pairs}
 
@@ -55,16 +59,17 @@ def classify(method: str, path: str, root: str, query_string: bytes) -> AuditEve
     if path != root and not path.startswith(root + "/"):
         return None
     rest = path[len(root) :]
-    if re.fullmatch(r"/workitems/[^/]+/subscribers/[^/]+(/suspend)?", rest):
+    if "/subscribers/" in rest and _SUBSCRIPTION.fullmatch(rest):
         return None  # UPS subscriptions: AE titles and UIDs, no patient data
-    last = rest.rstrip("/").rsplit("/", 1)[-1]
+    segments = rest.rstrip("/").rsplit("/", 2)
+    last = segments[-1]
     if method == "DELETE":
         event = AuditEvent(audit.STUDY_DELETED, "D", 0)
     elif method in ("POST", "PUT"):
         event = AuditEvent(audit.INSTANCES_TRANSFERRED, "C" if method == "POST" else "U", 0)
     elif last in _SEARCH_ENDS:
         event = AuditEvent(audit.QUERY, "E", 0, query=_query(query_string))
-    elif re.fullmatch(r"(/studies/[^/]+)(/series/[^/]+)?(/instances/[^/]+)?", rest):
+    elif len(segments) == 3 and segments[1] in _SEARCH_ENDS[:3] and _OBJECTS.fullmatch(rest):
         # The objects themselves are sent to the requester.
         event = AuditEvent(audit.INSTANCES_TRANSFERRED, "R", 0, query=_query(query_string))
     else:  # metadata, bulk data, frames, rendered, thumbnails, ...
