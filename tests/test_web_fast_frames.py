@@ -12,6 +12,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 from pydicom.dataset import Dataset
+from starlette.applications import Starlette
 
 from dicomweb_server.bootstrap import build_services, prepare
 from dicomweb_server.config import Settings
@@ -106,13 +107,18 @@ def test_a_deleted_instance_is_not_served_from_memory(server: Server) -> None:
     assert http().get(f"{url}/frames/2", headers={"Accept": OCTET_ANY}).status_code == 404
 
 
-def test_remembered_frames_skip_the_routes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _app_and_source(tmp_path: Path) -> tuple[Starlette, Dataset, Path]:
+    """An app on an empty archive, and a 3-frame 16x16 instance in a file to store."""
     settings = Settings(data_dir=tmp_path / "data")
     prepare(settings)
-    app = create_app(settings)
     ds = make_dataset(frames=3, rows=16, columns=16)
     source = tmp_path / "one.dcm"
     source.write_bytes(part10(ds))
+    return create_app(settings), ds, source
+
+
+def test_remembered_frames_skip_the_routes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    app, ds, source = _app_and_source(tmp_path)
     url = f"/dicom-web{path_of(ds)}/frames"
     located: list[str] = []
 
@@ -152,12 +158,7 @@ def test_a_frame_not_all_in_memory_goes_to_the_routes(
 ) -> None:
     """When part of a frame's bytes (here: its second piece) would need the disk, the
     request is answered by the general path, whole and correct."""
-    settings = Settings(data_dir=tmp_path / "data")
-    prepare(settings)
-    app = create_app(settings)
-    ds = make_dataset(frames=3, rows=16, columns=16)
-    source = tmp_path / "one.dcm"
-    source.write_bytes(part10(ds))
+    app, ds, source = _app_and_source(tmp_path)
     url = f"/dicom-web{path_of(ds)}/frames/2"
     reads: list[int] = []
 
@@ -181,7 +182,7 @@ def test_a_frame_not_all_in_memory_goes_to_the_routes(
 
             def partly(key: str, offset: int, into: memoryview) -> bool:
                 reads.append(offset)
-                return offset == start and read_now_into(key, offset, into)
+                return offset == start and bool(read_now_into(key, offset, into))
 
             monkeypatch.setattr(services.blobs, "read_now_into", partly)
             transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 40000))

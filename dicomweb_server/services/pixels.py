@@ -71,6 +71,17 @@ class Output:
         return f"{self.media_type}; transfer-syntax={self.transfer_syntax}"
 
 
+@dataclass(frozen=True)
+class ReadyFrame:
+    """A frame ``ready_frame`` found answerable at once: how it goes out, its size, and
+    where its stored bytes are (one span, or an encapsulated frame's fragments)."""
+
+    output: Output
+    length: int
+    blob_key: str
+    spans: Sequence[tuple[int, int]]
+
+
 def parse_frame_list(text: str) -> list[int]:
     """``1,3,7`` -> [1, 3, 7]. Frame numbers start at 1 (PS3.18 10.4.1.1.4: frames
     are identified by their number, PS3.3 C.7.6.6 counts from 1); anything else is a
@@ -197,10 +208,11 @@ class PixelService:
 
     def ready_frame(
         self, study: str, series: str, sop: str, number: int, wanted: Sequence[Wanted]
-    ) -> tuple[Output, bytes | bytearray] | None:
+    ) -> ReadyFrame | None:
         """Frame ``number`` when it can be answered without waiting: the instance was
-        located before (no index query), the frame goes out as its stored bytes (no
-        decoding, shifting or swapping), and those bytes are in memory (``read_now``).
+        located before (no index query) and the frame goes out as its stored bytes (no
+        decoding, shifting or swapping). The caller reads them with ``read_ready``,
+        which says whether they were in memory.
 
         None sends the request down the general path (``locate``, ``output``,
         ``frames`` in a worker thread), which also gives every error its answer.
@@ -226,15 +238,21 @@ class PixelService:
             spans: Sequence[tuple[int, int]] = [(start, length)]
         else:
             spans = table.fragments[number - 1]
-        if sum(length for _, length in spans) > READY_FRAME_LIMIT:
+        total = sum(length for _, length in spans)
+        if total > READY_FRAME_LIMIT:
             return None  # copying it would hold up the event loop
-        pieces = []
-        for offset, length in spans:
-            data = self.blobs.read_now(hit.instance.blob_key, offset, length)
-            if data is None:
-                return None
-            pieces.append(data)
-        return out, pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        return ReadyFrame(out, total, hit.instance.blob_key, spans)
+
+    def read_ready(self, ready: ReadyFrame, into: memoryview) -> bool:
+        """A ready frame's bytes into ``into`` (``ready.length`` bytes) if they are all
+        in memory (for the event loop, which must not wait on a disk); False (the buffer
+        then undefined) sends the request down the general path."""
+        at = 0
+        for offset, length in ready.spans:
+            if not self.blobs.read_now_into(ready.blob_key, offset, into[at : at + length]):
+                return False
+            at += length
+        return True
 
     # -- choosing the output ---------------------------------------------------------
 

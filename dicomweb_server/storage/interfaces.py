@@ -72,6 +72,12 @@ class BlobStore(Protocol):
         callers on an event loop, which must not block on a disk."""
         ...
 
+    def read_now_into(self, key: str, offset: int, into: bytearray | memoryview) -> bool:
+        """``read_now`` into a caller's buffer (``len(into)`` bytes), so a response can
+        be assembled around the bytes without copying them again; False as None above
+        (the buffer's content is then undefined)."""
+        ...
+
     def delete(self, key: str) -> None:
         """Remove a blob; a missing one is not an error."""
         ...

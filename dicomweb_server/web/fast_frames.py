@@ -82,29 +82,44 @@ class FastFrames:
         ready = services.pixels.ready_frame(study, series, sop, int(frame), wanted)
         if ready is None:
             return False
-        out, data = ready
+        out = ready.output
+        # The whole body in one buffer, the frame read straight into its place: one
+        # write to the socket and no copy of the frame after the read.
         if out.multipart:
             boundary = new_boundary()
             head = part_header(
                 boundary,
                 {
                     "Content-Type": out.content_type,
-                    "Content-Location": str(URL(scope=scope)),
-                    "Content-Length": str(len(data)),
+                    "Content-Location": _location(scope),
+                    "Content-Length": str(ready.length),
                 },
             )
-            pieces = [head, data, closing_delimiter(boundary)]
+            tail = closing_delimiter(boundary)
             media = f'multipart/related; type="{out.media_type}"; boundary={boundary}'
         else:
-            pieces = [data]
+            head = tail = b""
             media = out.content_type
+        start, end = len(head), len(head) + ready.length
+        body = bytearray(end + len(tail))
+        body[:start] = head
+        body[end:] = tail
+        if not services.pixels.read_ready(ready, memoryview(body)[start:end]):
+            return False
         headers = [
             (b"cache-control", FRAMES_CACHE_CONTROL.encode()),
-            (b"content-length", str(sum(len(p) for p in pieces)).encode()),
+            (b"content-length", str(len(body)).encode()),
             (b"content-type", media.encode("latin-1")),
         ]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
-        last = len(pieces) - 1
-        for i, piece in enumerate(pieces):
-            await send({"type": "http.response.body", "body": piece, "more_body": i < last})
+        await send({"type": "http.response.body", "body": body})
         return True
+
+
+def _location(scope: Scope) -> str:
+    """The request's URL, as Starlette's ``URL(scope=scope)`` gives it for a request
+    without root path or query (the only ones answered here), without its parsing."""
+    for name, value in scope["headers"]:
+        if name == b"host":
+            return f"{scope.get('scheme', 'http')}://{value.decode('latin-1')}{scope['path']}"
+    return str(URL(scope=scope))
