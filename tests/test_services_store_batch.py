@@ -287,6 +287,68 @@ def test_a_uid_repeated_in_one_batch_follows_the_duplicate_policy(services: Serv
     assert len(blob_files(services)) == 1
 
 
+def _twins() -> tuple[bytes, bytes]:
+    """Two objects with one SOP Instance UID, the same size and different bytes."""
+    first = make_dataset(patient_name="Doe^Jane")
+    twin = make_dataset(
+        sop=str(first.SOPInstanceUID),
+        study=str(first.StudyInstanceUID),
+        series=str(first.SeriesInstanceUID),
+        patient_name="Doe^Jana",
+    )
+    a, b = to_part10(first), to_part10(twin)
+    assert len(a) == len(b) and a != b
+    return a, b
+
+
+def test_a_duplicate_of_the_same_size_is_told_apart_by_its_bytes(services: Services) -> None:
+    data, twin = _twins()
+    assert services.store.store_batch([spool(services, data)])[0].stored
+    (again,) = services.store.store_batch([spool(services, data)])
+    assert again.stored and again.duplicate and again.warning_reason is None  # idempotent
+    (other,) = services.store.store_batch([spool(services, twin)])
+    assert other.duplicate and other.warning_reason == status.DUPLICATE_KEPT_WARNING
+    (blob,) = blob_files(services)
+    assert blob.read_bytes() == data
+
+
+def test_a_recorded_hash_spares_reading_the_stored_copy(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows written before hashes became lazy carry one: it is used as it is."""
+    data, twin = _twins()
+    (outcome,) = services.store.store_batch([spool(services, data)])
+    stored = services.index.find_instance(outcome.sop_instance_uid or "")
+    assert stored is not None and stored.content_hash == ""
+    record = analyse(io.BytesIO(data))
+    digest = hashlib.sha256(data).hexdigest()
+    services.index.replace_instance(record, stored.blob_key, len(data), digest)
+    opened: list[str] = []
+    real_open = services.blobs.open
+
+    def counting(key: str) -> Any:
+        opened.append(key)
+        return real_open(key)
+
+    monkeypatch.setattr(services.blobs, "open", counting)
+    (again,) = services.store.store_batch([spool(services, data)])
+    assert again.stored and again.warning_reason is None
+    (other,) = services.store.store_batch([spool(services, twin)])
+    assert other.warning_reason == status.DUPLICATE_KEPT_WARNING
+    assert stored.blob_key not in opened
+
+
+def test_a_duplicate_of_an_instance_whose_blob_is_gone_is_not_the_same(
+    services: Services,
+) -> None:
+    data, _ = _twins()
+    assert services.store.store_batch([spool(services, data)])[0].stored
+    (blob,) = blob_files(services)
+    blob.unlink()
+    (again,) = services.store.store_batch([spool(services, data)])
+    assert again.duplicate and again.warning_reason == status.DUPLICATE_KEPT_WARNING
+
+
 def test_study_uid_mismatch_fails_only_that_instance(services: Services) -> None:
     study = uid()
     outcomes = services.store.store_batch(
@@ -322,29 +384,35 @@ def _spool_file(services: Services, data: bytes) -> Any:
     return spooled
 
 
-def test_spool_files_are_hashed_as_written_and_synced_once(
+def test_spool_files_are_synced_once_and_not_read_again(
     services: Services, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A finished spool file's fsync runs in the background; storing it uses that fsync's
-    outcome instead of syncing the file again, and its hash instead of reading it again."""
+    outcome instead of syncing the file again, and new instances are not hashed (only a
+    duplicate's bytes are compared with the stored ones)."""
+    digests: list[tuple[Any, ...]] = []
+    sha256 = hashlib.sha256
+
+    def counting(*args: Any) -> Any:
+        digests.append(args)
+        return sha256(*args)
+
+    monkeypatch.setattr(hashlib, "sha256", counting)
     data = [to_part10(make_dataset()) for _ in range(3)]
     spooled = [_spool_file(services, d) for d in data]
     for item in spooled:
         assert item.synced.result(timeout=10) is None
-    assert [s.content_hash for s in spooled] == [hashlib.sha256(d).hexdigest() for d in data]
     synced_again: list[Path] = []
     monkeypatch.setattr(
         "dicomweb_server.storage.blob_fs._fsync_file", lambda path: synced_again.append(path)
     )
-    read_again: list[Path] = []
-    monkeypatch.setattr("dicomweb_server.services.store._sha256", read_again.append)
+    hashed: list[Any] = []
+    monkeypatch.setattr("dicomweb_server.services.store._sha256", hashed.append)
     outcomes = services.store.store_batch(spooled)
     assert [o.stored for o in outcomes] == [True] * 3
-    assert synced_again == [] and read_again == []
+    assert synced_again == [] and hashed == [] and digests == []
     stored = services.index.find_instances(o.sop_instance_uid or "" for o in outcomes)
-    assert sorted(i.content_hash for i in stored.values()) == sorted(
-        s.content_hash for s in spooled
-    )
+    assert sorted(i.blob_size for i in stored.values()) == sorted(len(d) for d in data)
 
 
 def test_a_failed_background_fsync_fails_its_instance_only(
@@ -373,7 +441,7 @@ def test_a_spool_file_given_a_preamble_is_synced_as_rewritten(
     services: Services, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A part without the 128-byte preamble is rewritten before storing: the background
-    fsync was of the old file, so the new one is synced (and hashed) itself."""
+    fsync was of the old file, so the new one is synced itself."""
     part10 = to_part10(make_dataset())
     spooled = _spool_file(services, part10[132:])  # the meta header, no preamble or DICM
     synced_again: list[Path] = []
@@ -390,8 +458,8 @@ def test_a_spool_file_given_a_preamble_is_synced_as_rewritten(
     stored = services.index.find_instance(outcome.sop_instance_uid or "")
     assert stored is not None
     (blob,) = blob_files(services)
-    assert stored.content_hash == hashlib.sha256(blob.read_bytes()).hexdigest()
     assert blob.read_bytes() == part10
+    assert stored.blob_size == len(part10)
 
 
 def test_index_rows_are_written_while_directories_sync_and_committed_after(
