@@ -92,7 +92,7 @@ def test_leeway_and_roles_as_a_string(tmp_path: Path) -> None:
 
 def test_audit_search_filters_and_rotation(tmp_path: Path) -> None:
     path = tmp_path / "audit" / "audit.jsonl"
-    trail = AuditTrail([JsonlFileSink(path, reopen_check=0)])
+    trail = AuditTrail([JsonlFileSink(path)])
     for i in range(5):
         event = AuditEvent(QUERY, "E", 0, user=f"u{i % 2}", query={"PatientID": f"P{i}"})
         event.time = f"2026-01-0{i + 1}T00:00:00+00:00"
@@ -112,32 +112,28 @@ def test_audit_search_filters_and_rotation(tmp_path: Path) -> None:
     assert (path.stat().st_mode & 0o777) == 0o600
 
 
-def test_audit_file_stays_open_until_rotation_is_seen(tmp_path: Path) -> None:
-    """Kept open between records (a viewer's every frame is one); a rename or removal
-    is noticed at the next check, and nothing written in between is lost."""
+def test_audit_file_stays_open_and_follows_rotation(tmp_path: Path) -> None:
+    """Kept open between records (a viewer's every frame is one); a rename or removal is
+    seen at the next record, which starts a new file; nothing is written after close."""
     path = tmp_path / "audit" / "audit.jsonl"
-    now = [100.0]
-    sink = JsonlFileSink(path, reopen_check=1.0, clock=lambda: now[0])
-    try:
-        sink.write(b"a")
-        path.rename(path.with_name("audit.jsonl.1"))  # what logrotate does
-        now[0] += 0.5
-        sink.write(b"b")  # the same open file, now the rotated one
-        assert not path.exists()
-        now[0] += 0.6
-        sink.write(b"c")
-        assert path.with_name("audit.jsonl.1").read_bytes() == b"a\nb\n"
-        assert path.read_bytes() == b"c\n"
-        assert (path.stat().st_mode & 0o777) == 0o600
-        path.unlink()  # removed by hand
-        now[0] += 1.1
-        sink.write(b"d")
-        assert path.read_bytes() == b"d\n"
-        now[0] += 1.1
-        sink.write(b"e")  # unchanged: the same file, appended
-        assert path.read_bytes() == b"d\ne\n"
-    finally:
-        sink.close()
+    sink = JsonlFileSink(path)
+    fds = len(os.listdir("/proc/self/fd"))
+    sink.write(b"a")
+    sink.write(b"b")
+    assert len(os.listdir("/proc/self/fd")) == fds + 1  # one file, kept open
+    path.rename(path.with_name("audit.jsonl.1"))  # what logrotate does
+    sink.write(b"c")
+    assert path.with_name("audit.jsonl.1").read_bytes() == b"a\nb\n"
+    assert path.read_bytes() == b"c\n"
+    assert (path.stat().st_mode & 0o777) == 0o600
+    path.unlink()  # removed by hand
+    sink.write(b"d")
+    assert path.read_bytes() == b"d\n"
+    assert len(os.listdir("/proc/self/fd")) == fds + 1
+    sink.close()
+    sink.write(b"e")  # a straggler at shutdown: appended, no file left open
+    assert path.read_bytes() == b"d\ne\n"
+    assert len(os.listdir("/proc/self/fd")) == fds
 
 
 def test_policy_table() -> None:

@@ -8,9 +8,9 @@ Any adapter records through ``AuditTrail.record(AuditEvent(...))``::
                             source_ip="10.0.0.7", query={"PatientID": "123"}))
 
 Each record is one write to the file, opened with O_APPEND, so several worker processes
-can share it. The file stays open (a viewer's every frame is a record) and is reopened
-when it was renamed or removed, checked at most once a second: a log rotator may rename
-it at any time, and the records of that second go to the renamed file.
+can share it. The file stays open (a viewer's every frame is a record); before each
+record, the path is checked to still name it, so a log rotator may rename the file at
+any time and the next record starts a new one.
 """
 
 from __future__ import annotations
@@ -21,8 +21,7 @@ import os
 import queue
 import socket
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
@@ -109,50 +108,52 @@ class AuditSink(Protocol):
     def close(self) -> None: ...
 
 
-# How long records may still go to a file after it was renamed (rotated) or removed.
-REOPEN_CHECK_SECONDS = 1.0
-
-
 class JsonlFileSink:
     """Appends each record as one line; the folder is made on first use."""
 
-    def __init__(
-        self,
-        path: Path,
-        reopen_check: float = REOPEN_CHECK_SECONDS,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
+    def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._reopen_check, self._clock = reopen_check, clock
         self._lock = threading.Lock()  # records come from the event loop and threads
         self._fd: int | None = None
-        self._checked = 0.0
+        self._held: tuple[int, int] | None = None  # (device, inode) of the open file
+        self._closed = False
 
     def write(self, line: bytes) -> None:
         with self._lock:
-            fd = self._file()
-            os.write(fd, line + b"\n")
+            if self._closed:  # a straggler at shutdown: written, nothing left open
+                fd = self._open()
+                try:
+                    os.write(fd, line + b"\n")
+                finally:
+                    os.close(fd)
+                return
+            os.write(self._file(), line + b"\n")
 
     def _file(self) -> int:
-        now = self._clock()
-        if self._fd is not None and now - self._checked < self._reopen_check:
-            return self._fd
-        self._checked = now
+        # One stat per record (cheaper than the open and close it replaces): a file
+        # renamed or removed by a rotator gets no record after that, so none is lost
+        # with the rotated file when that is compressed and deleted at once.
+        try:
+            named = os.stat(self.path)
+            if self._fd is not None and (named.st_dev, named.st_ino) == self._held:
+                return self._fd
+        except FileNotFoundError:
+            pass
         if self._fd is not None:
-            try:
-                named, held = os.stat(self.path), os.fstat(self._fd)
-                if (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino):
-                    return self._fd
-            except FileNotFoundError:
-                pass  # rotated away or removed: start a new file
             os.close(self._fd)
             self._fd = None
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self._fd = self._open()
+        held = os.fstat(self._fd)
+        self._held = (held.st_dev, held.st_ino)
         return self._fd
+
+    def _open(self) -> int:
+        return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
