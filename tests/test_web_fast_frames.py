@@ -153,6 +153,29 @@ def test_remembered_frames_skip_the_routes(tmp_path: Path, monkeypatch: pytest.M
     assert bodies[1] == bodies[3] == bytes(ds.PixelData)[512:1024]
 
 
+@pytest.mark.parametrize("host", ["ex:99999", "user@host", "a b", "example.org:8443"])
+def test_content_location_is_the_general_paths_for_any_host(tmp_path: Path, host: str) -> None:
+    """Host values Starlette refuses give way to the server's address on both paths."""
+    app, ds, source = _app_and_source(tmp_path)
+    url = f"/dicom-web{path_of(ds)}/frames/2"
+
+    async def scenario() -> list[str]:
+        async with app.router.lifespan_context(app):
+            assert app.state.services.store.store_copy(source).stored
+            transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 40000))
+            async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
+                seen = []
+                for query in ("", "", f"?accept={quote(OCTET_ANY)}"):  # located, fast, general
+                    response = await c.get(url + query, headers={"Accept": OCTET_ANY, "Host": host})
+                    assert response.status_code == 200
+                    seen.append(_split(response)[0]["Content-Location"])
+                return seen
+
+    first, fast, general = asyncio.run(scenario())
+    assert fast == general == first
+    assert fast.endswith(url)
+
+
 def test_a_frame_not_all_in_memory_goes_to_the_routes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

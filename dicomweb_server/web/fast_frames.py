@@ -117,9 +117,21 @@ class FastFrames:
 
 
 def _location(scope: Scope) -> str:
-    """The request's URL, as Starlette's ``URL(scope=scope)`` gives it for a request
-    without root path or query (the only ones answered here), without its parsing."""
-    for name, value in scope["headers"]:
-        if name == b"host":
-            return f"{scope.get('scheme', 'http')}://{value.decode('latin-1')}{scope['path']}"
-    return str(URL(scope=scope))
+    """The request's URL as Starlette's ``URL(scope=scope)`` gives it (the general
+    path's Content-Location), its scheme and host part parsed once per distinct
+    scheme, Host header and server address: the path is all that changes."""
+    host = next((value for name, value in scope["headers"] if name == b"host"), None)
+    key = (scope.get("scheme"), host, scope.get("server"))
+    path: str = scope["path"]
+    prefix = _PREFIXES.get(key)
+    if prefix is not None:
+        return prefix + path
+    url = str(URL(scope=scope))
+    if url.endswith(path):  # always, for the requests answered here
+        if len(_PREFIXES) >= _ACCEPTS:
+            _PREFIXES.clear()
+        _PREFIXES[key] = url[: len(url) - len(path)]
+    return url
+
+
+_PREFIXES: dict[tuple[object, bytes | None, object], str] = {}
