@@ -338,15 +338,19 @@ def test_a_recorded_hash_spares_reading_the_stored_copy(
     assert stored.blob_key not in opened
 
 
-def test_a_duplicate_of_an_instance_whose_blob_is_gone_is_not_the_same(
-    services: Services,
-) -> None:
-    data, _ = _twins()
+def test_sending_again_repairs_an_instance_whose_blob_is_gone(services: Services) -> None:
+    """What `check` reports as missing is repaired by sending it again, whatever the
+    duplicate policy (keep-first here): the new copy takes the missing one's place."""
+    data, twin = _twins()
     assert services.store.store_batch([spool(services, data)])[0].stored
     (blob,) = blob_files(services)
     blob.unlink()
-    (again,) = services.store.store_batch([spool(services, data)])
-    assert again.duplicate and again.warning_reason == status.DUPLICATE_KEPT_WARNING
+    (again,) = services.store.store_batch([spool(services, twin)])
+    assert again.stored and again.duplicate and again.warning_reason is None
+    (blob,) = blob_files(services)
+    assert blob.read_bytes() == twin
+    stored = services.index.find_instance(again.sop_instance_uid or "")
+    assert stored is not None and services.blobs.path_of(stored.blob_key) == blob
 
 
 def test_study_uid_mismatch_fails_only_that_instance(services: Services) -> None:

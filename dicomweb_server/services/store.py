@@ -60,6 +60,15 @@ class StoreOutcome:
     message: str = ""
 
 
+def _same_bytes(a: BinaryIO, b: BinaryIO) -> bool:
+    while True:
+        chunk = a.read(1 << 20)
+        if chunk != b.read(1 << 20):
+            return False
+        if not chunk:
+            return True
+
+
 def _sha256(fh: BinaryIO) -> str:
     digest = hashlib.sha256()
     while chunk := fh.read(1 << 20):
@@ -463,36 +472,44 @@ class StoreService:
         ds.save_as(tmp, enforce_file_format=True)
         os.replace(tmp, path)
 
-    def _same_content(self, stored: StoredInstance, item: _Pending) -> bool:
-        """Whether a duplicate's bytes are the stored instance's: sizes first, then the
-        SHA-256 of both, read now. Only duplicates pay for it: hashing every object as
-        it arrived was 16% of a request of CT slices. Rows written before then carry
-        their hash; newer ones leave it empty."""
+    def _compare(self, stored: StoredInstance, item: _Pending) -> str:
+        """ "same", "different", or "missing" (the stored copy is gone or unreadable):
+        sizes first, then the bytes, read now. Only duplicates pay for it: hashing
+        every object as it arrived was 16% of a request of CT slices. Rows written
+        before then carry a SHA-256, which is used as it is; newer ones carry none and
+        the two files are compared, stopping at the first difference."""
+        if not self.blobs.exists(stored.blob_key):
+            return "missing"
         if stored.blob_size != item.size:
-            return False
+            return "different"
         try:
-            if item.moved:
-                assert item.key is not None
-                with self.blobs.open(item.key) as fh:
-                    item.content_hash = _sha256(fh)
-            else:
-                with open(item.path, "rb") as fh:
-                    item.content_hash = _sha256(fh)
-            old = stored.content_hash
-            if not old:
-                with self.blobs.open(stored.blob_key) as fh:
-                    old = _sha256(fh)
+            with contextlib.ExitStack() as files:
+                if item.moved:
+                    assert item.key is not None
+                    new = files.enter_context(self.blobs.open(item.key))
+                else:
+                    new = files.enter_context(open(item.path, "rb"))
+                if stored.content_hash:
+                    item.content_hash = _sha256(new)
+                    same = item.content_hash == stored.content_hash
+                else:
+                    same = _same_bytes(new, files.enter_context(self.blobs.open(stored.blob_key)))
         except (OSError, StorageUnavailable) as exc:
-            # A stored blob gone or unreadable holds no bytes to be equal to.
-            log.warning("instance %s: comparing with the stored copy: %s", item.uid, exc)
-            return False
-        return old == item.content_hash
+            log.warning("instance %s: the stored copy is unreadable: %s", item.uid, exc)
+            return "missing"
+        return "same" if same else "different"
 
     def _resolve_duplicate(self, stored: StoredInstance, item: _Pending) -> bool:
         """Apply the duplicate policy; True means the new content must replace the old."""
         outcome = item.outcome
         outcome.duplicate = True
-        if self._same_content(stored, item):
+        found = self._compare(stored, item)
+        if found == "missing":
+            # Sent again to repair what `check` reported: whatever the policy, the new
+            # copy takes the place of one that cannot be served.
+            log.warning("instance %s: stored copy missing, replaced by the one received", item.uid)
+            return True
+        if found == "same":
             outcome.stored = True  # the same bytes again: idempotent success
             return False
         policy = self.settings.duplicate_policy
