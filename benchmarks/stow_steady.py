@@ -1,7 +1,7 @@
 """Steady-state STOW-RS of the small corpus, with where the servers' CPU time went.
 
-`python -m benchmarks.stow_steady [--clients 1] [--workers 2] [--target ours|orthanc]
-[--warmup 50] [--rounds 1] [--dir DIR]`
+`python -m benchmarks.stow_steady [--clients 1] [--workers 2]
+[--target ours|orthanc|both] [--warmup 50] [--rounds 1] [--dir DIR]`
 
 The full run's STOW phases are short (2,500 small instances with one client, about two
 seconds) and begin on a server just started, so they mix start-up costs and the VM's
@@ -10,6 +10,11 @@ into a fresh server: ``--warmup`` requests first, untimed, then the rest timed; 
 instances/s, request p50 and how busy the machine and the server's processes were
 (user and kernel time, from /proc), which says whether a change saved CPU or waiting.
 Each round uses a new server and data folder.
+
+``--target both`` runs ours and Orthanc back to back in every round, in turns (ours first
+in odd rounds), and prints each round's ratio and their median: on a VM whose speed
+drifts by tens of percent within minutes, a ratio of two runs seconds apart says more
+than two runs of a full benchmark minutes apart.
 """
 
 from __future__ import annotations
@@ -78,11 +83,31 @@ def _round(target: Target, data: list[bytes], clients: int, warmup: int) -> dict
     }
 
 
+def _one(name: str, n: int, data: list[bytes], args: argparse.Namespace) -> float:
+    """One round of one server, printed; its instances/s."""
+    work = Path(tempfile.mkdtemp(prefix="stow-steady-", dir=args.dir))
+    try:
+        target: Target = (
+            OursTarget(work, workers=args.workers) if name == "ours" else OrthancTarget(work)
+        )
+        r = _round(target, data, args.clients, args.warmup)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(
+        f"round {n}: {name}, {args.clients} client(s): "
+        f"{r['instances_per_s']:,.0f} instances/s, request p50 {r['request_p50_ms']:.1f} ms;"
+        f" machine {r['machine_busy_pct']:.0f}% busy; server user"
+        f" {r['server_user_pct']:.0f}% + kernel {r['server_kernel_pct']:.0f}% of one core",
+        flush=True,
+    )
+    return r["instances_per_s"]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.stow_steady", description=__doc__)
     parser.add_argument("--clients", type=int, default=1)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--target", choices=("ours", "orthanc"), default="ours")
+    parser.add_argument("--target", choices=("ours", "orthanc", "both"), default="ours")
     parser.add_argument("--warmup", type=int, default=50, help="untimed requests first")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument(
@@ -97,25 +122,21 @@ def main(argv: list[str] | None = None) -> int:
         print("no corpus: run `python -m benchmarks corpus` once to build it")
         return 2
     data = [f.read_bytes() for f in files]
+    ratios: list[float] = []
     for n in range(1, args.rounds + 1):
-        work = Path(tempfile.mkdtemp(prefix="stow-steady-", dir=args.dir))
-        try:
-            target: Target = (
-                OursTarget(work, workers=args.workers)
-                if args.target == "ours"
-                else OrthancTarget(work)
-            )
-            r = _round(target, data, args.clients, args.warmup)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+        names = ["ours", "orthanc"] if args.target == "both" else [args.target]
+        rates: dict[str, float] = {}
+        for name in names if n % 2 else names[::-1]:
+            rates[name] = _one(name, n, data, args)
+            time.sleep(1)
+        if len(rates) == 2:
+            ratios.append(rates["ours"] / rates["orthanc"])
+            print(f"round {n}: ours / orthanc = {ratios[-1]:.2f}x", flush=True)
+    if ratios:
         print(
-            f"round {n}: {args.target}, {args.clients} client(s): "
-            f"{r['instances_per_s']:,.0f} instances/s, request p50 {r['request_p50_ms']:.1f} ms;"
-            f" machine {r['machine_busy_pct']:.0f}% busy; server user"
-            f" {r['server_user_pct']:.0f}% + kernel {r['server_kernel_pct']:.0f}% of one core",
-            flush=True,
+            f"{args.clients} client(s), {len(ratios)} round(s): ours / orthanc median"
+            f" {statistics.median(ratios):.2f}x (range {min(ratios):.2f}x-{max(ratios):.2f}x)"
         )
-        time.sleep(1)
     return 0
 
 
