@@ -15,6 +15,7 @@ part headers, Cache-Control).
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from starlette.datastructures import URL
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -32,8 +33,8 @@ _FRAME = re.compile(
     r"/studies/([0-9.]{1,64})/series/([0-9.]{1,64})/instances/([0-9.]{1,64})"
     r"/frames/([1-9][0-9]{0,8})"
 )
-# Distinct Accept headers remembered: a viewer sends the same one every time.
-_ACCEPTS = 64
+# Distinct Accept headers (and hosts) remembered: a viewer sends the same ones every time.
+_REMEMBERED = 64
 
 
 class FastFrames:
@@ -42,6 +43,8 @@ class FastFrames:
         self.root = settings.dicomweb_root
         self.prefix = self.root + "/studies/"
         self._wanted: dict[str | None, list[Wanted] | None] = {}
+        # Content-Location's scheme and host part, per scheme, Host header and server.
+        self._prefixes: dict[tuple[object, bytes | None, object], str] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
@@ -63,9 +66,7 @@ class FastFrames:
             wanted: list[Wanted] | None = choose_pixel(accept, single_allowed=True)
         except NotAcceptable:
             wanted = None  # the routes answer 406 with the reasons
-        if len(self._wanted) >= _ACCEPTS:
-            self._wanted.clear()
-        self._wanted[accept] = wanted
+        _remember(self._wanted, accept, wanted)
         return wanted
 
     async def _answer(
@@ -91,7 +92,7 @@ class FastFrames:
                 boundary,
                 {
                     "Content-Type": out.content_type,
-                    "Content-Location": _location(scope),
+                    "Content-Location": self._location(scope),
                     "Content-Length": str(ready.length),
                 },
             )
@@ -115,23 +116,25 @@ class FastFrames:
         await send({"type": "http.response.body", "body": body})
         return True
 
-
-def _location(scope: Scope) -> str:
-    """The request's URL as Starlette's ``URL(scope=scope)`` gives it (the general
-    path's Content-Location), its scheme and host part parsed once per distinct
-    scheme, Host header and server address: the path is all that changes."""
-    host = next((value for name, value in scope["headers"] if name == b"host"), None)
-    key = (scope.get("scheme"), host, scope.get("server"))
-    path: str = scope["path"]
-    prefix = _PREFIXES.get(key)
-    if prefix is not None:
-        return prefix + path
-    url = str(URL(scope=scope))
-    if url.endswith(path):  # always, for the requests answered here
-        if len(_PREFIXES) >= _ACCEPTS:
-            _PREFIXES.clear()
-        _PREFIXES[key] = url[: len(url) - len(path)]
-    return url
+    def _location(self, scope: Scope) -> str:
+        """The request's URL as Starlette's ``URL(scope=scope)`` gives it (the general
+        path's Content-Location), its scheme and host part parsed once per distinct
+        scheme, Host header and server address: the path is all that changes."""
+        host = next((value for name, value in scope["headers"] if name == b"host"), None)
+        key = (scope.get("scheme"), host, scope.get("server"))
+        path: str = scope["path"]
+        prefix = self._prefixes.get(key)
+        if prefix is not None:
+            return prefix + path
+        url = str(URL(scope=scope))
+        if url.endswith(path):  # always, for the requests answered here
+            _remember(self._prefixes, key, url[: len(url) - len(path)])
+        return url
 
 
-_PREFIXES: dict[tuple[object, bytes | None, object], str] = {}
+def _remember(cache: dict[Any, Any], key: Any, value: Any) -> None:
+    """A few distinct keys are expected (a viewer sends the same ones every time); any
+    more, and the cache starts over rather than grow."""
+    if len(cache) >= _REMEMBERED:
+        cache.clear()
+    cache[key] = value
