@@ -121,14 +121,11 @@ class JsonlFileSink:
 
     def write(self, line: bytes) -> None:
         with self._lock:
-            if self._closed:  # a straggler at shutdown: written, nothing left open
-                fd = self._open()
-                try:
-                    os.write(fd, line + b"\n")
-                finally:
-                    os.close(fd)
-                return
-            os.write(self._file(), line + b"\n")
+            try:
+                os.write(self._file(), line + b"\n")
+            finally:
+                if self._closed:  # a straggler at shutdown: written, nothing left open
+                    self._release()
 
     def _file(self) -> int:
         # One stat per record (cheaper than the open and close it replaces): a file
@@ -140,23 +137,22 @@ class JsonlFileSink:
                 return self._fd
         except FileNotFoundError:
             pass
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-        self._fd = self._open()
+        self._release()
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+        self._fd = os.open(self.path, flags, 0o600)
         held = os.fstat(self._fd)
         self._held = (held.st_dev, held.st_ino)
         return self._fd
 
-    def _open(self) -> int:
-        return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    def _release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            if self._fd is not None:
-                os.close(self._fd)
-                self._fd = None
+            self._release()
 
 
 class SyslogSink:

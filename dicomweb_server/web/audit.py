@@ -25,7 +25,8 @@ from dicomweb_server.services.audit import AuditEvent
 _SEGMENT = re.compile(r"(?:^|/)(studies|series|instances)/([^/]+)")
 _SUBSCRIPTION = re.compile(r"/workitems/[^/]+/subscribers/[^/]+(/suspend)?")
 _OBJECTS = re.compile(r"(/studies/[^/]+)(/series/[^/]+)?(/instances/[^/]+)?")
-_SEARCH_ENDS = ("studies", "series", "instances", "workitems")
+_LEVELS = ("studies", "series", "instances")
+_SEARCH_ENDS = (*_LEVELS, "workitems")
 _WADO_URI = {"studyUID": "study_uids", "seriesUID": "series_uids", "objectUID": "sop_instance_uids"}
 _MAX_VALUE = 256
 _MAX_PARAMS = 50
@@ -69,7 +70,7 @@ def classify(method: str, path: str, root: str, query_string: bytes) -> AuditEve
         event = AuditEvent(audit.INSTANCES_TRANSFERRED, "C" if method == "POST" else "U", 0)
     elif last in _SEARCH_ENDS:
         event = AuditEvent(audit.QUERY, "E", 0, query=_query(query_string))
-    elif len(segments) == 3 and segments[1] in _SEARCH_ENDS[:3] and _OBJECTS.fullmatch(rest):
+    elif len(segments) == 3 and segments[1] in _LEVELS and _OBJECTS.fullmatch(rest):
         # The objects themselves are sent to the requester.
         event = AuditEvent(audit.INSTANCES_TRANSFERRED, "R", 0, query=_query(query_string))
     else:  # metadata, bulk data, frames, rendered, thumbnails, ...

@@ -160,7 +160,7 @@ class SqlWorkitems:
         if where.start_to:
             clauses.append(f"{_T.name}.scheduled_start <= :start_to")
             params["start_to"] = where.start_to
-        sql = f"SELECT uid, state, transaction_uid, dataset FROM {_T.name}"
+        sql = f"SELECT {', '.join(c.name for c in _COLUMNS)} FROM {_T.name}"
         if clauses:
             sql += " WHERE " + " AND ".join(clauses)
         sql += f" ORDER BY {_T.name}.scheduled_start, {_T.name}.uid"
