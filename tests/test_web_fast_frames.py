@@ -4,7 +4,9 @@ the general path, served without it, and never for an instance that is gone."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -117,15 +119,24 @@ def _app_and_source(tmp_path: Path) -> tuple[Starlette, Dataset, Path]:
     return create_app(settings), ds, source
 
 
+@contextlib.asynccontextmanager
+async def _served(app: Starlette, source: Path) -> AsyncIterator[tuple[Any, httpx.AsyncClient]]:
+    """The app started, ``source`` stored, and a client of the app (no network)."""
+    async with app.router.lifespan_context(app):
+        services: Any = app.state.services
+        assert services.store.store_copy(source).stored
+        transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 40000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
+            yield services, c
+
+
 def test_remembered_frames_skip_the_routes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     app, ds, source = _app_and_source(tmp_path)
     url = f"/dicom-web{path_of(ds)}/frames"
     located: list[str] = []
 
     async def scenario() -> list[bytes]:
-        async with app.router.lifespan_context(app):
-            services: Any = app.state.services
-            assert services.store.store_copy(source).stored
+        async with _served(app, source) as (services, c):
             locate = services.pixels.locate
 
             def counting(study: str, series: str, sop: str) -> Any:
@@ -133,20 +144,18 @@ def test_remembered_frames_skip_the_routes(tmp_path: Path, monkeypatch: pytest.M
                 return locate(study, series, sop)
 
             monkeypatch.setattr(services.pixels, "locate", counting)
-            transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 40000))
-            async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
-                bodies = []
-                for number in (1, 2, 3, 2):
-                    response = await c.get(f"{url}/{number}", headers={"Accept": OCTET_ANY})
-                    assert response.status_code == 200
-                    bodies.append(_split(response)[1])
-                assert located == [ds.SOPInstanceUID]  # the first request only
-                # Anything else still goes through the routes (and locates there).
-                several = await c.get(f"{url}/1,2", headers={"Accept": OCTET_ANY})
-                assert several.status_code == 200
-                query = await c.get(f"{url}/1?accept={quote(OCTET_ANY)}")
-                assert query.status_code == 200
-                return bodies
+            bodies = []
+            for number in (1, 2, 3, 2):
+                response = await c.get(f"{url}/{number}", headers={"Accept": OCTET_ANY})
+                assert response.status_code == 200
+                bodies.append(_split(response)[1])
+            assert located == [ds.SOPInstanceUID]  # the first request only
+            # Anything else still goes through the routes (and locates there).
+            several = await c.get(f"{url}/1,2", headers={"Accept": OCTET_ANY})
+            assert several.status_code == 200
+            query = await c.get(f"{url}/1?accept={quote(OCTET_ANY)}")
+            assert query.status_code == 200
+            return bodies
 
     bodies = asyncio.run(scenario())
     assert len(located) == 3
@@ -160,16 +169,13 @@ def test_content_location_is_the_general_paths_for_any_host(tmp_path: Path, host
     url = f"/dicom-web{path_of(ds)}/frames/2"
 
     async def scenario() -> list[str]:
-        async with app.router.lifespan_context(app):
-            assert app.state.services.store.store_copy(source).stored
-            transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 40000))
-            async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
-                seen = []
-                for query in ("", "", f"?accept={quote(OCTET_ANY)}"):  # located, fast, general
-                    response = await c.get(url + query, headers={"Accept": OCTET_ANY, "Host": host})
-                    assert response.status_code == 200
-                    seen.append(_split(response)[0]["Content-Location"])
-                return seen
+        async with _served(app, source) as (_, c):
+            seen = []
+            for query in ("", "", f"?accept={quote(OCTET_ANY)}"):  # located, fast, general
+                response = await c.get(url + query, headers={"Accept": OCTET_ANY, "Host": host})
+                assert response.status_code == 200
+                seen.append(_split(response)[0]["Content-Location"])
+            return seen
 
     first, fast, general = asyncio.run(scenario())
     assert fast == general == first
@@ -186,9 +192,7 @@ def test_a_frame_not_all_in_memory_goes_to_the_routes(
     reads: list[int] = []
 
     async def scenario() -> list[bytes]:
-        async with app.router.lifespan_context(app):
-            services: Any = app.state.services
-            assert services.store.store_copy(source).stored
+        async with _served(app, source) as (services, c):
             services.pixels.locate(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
             ready = services.pixels.ready_frame(
                 ds.StudyInstanceUID,
@@ -208,14 +212,12 @@ def test_a_frame_not_all_in_memory_goes_to_the_routes(
                 return offset == start and bool(read_now_into(key, offset, into))
 
             monkeypatch.setattr(services.blobs, "read_now_into", partly)
-            transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 40000))
-            async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
-                bodies = []
-                for _ in range(2):
-                    response = await c.get(url, headers={"Accept": OCTET_ANY})
-                    assert response.status_code == 200
-                    bodies.append(_split(response)[1])
-                return bodies
+            bodies = []
+            for _ in range(2):
+                response = await c.get(url, headers={"Accept": OCTET_ANY})
+                assert response.status_code == 200
+                bodies.append(_split(response)[1])
+            return bodies
 
     bodies = asyncio.run(scenario())
     assert reads[:2] == [reads[0], reads[0] + 100]  # both pieces tried, the second failed
