@@ -63,6 +63,7 @@ class Services:
     anonymize: AnonymizeService
 
     def close(self) -> None:
+        self.store.close()
         self.index.close()
         self.blobs.close()
         self.audit.close()

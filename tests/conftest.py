@@ -8,6 +8,7 @@ Where PostgreSQL is unreachable the PostgreSQL variants are skipped, except unde
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -140,6 +141,20 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=15)
+
+
+def spooled(data_dir: Path) -> set[Path]:
+    """Files in the spool that hold (part of) an object: not the empty ``ready-*`` files
+    made ahead of need (services/spool_reserve.py), which are checked to be empty."""
+    folder = data_dir / "tmp"
+    if not folder.exists():
+        return set()
+    found = {p for p in folder.rglob("*") if p.is_file()}
+    reserve = {p for p in found if p.name.startswith("ready-")}
+    for p in reserve:
+        with contextlib.suppress(FileNotFoundError):  # handed out meanwhile
+            assert p.stat().st_size == 0, f"a reserve spool file holds data: {p}"
+    return found - reserve
 
 
 def start_server(

@@ -22,6 +22,7 @@ from tests.conftest import (
     qido_instances,
     retrieve_raw,
     run_cli,
+    spooled,
     start_server,
 )
 from tests.dicomgen import make_dataset, multipart, to_part10, uid
@@ -313,7 +314,7 @@ def test_commands_while_serving_keep_uploads_in_flight(
         thread.start()
         try:
             deadline = time.monotonic() + 20
-            while not any((data_dir / "tmp").iterdir()):
+            while not spooled(data_dir):
                 assert time.monotonic() < deadline, "upload never reached the spool"
                 time.sleep(0.05)
             other = tmp_path / "other.dcm"

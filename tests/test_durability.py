@@ -38,6 +38,7 @@ from tests.conftest import (
     make_database_url,
     qido_instances,
     retrieve_raw,
+    spooled,
     start_server,
     unexpected_tracebacks,
 )
@@ -100,7 +101,7 @@ def blob_files(data_dir: Path) -> list[Path]:
 
 
 def spool_files(data_dir: Path) -> list[Path]:
-    return sorted(p for p in (data_dir / "tmp").iterdir() if p.is_file())
+    return sorted(spooled(data_dir))
 
 
 def index_rows(database_url: str) -> dict[str, str]:

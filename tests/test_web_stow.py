@@ -19,7 +19,7 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 
 from dicomweb_server.dicom.multipart import MultipartParser, parse_content_type
-from tests.conftest import Server, make_database_url, start_server
+from tests.conftest import Server, make_database_url, spooled, start_server
 from tests.dicomgen import make_dataset, multipart, to_part10, uid
 
 EVRLE = "1.2.840.10008.1.2.1"
@@ -105,7 +105,7 @@ class Snapshot:
         assert httpx.get(f"{srv.root}/health", timeout=5).status_code == 200
         assert instance_count(srv) == self.count
         assert files_under(srv.data_dir / "blobs") == self.blobs
-        assert files_under(srv.data_dir / "tmp") == set()
+        assert spooled(srv.data_dir) == set()
         assert "Traceback" not in srv.log()  # refused, never crashed
 
 
@@ -516,16 +516,15 @@ def test_client_disconnect_mid_body_leaves_nothing(shared_server: Server) -> Non
         f"POST /dicom-web/studies HTTP/1.1\r\nHost: 127.0.0.1:{shared_server.port}\r\n"
         f"Content-Type: {header}\r\nContent-Length: {len(body)}\r\n\r\n"
     ).encode()
-    spool = shared_server.data_dir / "tmp"
     with socket.create_connection(("127.0.0.1", shared_server.port), timeout=10) as sock:
         sock.sendall(head + body[: len(body) // 2 + 1000])  # ends inside the third part
         deadline = time.monotonic() + 10
-        while not files_under(spool) and time.monotonic() < deadline:
+        while not spooled(shared_server.data_dir) and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert files_under(spool), "the server should be spooling the parts it received"
+        assert spooled(shared_server.data_dir), "the server should be spooling the parts"
         time.sleep(0.2)
     deadline = time.monotonic() + 10
-    while files_under(shared_server.data_dir / "tmp") and time.monotonic() < deadline:
+    while spooled(shared_server.data_dir) and time.monotonic() < deadline:
         time.sleep(0.05)
     before.assert_unchanged()
     for ds_bytes in parts:

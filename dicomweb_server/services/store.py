@@ -13,7 +13,6 @@ import logging
 import os
 import secrets
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from dicomweb_server.dicom import status
 from dicomweb_server.dicom.ingest import DicomRejected, InstanceRecord, analyse
 from dicomweb_server.errors import Conflict, OutOfResources, StorageUnavailable, is_no_space
 from dicomweb_server.services.group_commit import GroupCommit
+from dicomweb_server.services.spool_reserve import SpoolReserve
 from dicomweb_server.storage.interfaces import (
     BlobStore,
     IndexStore,
@@ -159,10 +159,15 @@ class StoreService:
         # (the order-to-image loop, services/workitem_loop.py); None: nothing is called.
         self.after_store: Callable[[Sequence[InstanceRecord]], None] | None = None
         self._group: GroupCommit[_Pending] = GroupCommit(self._commit, limit=_GROUP_LIMIT)
+        self._reserve = SpoolReserve(blobs.spool_dir())
+
+    def close(self) -> None:
+        """Remove the spool files made ahead of need (before the spool is released)."""
+        self._reserve.close()
 
     def new_spool_file(self) -> tuple[Path, BinaryIO]:
         """A temp file on the blob filesystem, so that storing it is a rename."""
-        fd, name = tempfile.mkstemp(prefix="part-", suffix=".tmp", dir=self.blobs.spool_dir())
+        fd, name = self._reserve.take()
         # An explicit buffer size spares the fstat and isatty of the default.
         return Path(name), os.fdopen(fd, "wb", buffering=_BUFFER)
 
