@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import io
+import json
 import os
 import threading
 import time
@@ -66,6 +67,12 @@ def spool(services: Services, data: bytes) -> Path:
     with fh:
         fh.write(data)
     return path
+
+
+def blob_of(services: Services, outcome: Any) -> Path:
+    stored = services.index.find_instance(outcome.sop_instance_uid or "")
+    assert stored is not None
+    return services.blobs.path_of(stored.blob_key)
 
 
 def blob_files(services: Services) -> list[Path]:
@@ -380,8 +387,8 @@ def test_index_add_instances_reports_conflicts_by_slot(services: Services) -> No
     assert index.find_instances([uid()]) == {}
 
 
-def _spool_file(services: Services, data: bytes) -> Any:
-    spooled = services.store.spool()
+def _spool_file(services: Services, data: bytes, keep: int = 0) -> Any:
+    spooled = services.store.spool(keep)
     for start in range(0, len(data), 4096):  # as a request body arrives, in pieces
         spooled.write(data[start : start + 4096])
     spooled.finish()
@@ -417,6 +424,36 @@ def test_spool_files_are_synced_once_and_not_read_again(
     assert synced_again == [] and hashed == [] and digests == []
     stored = services.index.find_instances(o.sop_instance_uid or "" for o in outcomes)
     assert sorted(i.blob_size for i in stored.values()) == sorted(len(d) for d in data)
+
+
+def test_a_small_object_is_analysed_from_its_copy_in_memory(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Parts that fit in ``keep`` are analysed from the bytes kept while they were
+    written (no open of the file just written); bigger ones from the file. Either way the
+    record is the one the file gives."""
+    small, big = to_part10(make_dataset()), to_part10(make_dataset(rows=128, columns=128))
+    kept = _spool_file(services, small, keep=len(big) - 1)
+    read = _spool_file(services, big, keep=len(big) - 1)
+    assert kept.kept == small and read.kept is None
+    opened: list[str] = []
+
+    def watched(file: Any, *args: Any, **kwargs: Any) -> Any:
+        opened.append(str(file))
+        return open(file, *args, **kwargs)
+
+    monkeypatch.setattr("dicomweb_server.services.store.open", watched, raising=False)
+    outcomes = services.store.store_batch([kept, read])
+    assert [o.stored for o in outcomes] == [True, True]
+    assert opened == [str(read.path)]
+    for data, outcome in zip((small, big), outcomes, strict=True):
+        assert blob_of(services, outcome).read_bytes() == data
+        with open(blob_of(services, outcome), "rb") as fh:  # the stored file's record
+            expected = analyse(fh, bulk_threshold=services.settings.bulk_data_threshold)
+        (metadata,) = services.retrieve.metadata(
+            expected.study_uid, expected.series_uid, expected.sop_instance_uid
+        )
+        assert json.loads(metadata) == json.loads(expected.metadata)
 
 
 def test_a_failed_background_fsync_fails_its_instance_only(
@@ -631,3 +668,30 @@ def test_a_stored_batch_costs_no_cleanup_and_one_free_space_look(
     assert calls == {"unlink": 0, "mkdir": 0, "statvfs": 1}
     assert not any(p.exists() for p in paths)
     assert len(blob_files(services)) == 11
+
+
+def test_a_request_keeps_copies_of_small_parts_only_within_its_bound(
+    syncfs_services: Services,
+) -> None:
+    """STOW-RS keeps in-memory copies of parts up to 64 KiB, for its first 64 parts:
+    at most 4 MiB per request, however many parts it sends."""
+    from dicomweb_server.web.stow import SpoolSink
+
+    sink = SpoolSink(syncfs_services.store)
+    sizes = [9_000] * 70 + [70_000]
+    for size in sizes:
+        sink.start_part({"content-type": "application/dicom"})
+        sink.write(b"\0" * size)
+        sink.end_part()
+    kept = [part.spool.kept for part in sink.parts]
+    try:
+        assert all(k is not None and len(k) == 9_000 for k in kept[:64])
+        assert all(k is None for k in kept[64:])
+        big = SpoolSink(syncfs_services.store)
+        big.start_part({})
+        big.write(b"\0" * 65_537)
+        big.end_part()
+        assert big.parts[0].spool.kept is None
+        big.discard()
+    finally:
+        sink.discard()

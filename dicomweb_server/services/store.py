@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import logging
 import os
 import secrets
@@ -92,18 +93,32 @@ class SpoolFile:
     once complete (``finish``), so that its fsync overlaps receiving and analysing the
     rest of the request instead of following them."""
 
-    def __init__(self, path: Path, fh: BinaryIO, blobs: BlobStore) -> None:
+    def __init__(self, path: Path, fh: BinaryIO, blobs: BlobStore, keep: int = 0) -> None:
         self.path = path
         self.size = 0
         self.synced: Future[None] | None = None
         self._fh: BinaryIO | None = fh
         self._blobs = blobs
         self._mark = blobs.sync_mark()  # before anything is written
+        # A copy of a small object's bytes (up to ``keep``), so that analysing it needs
+        # no open, seek and read of the file just written (syscalls on the store's path).
+        self._keep = keep
+        self._kept: bytearray | None = bytearray() if keep > 0 else None
+
+    @property
+    def kept(self) -> bytes | bytearray | None:
+        """All the bytes written, when they fitted in ``keep``; else None."""
+        return self._kept
 
     def write(self, data: bytes) -> None:
         assert self._fh is not None, "written after finish"
         self._fh.write(data)
         self.size += len(data)
+        if self._kept is not None:
+            if self.size <= self._keep:
+                self._kept += data
+            else:
+                self._kept = None
 
     def finish(self) -> None:
         """Complete: the file is flushed (a full disk raises here) and its fsync starts."""
@@ -171,10 +186,11 @@ class StoreService:
         # An explicit buffer size spares the fstat and isatty of the default.
         return Path(name), os.fdopen(fd, "wb", buffering=_BUFFER)
 
-    def spool(self) -> SpoolFile:
-        """A new spool file to write an incoming object into; see ``SpoolFile``."""
+    def spool(self, keep: int = 0) -> SpoolFile:
+        """A new spool file to write an incoming object into, keeping a copy of its
+        bytes in memory when there are at most ``keep``; see ``SpoolFile``."""
         path, fh = self.new_spool_file()
-        return SpoolFile(path, fh, self.blobs)
+        return SpoolFile(path, fh, self.blobs, keep)
 
     def store_copy(self, source: Path) -> StoreOutcome:
         """Store a file that must stay where it is (bulk import)."""
@@ -439,10 +455,15 @@ class StoreService:
 
     def _analyse(self, item: _Pending) -> InstanceRecord:
         path = item.path
-        with open(path, "rb") as fh:
-            rec = analyse(fh, bulk_threshold=self.settings.bulk_data_threshold)
-            fh.seek(128)
-            has_preamble = fh.read(4) == b"DICM"
+        kept = item.spool.kept if item.spool is not None else None
+        if kept is not None:
+            rec = analyse(io.BytesIO(kept), bulk_threshold=self.settings.bulk_data_threshold)
+            has_preamble = kept[128:132] == b"DICM"
+        else:
+            with open(path, "rb") as fh:
+                rec = analyse(fh, bulk_threshold=self.settings.bulk_data_threshold)
+                fh.seek(128)
+                has_preamble = fh.read(4) == b"DICM"
         if has_preamble:
             return rec
         # A new file replaces the spooled one: what was hashed and synced is not it.

@@ -33,6 +33,9 @@ from dicomweb_server.web.urls import base_url, path_uids
 
 log = logging.getLogger(__name__)
 _ACCEPTED_PART_TYPES = ("application/dicom", "application/octet-stream", "")
+# Parts of at most _KEEP_BYTES are also kept in memory for their analysis, for the first
+# _KEEP_PARTS parts of a request: at most 4 MiB per request.
+_KEEP_BYTES, _KEEP_PARTS = 64 * 1024, 64
 
 
 @dataclass
@@ -58,7 +61,9 @@ class SpoolSink:
 
     def start_part(self, headers: dict[str, str]) -> None:
         media = headers.get("content-type", "").split(";")[0].strip().lower()
-        self.parts.append(_Part(self.store.spool(), media))
+        # Small objects are analysed from a copy in memory; bounded per request.
+        keep = _KEEP_BYTES if len(self.parts) < _KEEP_PARTS else 0
+        self.parts.append(_Part(self.store.spool(keep), media))
 
     def write(self, data: bytes) -> None:
         part = self.parts[-1]
