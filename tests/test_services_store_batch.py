@@ -695,3 +695,17 @@ def test_a_request_keeps_copies_of_small_parts_only_within_its_bound(
         big.discard()
     finally:
         sink.discard()
+
+
+def test_blobs_go_in_one_folder_per_study(services: Services) -> None:
+    """No folder per series: instances of two series of one study share their folder."""
+    study = uid()
+    datasets = [make_dataset(study=study, series=uid()) for _ in range(2)]
+    outcomes = services.store.store_batch([_spool_file(services, to_part10(ds)) for ds in datasets])
+    assert [o.stored for o in outcomes] == [True, True]
+    paths = [blob_of(services, o) for o in outcomes]
+    blobs = services.blobs.path_of("x").parent
+    for path, ds in zip(paths, datasets, strict=True):
+        spread, folder, name = path.relative_to(blobs).parts
+        assert folder == study and len(spread) == 2
+        assert name.startswith(f"{ds.SOPInstanceUID}-") and name.endswith(".dcm")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -203,14 +204,45 @@ def test_put_file_survives_a_concurrent_folder_removal(
     def racing_replace(src: str | Path, dst: str | Path) -> None:
         nonlocal calls
         calls += 1
-        if calls == 1:  # a delete of the last blob in the folder gets in first
+        if calls == 2:  # after our mkdir, a delete of the folder's last blob gets in
             Path(dst).parent.rmdir()
         real_replace(src, dst)
 
     monkeypatch.setattr(os, "replace", racing_replace)
     store.put_file("ab/st/se/x.dcm", source)
-    assert calls == 2
+    assert calls == 3  # no folder; made, but removed before the rename; made again
     assert (tmp_path / "blobs" / "ab" / "st" / "se" / "x.dcm").read_bytes() == b"data"
+
+
+def test_a_blob_into_an_existing_folder_is_one_rename(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = FileBlobStore(tmp_path)
+    store.put_file("ab/st/1.dcm", _spooled(store, b"1", "p1"))
+    calls: list[str] = []
+    real_replace, real_mkdir = os.replace, Path.mkdir
+
+    def replace(src: str | Path, dst: str | Path) -> None:
+        calls.append("replace")
+        real_replace(src, dst)
+
+    def mkdir(self: Path, *args: Any, **kwargs: Any) -> None:
+        calls.append("mkdir")
+        real_mkdir(self, *args, **kwargs)
+
+    def exists(self: Path) -> bool:
+        calls.append("exists")
+        return os.path.exists(self)
+
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    monkeypatch.setattr(Path, "exists", exists)
+    store.put_file("ab/st/2.dcm", _spooled(store, b"2", "p2"))
+    assert calls == ["replace"]  # no look at the folder first
+    calls.clear()
+    store.put_file("ab/other/3.dcm", _spooled(store, b"3", "p3"))
+    assert calls[0] == "replace" and calls[-2:] == ["mkdir", "replace"]
+    assert (tmp_path / "blobs" / "ab" / "other" / "3.dcm").read_bytes() == b"3"
 
 
 def test_put_files_syncs_each_changed_folder_once_per_batch(

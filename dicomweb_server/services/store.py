@@ -78,10 +78,13 @@ def _sha256(fh: BinaryIO) -> str:
 
 
 def _blob_key(rec: InstanceRecord) -> str:
-    # UIDs were validated (digits and dots only), so they are safe path components.
+    # UIDs were validated (digits and dots only), so they are safe path components. One
+    # folder per study, none per series: each new folder is an inode to create and a name
+    # to make durable (about 1 in 3 small instances opened a series). Keys are kept in the
+    # index, so blobs stored under the older study/series layout are found as before.
     spread = hashlib.sha1(rec.study_uid.encode()).hexdigest()[:2]
     token = secrets.token_hex(4)
-    return f"{spread}/{rec.study_uid}/{rec.series_uid}/{rec.sop_instance_uid}-{token}.dcm"
+    return f"{spread}/{rec.study_uid}/{rec.sop_instance_uid}-{token}.dcm"
 
 
 class _NotDurable(Exception):

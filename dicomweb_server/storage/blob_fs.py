@@ -286,23 +286,23 @@ class FileBlobStore:
     @staticmethod
     def _move(source: Path, target: Path) -> list[Path]:
         """Rename into place, making folders as needed; the directories that changed."""
+        created: list[Path] = []
         for attempt in range(3):
-            created = []
+            try:
+                # Most targets' folder exists already: try first, one syscall.
+                os.replace(source, target)
+                break
+            except FileNotFoundError:
+                # The folder is missing (or a concurrent delete removed it, then empty,
+                # between our mkdir and the rename): make it, and try again.
+                if attempt == 2 or not source.exists():
+                    raise
             parent = target.parent
             while not parent.exists():
                 created.append(parent)
                 parent = parent.parent
-            try:
-                if created:
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(source, target)
-                break
-            except FileNotFoundError:
-                # A concurrent delete removed a (then empty) folder between the
-                # mkdir and the rename; make it again.
-                if attempt == 2 or not source.exists():
-                    raise
-        return [target.parent, *(directory.parent for directory in created)]
+            target.parent.mkdir(parents=True, exist_ok=True)
+        return [target.parent, *(directory.parent for directory in dict.fromkeys(created))]
 
     def free_bytes(self) -> int:
         stat = os.statvfs(self.blobs)
