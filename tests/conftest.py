@@ -144,17 +144,17 @@ class Server:
 
 
 def spooled(data_dir: Path) -> set[Path]:
-    """Files in the spool that hold (part of) an object: not the empty ``ready-*`` files
-    made ahead of need (services/spool_reserve.py), which are checked to be empty."""
+    """Spool files holding (part of) an object. Empty ones are left out: the spool
+    keeps empty files made ahead of need (services/spool_reserve.py)."""
     folder = data_dir / "tmp"
     if not folder.exists():
         return set()
-    found = {p for p in folder.rglob("*") if p.is_file()}
-    reserve = {p for p in found if p.name.startswith("ready-")}
-    for p in reserve:
-        with contextlib.suppress(FileNotFoundError):  # handed out meanwhile
-            assert p.stat().st_size == 0, f"a reserve spool file holds data: {p}"
-    return found - reserve
+    found = set()
+    for p in folder.rglob("*"):
+        with contextlib.suppress(FileNotFoundError):  # handed out and stored meanwhile
+            if p.is_file() and p.stat().st_size > 0:
+                found.add(p)
+    return found
 
 
 def start_server(

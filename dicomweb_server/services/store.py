@@ -177,7 +177,7 @@ class StoreService:
         # (the order-to-image loop, services/workitem_loop.py); None: nothing is called.
         self.after_store: Callable[[Sequence[InstanceRecord]], None] | None = None
         self._group: GroupCommit[_Pending] = GroupCommit(self._commit, limit=_GROUP_LIMIT)
-        self._reserve = SpoolReserve(blobs.spool_dir())
+        self._reserve = SpoolReserve(blobs.spool_dir(), _BUFFER)
 
     def close(self) -> None:
         """Remove the spool files made ahead of need (before the spool is released)."""
@@ -185,9 +185,7 @@ class StoreService:
 
     def new_spool_file(self) -> tuple[Path, BinaryIO]:
         """A temp file on the blob filesystem, so that storing it is a rename."""
-        fd, name = self._reserve.take()
-        # An explicit buffer size spares the fstat and isatty of the default.
-        return Path(name), os.fdopen(fd, "wb", buffering=_BUFFER)
+        return self._reserve.take()
 
     def spool(self, keep: int = 0) -> SpoolFile:
         """A new spool file to write an incoming object into, keeping a copy of its
