@@ -506,3 +506,45 @@ def test_find_instances_describes_each_as_find_instance_does(index: SqlIndex) ->
     for rec in recs:
         assert found[rec.sop_instance_uid] == index.find_instance(rec.sop_instance_uid)
     assert found[recs[1].sop_instance_uid].number_of_frames == 3
+
+
+def test_migration_v10_drops_indexes_a_composite_serves(database_url: str) -> None:
+    """A v9 database loses the single-column indexes on instance.series_fk and
+    series.modality; lookups by those columns still use an index (the composites
+    starting with them), and a new database never has them."""
+    from sqlalchemy import inspect, text
+
+    from dicomweb_server.storage.sql import engine as engine_module
+
+    def names(index: SqlIndex, table: str) -> set[str]:
+        with index.read_engine.connect() as conn:
+            return {str(i["name"]) for i in inspect(conn).get_indexes(table)}
+
+    fresh = SqlIndex(database_url)
+    try:
+        fresh.migrate()
+        assert not set(engine_module.REDUNDANT_INDEXES) & (
+            names(fresh, "instance") | names(fresh, "series")
+        )
+        with fresh.write_engine.begin() as conn:  # make it a true v9 schema
+            conn.execute(text("CREATE INDEX ix_instance_series_fk ON instance (series_fk)"))
+            conn.execute(text("CREATE INDEX ix_series_modality ON series (modality)"))
+            conn.execute(text("DELETE FROM schema_version WHERE version = 10"))
+        assert "ix_instance_series_fk" in names(fresh, "instance")
+        assert fresh.migrate() == [10]
+        assert "ix_instance_series_fk" not in names(fresh, "instance")
+        assert "ix_series_modality" not in names(fresh, "series")
+        if fresh.dialect == "sqlite":
+            with fresh.read_engine.connect() as conn:
+                plans = [
+                    " ".join(str(c) for c in row)
+                    for sql in (
+                        "SELECT pk FROM instance WHERE series_fk = 1",
+                        "SELECT pk FROM series WHERE modality = 'CT'",
+                    )
+                    for row in conn.execute(text("EXPLAIN QUERY PLAN " + sql))
+                ]
+            assert "ix_instance_series_number" in plans[0], plans
+            assert "ix_series_modality_study" in plans[1], plans
+    finally:
+        fresh.close()
