@@ -12,7 +12,7 @@ from sqlmodel import SQLModel
 
 from dicomweb_server.storage.sql import models
 
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 9
 
 
 def is_sqlite(url: str) -> bool:
@@ -148,20 +148,8 @@ def _v9(conn: Connection) -> None:
             )
 
 
-# Single-column indexes that a composite index starting with the same column serves as
-# well: each was one more b-tree to update (and WAL pages to write) per stored instance
-# or new series, for no query that the composite does not answer.
-REDUNDANT_INDEXES = ("ix_instance_series_fk", "ix_series_modality")
-
-
-def _v10(conn: Connection) -> None:
-    """Drop ``REDUNDANT_INDEXES``; new databases never get them (models.py)."""
-    for name in REDUNDANT_INDEXES:
-        conn.execute(text(f"DROP INDEX IF EXISTS {name}"))
-
-
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
-    1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6, 7: _v7, 8: _v8, 9: _v9, 10: _v10,
+    1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6, 7: _v7, 8: _v8, 9: _v9,
 }  # fmt: skip
 
 

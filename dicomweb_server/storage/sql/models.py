@@ -53,8 +53,7 @@ class Series(SQLModel, table=True):
     pk: int | None = Field(default=None, primary_key=True)
     study_fk: int = Field(foreign_key="study.pk", index=True)
     series_uid: str = Field(unique=True, max_length=64)
-    # Indexed by ix_series_modality_study, which serves modality alone as well (v10).
-    modality: str | None = Field(default=None, max_length=16)
+    modality: str | None = Field(default=None, index=True, max_length=16)
     series_number: int | None = Field(default=None, index=True)
     description: str | None = Field(default=None, index=True, max_length=256)
     body_part: str | None = Field(default=None, index=True, max_length=64)
@@ -70,8 +69,7 @@ class Instance(SQLModel, table=True):
     __table_args__ = (Index("ix_instance_series_number", "series_fk", "instance_number"),)
 
     pk: int | None = Field(default=None, primary_key=True)
-    # Indexed by ix_instance_series_number, which serves series_fk alone as well (v10).
-    series_fk: int = Field(foreign_key="series.pk")
+    series_fk: int = Field(foreign_key="series.pk", index=True)
     sop_uid: str = Field(unique=True, max_length=64)
     sop_class_uid: str = Field(index=True, max_length=64)
     instance_number: int | None = Field(default=None)
