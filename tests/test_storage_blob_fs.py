@@ -214,6 +214,28 @@ def test_put_file_survives_a_concurrent_folder_removal(
     assert (tmp_path / "blobs" / "ab" / "st" / "se" / "x.dcm").read_bytes() == b"data"
 
 
+def test_put_file_survives_a_folder_removed_while_it_is_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """mkdir(parents=True) meets a parent that a concurrent delete just removed: the
+    store makes the folders again instead of failing the instance."""
+    store = FileBlobStore(tmp_path)
+    source = _spooled(store, b"data")
+    real_mkdir = Path.mkdir
+    calls = 0
+
+    def racing_mkdir(self: Path, *args: Any, **kwargs: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise FileNotFoundError(2, "No such file or directory", str(self.parent))
+        real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", racing_mkdir)
+    assert store.put_files([("ab/st/x.dcm", source)]) == [None]
+    assert (tmp_path / "blobs" / "ab" / "st" / "x.dcm").read_bytes() == b"data"
+
+
 def test_a_blob_into_an_existing_folder_is_one_rename(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -289,19 +289,20 @@ class FileBlobStore:
         created: list[Path] = []
         for attempt in range(3):
             try:
-                # Most targets' folder exists already: try first, one syscall.
+                if attempt:  # the folder was missing: make it (and its parents)
+                    parent = target.parent
+                    while not parent.exists():
+                        created.append(parent)
+                        parent = parent.parent
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                # Most targets' folder exists already: the rename alone, one syscall.
                 os.replace(source, target)
                 break
             except FileNotFoundError:
-                # The folder is missing (or a concurrent delete removed it, then empty,
-                # between our mkdir and the rename): make it, and try again.
+                # No folder yet, or a concurrent delete removed one (then empty) while
+                # we made it or before the rename: make it again.
                 if attempt == 2 or not source.exists():
                     raise
-            parent = target.parent
-            while not parent.exists():
-                created.append(parent)
-                parent = parent.parent
-            target.parent.mkdir(parents=True, exist_ok=True)
         return [target.parent, *(directory.parent for directory in dict.fromkeys(created))]
 
     def free_bytes(self) -> int:
