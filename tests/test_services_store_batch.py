@@ -709,3 +709,53 @@ def test_blobs_go_in_one_folder_per_study(services: Services) -> None:
         spread, folder, name = path.relative_to(blobs).parts
         assert folder == study and len(spread) == 2
         assert name.startswith(f"{ds.SOPInstanceUID}-") and name.endswith(".dcm")
+
+
+def test_in_memory_copies_stay_within_the_process_budget(
+    syncfs_services: Services,
+) -> None:
+    """Copies are granted from a per-process budget and given back once analysed, or
+    when the request ends whatever became of its parts (a refused part is never
+    analysed)."""
+    from dicomweb_server.services.store import CopyBudget
+    from dicomweb_server.web.stow import SpoolSink, _store_parts
+
+    store = syncfs_services.store
+    budget = store._copies = CopyBudget(100_000)
+    small = to_part10(make_dataset())
+    first = _spool_file(syncfs_services, small, keep=65_536)
+    second = _spool_file(syncfs_services, small, keep=65_536)  # 34,464 left: no copy
+    assert first.kept == small and second.kept is None
+    assert budget.left == 100_000 - 65_536
+    assert [o.stored for o in store.store_batch([first, second])] == [True, True]
+    assert budget.left == 100_000  # analysed: given back
+
+    sink = SpoolSink(store)
+    for media, data in (("text/plain", b"x"), ("application/dicom", to_part10(make_dataset()))):
+        sink.start_part({"content-type": media})
+        sink.write(data)
+        sink.end_part()
+    assert budget.left == 100_000 - 65_536  # one copy granted, the second part had none
+    outcomes = _store_parts(store, sink.parts, None)
+    assert [o.stored for o in outcomes] == [False, True]
+    assert budget.left < 100_000  # the refused part's copy is still held ...
+    sink.drop_copies()
+    assert budget.left == 100_000  # ... until the request ends
+
+
+def test_only_the_event_loops_spool_files_come_from_the_reserve(
+    syncfs_services: Services,
+) -> None:
+    """Import and C-STORE make their spool files on demand: their processes may end
+    without closing the service, which would leave a reserve behind."""
+    store = syncfs_services.store
+    path, fh = store.new_spool_file()
+    fh.close()
+    path.unlink()
+    assert store._reserve._thread is None
+    spooled = store.spool()
+    assert store._reserve._thread is not None
+    spooled.close()
+    spooled.path.unlink()
+    syncfs_services.close()
+    assert list(syncfs_services.blobs.spool_dir().iterdir()) == []  # close removes it

@@ -531,3 +531,18 @@ def test_client_disconnect_mid_body_leaves_nothing(shared_server: Server) -> Non
         ds = pydicom.dcmread(io.BytesIO(ds_bytes))
         assert instance_count(shared_server, ds.StudyInstanceUID) == 0
     assert "Traceback" not in shared_server.log()
+
+
+def test_a_stopped_server_leaves_an_empty_spool(server: Server) -> None:
+    """The spool holds files made ahead of need while the server runs (empty ones,
+    left out by ``spooled``); a clean stop removes them, so nothing at all is left."""
+    parts = [to_part10(make_dataset()) for _ in range(12)]
+    assert store(server, parts).status_code == 200
+    spool = server.data_dir / "tmp"
+    deadline = time.monotonic() + 10
+    while not any(spool.iterdir()):  # the reserve is refilled in the background
+        assert time.monotonic() < deadline, "no spool files were made ahead of need"
+        time.sleep(0.02)
+    assert spooled(server.data_dir) == set()
+    server.stop()
+    assert list(spool.iterdir()) == []

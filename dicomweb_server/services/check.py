@@ -39,7 +39,8 @@ class CheckReport:
 
 def sop_uid_of(key: str) -> str | None:
     """The SOP Instance UID in a blob key written by the store service
-    (``xx/<study>/<series>/<sop>-<token>.dcm``), or None for any other name."""
+    (``xx/<study>/<sop>-<token>.dcm``, or ``xx/<study>/<series>/...`` before), or None
+    for any other name."""
     name = key.rsplit("/", 1)[-1]
     if not name.endswith(".dcm") or "-" not in name:
         return None

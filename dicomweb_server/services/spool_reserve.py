@@ -88,11 +88,11 @@ class SpoolReserve:
         return Path(name), os.fdopen(fd, "wb", buffering=self.buffering)
 
     def _start(self) -> None:
-        with self._lock:
+        with self._lock:  # started under the lock: close() never joins an unstarted thread
             if self._thread is not None or self._closed:
                 return
             self._thread = threading.Thread(target=self._run, name="spool-reserve", daemon=True)
-        self._thread.start()
+            self._thread.start()
 
     def _run(self) -> None:
         while not self._closed:  # until close(): it wakes this thread to see it

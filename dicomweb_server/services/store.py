@@ -14,6 +14,8 @@ import logging
 import os
 import secrets
 import shutil
+import tempfile
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -44,6 +46,8 @@ log = logging.getLogger(__name__)
 # once, small enough to bound how long one commit holds the index's writer lock.
 _GROUP_LIMIT = 128
 _BUFFER = 1 << 16
+# What in-memory copies of small incoming objects may hold at once, per process.
+_COPY_BUDGET = 32 << 20
 
 
 @dataclass
@@ -91,27 +95,64 @@ class _NotDurable(Exception):
     """A blob of the batch could not be made durable: its index rows must not commit."""
 
 
+class CopyBudget:
+    """Bytes that in-memory copies of incoming objects may hold in one process, so that
+    many concurrent requests cannot make them grow without bound."""
+
+    def __init__(self, total: int) -> None:
+        self.left = total
+        self._lock = threading.Lock()  # taken on the event loop, given back by threads
+
+    def take(self, wanted: int) -> int:
+        """``wanted`` bytes if that many are left, else none (0)."""
+        with self._lock:
+            if wanted <= 0 or self.left < wanted:
+                return 0
+            self.left -= wanted
+            return wanted
+
+    def give(self, granted: int) -> None:
+        with self._lock:
+            self.left += granted
+
+
 class SpoolFile:
     """An incoming object being written to the spool, made durable in the background
     once complete (``finish``), so that its fsync overlaps receiving and analysing the
     rest of the request instead of following them."""
 
-    def __init__(self, path: Path, fh: BinaryIO, blobs: BlobStore, keep: int = 0) -> None:
+    def __init__(
+        self,
+        path: Path,
+        fh: BinaryIO,
+        blobs: BlobStore,
+        keep: int = 0,
+        budget: CopyBudget | None = None,
+    ) -> None:
         self.path = path
         self.size = 0
         self.synced: Future[None] | None = None
         self._fh: BinaryIO | None = fh
         self._blobs = blobs
         self._mark = blobs.sync_mark()  # before anything is written
-        # A copy of a small object's bytes (up to ``keep``), so that analysing it needs
-        # no open, seek and read of the file just written (syscalls on the store's path).
-        self._keep = keep
-        self._kept: bytearray | None = bytearray() if keep > 0 else None
+        # A copy of a small object's bytes (up to ``keep``, granted by ``budget``), so
+        # that analysing it needs no open, seek and read of the file just written
+        # (syscalls on the store's path).
+        self._budget = budget
+        self._keep = budget.take(keep) if budget is not None else keep
+        self._kept: bytearray | None = bytearray() if self._keep > 0 else None
 
     @property
     def kept(self) -> bytes | bytearray | None:
         """All the bytes written, when they fitted in ``keep``; else None."""
         return self._kept
+
+    def drop_copy(self) -> None:
+        """Free the copy and give its grant back (at most once)."""
+        self._kept = None
+        granted, self._keep = self._keep, 0
+        if granted and self._budget is not None:
+            self._budget.give(granted)
 
     def write(self, data: bytes) -> None:
         assert self._fh is not None, "written after finish"
@@ -121,7 +162,7 @@ class SpoolFile:
             if self.size <= self._keep:
                 self._kept += data
             else:
-                self._kept = None
+                self.drop_copy()
 
     def finish(self) -> None:
         """Complete: the file is flushed (a full disk raises here) and its fsync starts."""
@@ -137,6 +178,7 @@ class SpoolFile:
 
     def close(self) -> None:
         """Give up writing (the file stays for the caller to remove)."""
+        self.drop_copy()
         fh, self._fh = self._fh, None
         if fh is not None:
             with contextlib.suppress(OSError):
@@ -177,21 +219,29 @@ class StoreService:
         # (the order-to-image loop, services/workitem_loop.py); None: nothing is called.
         self.after_store: Callable[[Sequence[InstanceRecord]], None] | None = None
         self._group: GroupCommit[_Pending] = GroupCommit(self._commit, limit=_GROUP_LIMIT)
+        # Only the web server's processes take from it, and they close this service
+        # when they stop, which removes what is left.
         self._reserve = SpoolReserve(blobs.spool_dir(), _BUFFER)
+        self._copies = CopyBudget(_COPY_BUDGET)
 
     def close(self) -> None:
         """Remove the spool files made ahead of need (before the spool is released)."""
         self._reserve.close()
 
     def new_spool_file(self) -> tuple[Path, BinaryIO]:
-        """A temp file on the blob filesystem, so that storing it is a rename."""
-        return self._reserve.take()
+        """A temp file on the blob filesystem, so that storing it is a rename; made now
+        (import and C-STORE call this from their own threads)."""
+        fd, name = tempfile.mkstemp(prefix="part-", suffix=".tmp", dir=self.blobs.spool_dir())
+        # An explicit buffer size spares the fstat and isatty of the default.
+        return Path(name), os.fdopen(fd, "wb", buffering=_BUFFER)
 
     def spool(self, keep: int = 0) -> SpoolFile:
-        """A new spool file to write an incoming object into, keeping a copy of its
-        bytes in memory when there are at most ``keep``; see ``SpoolFile``."""
-        path, fh = self.new_spool_file()
-        return SpoolFile(path, fh, self.blobs, keep)
+        """A new spool file for an object arriving on the event loop (STOW-RS), taken
+        from the files made ahead of need; a copy of its bytes is kept in memory when
+        there are at most ``keep`` and the process's copy budget allows; see
+        ``SpoolFile``."""
+        path, fh = self._reserve.take()
+        return SpoolFile(path, fh, self.blobs, keep, self._copies)
 
     def store_copy(self, source: Path) -> StoreOutcome:
         """Store a file that must stay where it is (bulk import)."""
@@ -458,8 +508,12 @@ class StoreService:
         path = item.path
         kept = item.spool.kept if item.spool is not None else None
         if kept is not None:
-            rec = analyse(io.BytesIO(kept), bulk_threshold=self.settings.bulk_data_threshold)
-            has_preamble = kept[128:132] == b"DICM"
+            try:
+                rec = analyse(io.BytesIO(kept), bulk_threshold=self.settings.bulk_data_threshold)
+                has_preamble = kept[128:132] == b"DICM"
+            finally:
+                assert item.spool is not None
+                item.spool.drop_copy()  # not needed after this: free it now
         else:
             with open(path, "rb") as fh:
                 rec = analyse(fh, bulk_threshold=self.settings.bulk_data_threshold)

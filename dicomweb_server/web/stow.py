@@ -19,7 +19,7 @@ from starlette.responses import Response
 from dicomweb_server.bootstrap import Services
 from dicomweb_server.dicom import status
 from dicomweb_server.dicom.multipart import MultipartError, MultipartParser, parse_content_type
-from dicomweb_server.dicom.negotiation import choose_dataset_form
+from dicomweb_server.dicom.negotiation import Choice, choose_dataset_form
 from dicomweb_server.errors import (
     InvalidRequest,
     PayloadTooLarge,
@@ -34,7 +34,8 @@ from dicomweb_server.web.urls import base_url, path_uids
 log = logging.getLogger(__name__)
 _ACCEPTED_PART_TYPES = ("application/dicom", "application/octet-stream", "")
 # Parts of at most _KEEP_BYTES are also kept in memory for their analysis, for the first
-# _KEEP_PARTS parts of a request: at most 4 MiB per request.
+# _KEEP_PARTS parts of a request: at most 4 MiB per request, and no more than the
+# process's copy budget (services/store.py) for all requests at once.
 _KEEP_BYTES, _KEEP_PARTS = 64 * 1024, 64
 
 
@@ -91,6 +92,11 @@ class SpoolSink:
             raise exc
         part.failure = status.OUT_OF_RESOURCES
         part.message = "no space left on the archive"
+
+    def drop_copies(self) -> None:
+        """Give back the in-memory copies' budget, whatever became of the parts."""
+        for part in self.parts:
+            part.spool.drop_copy()
 
     def discard(self) -> None:
         for part in self.parts:
@@ -257,6 +263,15 @@ async def stow(request: Request) -> Response:
     study = path_uids(request)[0] if "study" in request.path_params else None
     choice = choose_dataset_form(request.headers.get("accept"))
     sink = SpoolSink(services.store)
+    try:
+        return await _stow(request, services, sink, study, choice)
+    finally:
+        sink.drop_copies()
+
+
+async def _stow(
+    request: Request, services: Services, sink: SpoolSink, study: str | None, choice: Choice
+) -> Response:
     try:
         await _read_body(request, sink, services)
     except (MultipartError, ClientDisconnect) as exc:
