@@ -51,7 +51,7 @@ class SpoolReserve:
         both."""
         ready = self._next_ready()
         if ready is None:
-            ready = self._create()  # raises as it always did (a full disk, say)
+            ready = self.create()  # raises as it always did (a full disk, say)
             self._failed = False  # creating works (again)
         if not self._failed and len(self._ready) < self.size // 2:
             # Refilled in bursts, not after every take: creating files in the folder
@@ -82,7 +82,9 @@ class SpoolReserve:
             thread.join(timeout=5.0)
         self._drain()
 
-    def _create(self) -> tuple[Path, BinaryIO]:
+    def create(self) -> tuple[Path, BinaryIO]:
+        """A new spool file made now, not from the reserve (for callers off the event
+        loop, whose processes may end without ``close``)."""
         fd, name = tempfile.mkstemp(prefix=PREFIX, suffix=SUFFIX, dir=self.directory)
         # An explicit buffer size spares the fstat and isatty of the default.
         return Path(name), os.fdopen(fd, "wb", buffering=self.buffering)
@@ -106,7 +108,7 @@ class SpoolReserve:
             if self._closed or self._failed or len(self._ready) >= self.size:
                 return
             try:
-                self._ready.append(self._create())
+                self._ready.append(self.create())
             except OSError as exc:
                 # A full disk or a removed folder: takes now create on demand and report
                 # it to their callers, as they would without the reserve.

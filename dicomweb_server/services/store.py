@@ -14,7 +14,6 @@ import logging
 import os
 import secrets
 import shutil
-import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
@@ -231,9 +230,7 @@ class StoreService:
     def new_spool_file(self) -> tuple[Path, BinaryIO]:
         """A temp file on the blob filesystem, so that storing it is a rename; made now
         (import and C-STORE call this from their own threads)."""
-        fd, name = tempfile.mkstemp(prefix="part-", suffix=".tmp", dir=self.blobs.spool_dir())
-        # An explicit buffer size spares the fstat and isatty of the default.
-        return Path(name), os.fdopen(fd, "wb", buffering=_BUFFER)
+        return self._reserve.create()
 
     def spool(self, keep: int = 0) -> SpoolFile:
         """A new spool file for an object arriving on the event loop (STOW-RS), taken
@@ -506,14 +503,14 @@ class StoreService:
 
     def _analyse(self, item: _Pending) -> InstanceRecord:
         path = item.path
-        kept = item.spool.kept if item.spool is not None else None
-        if kept is not None:
+        spool = item.spool
+        kept = spool.kept if spool is not None else None
+        if spool is not None and kept is not None:
             try:
                 rec = analyse(io.BytesIO(kept), bulk_threshold=self.settings.bulk_data_threshold)
                 has_preamble = kept[128:132] == b"DICM"
             finally:
-                assert item.spool is not None
-                item.spool.drop_copy()  # not needed after this: free it now
+                spool.drop_copy()  # not needed after this: free it now
         else:
             with open(path, "rb") as fh:
                 rec = analyse(fh, bulk_threshold=self.settings.bulk_data_threshold)
