@@ -137,8 +137,9 @@ def _run_uvicorn(settings: Settings, args: argparse.Namespace) -> int:
         "log_level": settings.log_level,
         "timeout_keep_alive": settings.keep_alive_seconds,
         "h11_max_incomplete_event_size": settings.max_header_bytes,
-        # httptools has no header size limit of its own (see web/limits.py).
-        "http": "dicomweb_server.web.limits:LimitedHttpToolsProtocol",
+        # httptools with a header size limit (web/limits.py) and single frames
+        # answered before the ASGI stack (web/protocol.py).
+        "http": "dicomweb_server.web.protocol:DicomWebHttpProtocol",
         "ssl_certfile": settings.tls_cert,
         "ssl_keyfile": settings.tls_key,
     }

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from dicomweb_server.errors import OutOfResources, StorageUnavailable, is_no_space
+from dicomweb_server.storage import page_cache
 from dicomweb_server.storage.fs_sync import SyncGroup, syncfs_usable
 from dicomweb_server.storage.interfaces import BlobInfo, Placement
 
@@ -361,6 +362,16 @@ class FileBlobStore:
             return False
         finally:
             os.close(fd)
+
+    def open_cached(self, key: str, offset: int, length: int) -> int | None:
+        try:
+            fd = os.open(self.name_of(key), os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        if page_cache.all_cached(fd, offset, length):
+            return fd
+        os.close(fd)
+        return None
 
     def delete(self, key: str) -> None:
         path = self.path_of(key)

@@ -78,6 +78,12 @@ class BlobStore(Protocol):
         (the buffer's content is then undefined)."""
         ...
 
+    def open_cached(self, key: str, offset: int, length: int) -> int | None:
+        """An open file descriptor of the blob (the caller closes it) when its bytes
+        ``[offset, offset + length)`` are all in memory, for sendfile(2) from an event
+        loop; None otherwise, or when the store cannot tell or has no such files."""
+        ...
+
     def delete(self, key: str) -> None:
         """Remove a blob; a missing one is not an error."""
         ...

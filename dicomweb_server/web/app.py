@@ -22,6 +22,8 @@ from dicomweb_server.web import qido, stow, wado, wado_uri
 from dicomweb_server.web.admin_modalities import admin_modality_routes
 from dicomweb_server.web.audit import audit_routes
 from dicomweb_server.web.errors import handle_domain_error, handle_os_error
+from dicomweb_server.web.fast_frames import FastFrames, FrameAnswers, FrameShortcut
+from dicomweb_server.web.guard import Gate, SecurityMiddleware
 from dicomweb_server.web.open_link import open_routes
 from dicomweb_server.web.pixel import pixel_routes
 from dicomweb_server.web.ups import ups_routes
@@ -73,10 +75,8 @@ async def health(request: Request) -> Response:
     return JSONResponse({"status": "ok", "version": __version__, "instances": count})
 
 
-def security_middleware(settings: Settings) -> list[Middleware]:
+def security_middleware(settings: Settings, gate: Gate, frames: FrameAnswers) -> list[Middleware]:
     """CORS outermost (preflights carry no credentials), then the one security gate."""
-    from dicomweb_server.web.fast_frames import FastFrames
-    from dicomweb_server.web.guard import SecurityMiddleware
 
     stack = []
     if settings.cors_origins:
@@ -90,9 +90,9 @@ def security_middleware(settings: Settings) -> list[Middleware]:
                 max_age=600,
             )
         )
-    stack.append(Middleware(SecurityMiddleware, settings=settings))
+    stack.append(Middleware(SecurityMiddleware, settings=settings, gate=gate))
     # Inside the gate: single frames served from memory skip the router (fast_frames.py).
-    stack.append(Middleware(FastFrames, settings=settings))
+    stack.append(Middleware(FastFrames, answers=frames))
     return stack
 
 
@@ -124,9 +124,13 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
     routes += open_routes(settings)
     # The viewer's catch-all ("/{path}", SPA fallback) must stay the LAST route.
     routes += viewer_routes(settings)
-    return Starlette(
+    gate, frames = Gate(settings), FrameAnswers(settings)
+    app = Starlette(
         routes=routes,
-        middleware=security_middleware(settings),
+        middleware=security_middleware(settings, gate, frames),
         lifespan=lifespan,
         exception_handlers={DicomWebError: handle_domain_error, OSError: handle_os_error},
     )
+    # For the HTTP protocol (web/protocol.py): frames answered before the ASGI stack.
+    app.state.frame_shortcut = FrameShortcut(gate, frames, app.state)
+    return app

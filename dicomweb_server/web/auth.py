@@ -72,9 +72,50 @@ class Authenticator:
         """The principal; None when no credential was sent; AuthFailed when one is wrong."""
         if not self.enabled:
             return OPEN
+        credential = self._credential(headers)
+        if credential is None:
+            return None
+        if (known := self._known(*credential)) is not None:
+            return known
+        kind, value = credential
+        if kind == "jwt":
+            assert self.tokens is not None
+            try:
+                return await anyio.to_thread.run_sync(self.tokens.verify, value)
+            except TokenRejected as exc:
+                raise AuthFailed(f"bearer token: {exc}") from None
+        user, password = _basic_pair(value)
+        found = await anyio.to_thread.run_sync(self.static.check_basic, user, password)
+        if found is None:
+            raise AuthFailed(f"Basic: wrong user or password for {user[:100]!r}")
+        return found
+
+    def authenticate_now(self, headers: dict[str, str]) -> Principal | None:
+        """The principal when it is known without a worker thread: no authentication, an
+        API key, or a JWT or Basic user checked before. None otherwise (no credential,
+        a wrong one, one still to check), for ``authenticate`` to settle and record."""
+        if not self.enabled:
+            return OPEN
+        try:
+            credential = self._credential(headers)
+            return None if credential is None else self._known(*credential)
+        except AuthFailed:
+            return None
+
+    def _known(self, kind: str, value: str) -> Principal | None:
+        """The principal of a credential when no worker thread is needed (an API key, a
+        JWT or Basic user checked before); None when one is; AuthFailed when wrong."""
+        if kind == "key":
+            return self._api_key(value)
+        if kind == "jwt":
+            return self.tokens.cached(value) if self.tokens is not None else None
+        return self.static.cached_basic(*_basic_pair(value))
+
+    def _credential(self, headers: dict[str, str]) -> tuple[str, str] | None:
+        """("key" | "jwt" | "basic", value) of the credential sent; None when none was."""
         api_key = headers.get("x-api-key")
         if api_key is not None:
-            return self._api_key(api_key)
+            return "key", api_key
         authorization = headers.get("authorization")
         if authorization is None:
             return None
@@ -82,26 +123,10 @@ class Authenticator:
         scheme, value = scheme.lower(), value.strip()
         if scheme == "bearer" and value:
             if value.count(".") == 2 and self.tokens is not None:
-                if (known := self.tokens.cached(value)) is not None:
-                    return known
-                try:
-                    return await anyio.to_thread.run_sync(self.tokens.verify, value)
-                except TokenRejected as exc:
-                    raise AuthFailed(f"bearer token: {exc}") from None
-            return self._api_key(value)
+                return "jwt", value
+            return "key", value
         if scheme == "basic" and self.static.users:
-            try:
-                user, sep, password = base64.b64decode(value, validate=True).decode().partition(":")
-            except (binascii.Error, UnicodeDecodeError):
-                raise AuthFailed("malformed Basic credentials") from None
-            if not sep:
-                raise AuthFailed("malformed Basic credentials")
-            found = self.static.cached_basic(user, password) or await anyio.to_thread.run_sync(
-                self.static.check_basic, user, password
-            )
-            if found is None:
-                raise AuthFailed(f"Basic: wrong user or password for {user[:100]!r}")
-            return found
+            return "basic", value
         raise AuthFailed(f"unsupported authorization scheme {scheme[:20]!r}")
 
     def _api_key(self, key: str) -> Principal:
@@ -109,3 +134,14 @@ class Authenticator:
         if found is None:
             raise AuthFailed("unknown API key")
         return found
+
+
+def _basic_pair(value: str) -> tuple[str, str]:
+    """User and password of a Basic credential (RFC 7617 2)."""
+    try:
+        user, sep, password = base64.b64decode(value, validate=True).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        raise AuthFailed("malformed Basic credentials") from None
+    if not sep:
+        raise AuthFailed("malformed Basic credentials")
+    return user, password

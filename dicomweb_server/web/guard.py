@@ -29,7 +29,7 @@ from dicomweb_server.services.audit import AuditEvent
 from dicomweb_server.services.credentials import Principal
 from dicomweb_server.web import policy
 from dicomweb_server.web.audit import classify, outcome_of
-from dicomweb_server.web.auth import NOBODY, Authenticator, AuthFailed
+from dicomweb_server.web.auth import NOBODY, OPEN, Authenticator, AuthFailed
 from dicomweb_server.web.errors import error_response
 
 log = logging.getLogger(__name__)
@@ -39,9 +39,12 @@ class _SlowBody(Exception):
     """The client stopped sending its request body (not an OSError, so no handler eats it)."""
 
 
-class SecurityMiddleware:
-    def __init__(self, app: ASGIApp, settings: Settings) -> None:
-        self.app = app
+class Gate:
+    """What the gate decides with (credentials, the policy table, HSTS), shared by the
+    middleware and the HTTP protocol's shortcut for single frames (``web/protocol.py``),
+    so both see the same credential caches."""
+
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.auth = Authenticator(settings)
         self.rules = policy.default_rules(settings.dicomweb_root, viewer=settings.viewer_enabled)
@@ -50,6 +53,44 @@ class SecurityMiddleware:
             if settings.tls_enabled and settings.hsts_max_age
             else None
         )
+
+    def admit_now(self, scope: Scope) -> Principal | None:
+        """The principal when ``SecurityMiddleware`` would let the request through without
+        waiting (and without a record of its own); None leaves the decision, with its 401,
+        403 or 431 and their records, to the middleware."""
+        raw_headers: list[tuple[bytes, bytes]] = scope["headers"]
+        if sum(len(k) + len(v) for k, v in raw_headers) > self.settings.max_header_bytes:
+            return None
+        if not self.auth.enabled:
+            return OPEN
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in raw_headers}
+        principal = self.auth.authenticate_now(headers)
+        if principal is None:
+            return None
+        required = policy.required_role(self.rules, scope["method"], scope["path"])
+        return principal if policy.allows(principal.roles, required) else None
+
+    def record_now(
+        self, scope: Scope, principal: Principal, status: int, services: Services
+    ) -> None:
+        """The data access record the middleware writes for an admitted request."""
+        method, path = scope["method"], scope["path"]
+        event = classify(method, path, self.settings.dicomweb_root, scope["query_string"])
+        if event is not None:
+            ip = scope["client"][0] if scope.get("client") else None
+            _identify(event, principal, ip, scope)
+            event.status, event.outcome = status, outcome_of(status)
+            services.audit.record(event)
+
+
+class SecurityMiddleware:
+    def __init__(self, app: ASGIApp, settings: Settings, gate: Gate | None = None) -> None:
+        self.app = app
+        self.settings = settings
+        self.gate = gate or Gate(settings)
+        self.auth = self.gate.auth
+        self.rules = self.gate.rules
+        self.hsts = self.gate.hsts
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
