@@ -222,7 +222,9 @@ def run_pixels_command(args: argparse.Namespace) -> int:
         path = report.write_json(CACHE_DIR, payload)
         names = [t.name for t in targets] + ["static"]
         print(pixels.render_table(payload["pixels"], names))
-        print(f"raw disk frames: {payload['pixels']['raw_disk_frames']}\nresults: {path}")
+        print(f"raw frames, page cache: {payload['pixels']['raw_disk_frames']}")
+        print(f"raw frames, device (O_DIRECT): {payload['pixels']['device_frames']}")
+        print(f"results: {path}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

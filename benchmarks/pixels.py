@@ -5,14 +5,16 @@ instance and the CT series of the corpus in each target, then measures for a fix
 time each: frames/s of random frames of the multiframe instance, of frame 1 of random
 CT slices (both ``application/octet-stream; transfer-syntax=*``), and rendered JPEG
 images/s of random CT slices. Every answer is checked (status, one part, frame size;
-JPEG magic). Two ceilings of the octet-stream path: a raw disk read of the same frames
-(pread of each frame's bytes from the stored file, no HTTP), and nginx serving each
-frame, framed as the same one-part multipart body, as a static file to the same client
-(HTTP with no application at all).
+JPEG magic). Three yardsticks of the octet-stream path: raw reads of the same frames
+(pread of each frame's bytes from the stored file, no HTTP) from the page cache, and
+from the device with O_DIRECT by as many readers as clients (the raw disk read speed);
+and nginx serving each frame, framed as the same one-part multipart body, as a static
+file to the same client (HTTP with no application at all).
 """
 
 from __future__ import annotations
 
+import mmap
 import os
 import random
 import shutil
@@ -28,6 +30,7 @@ from .stow import make_batches, run_stow
 from .targets import StaticTarget, Target
 
 _STATIC_BOUNDARY = "frame-boundary"
+_BLOCK = 4096
 _STATIC_TYPE = f'multipart/related; type="application/octet-stream"; boundary={_STATIC_BOUNDARY}'
 
 
@@ -107,25 +110,47 @@ def _run(
     }
 
 
-def raw_disk_frames(record: Record, corpus: Corpus, seconds: float) -> dict[str, Any]:
-    """pread of random frames of the multiframe file: the octet-stream path's ceiling."""
+def raw_disk_frames(
+    record: Record, corpus: Corpus, seconds: float, direct: bool = False, threads: int = 1
+) -> dict[str, Any]:
+    """Random frames of the multiframe file read with pread: from the page cache (the
+    octet-stream path's memory ceiling) or, ``direct``, from the device with O_DIRECT
+    (the raw disk read speed), by ``threads`` readers at once."""
     path = corpus.path(record)
     size = record.rows * record.cols * record.bits // 8
-    data_end = path.stat().st_size
-    first = data_end - size * record.frames
-    rng = random.Random(3)
-    count = 0
-    fd = os.open(path, os.O_RDONLY)
+    first = path.stat().st_size - size * record.frames
+    counts = [0] * threads
+    flags = os.O_RDONLY | (os.O_DIRECT if direct else 0)
     try:
-        t0 = time.perf_counter()
+        fd = os.open(path, flags)
+    except OSError as exc:  # a filesystem without O_DIRECT
+        return {"error": str(exc)}
+    t0 = time.perf_counter()
+
+    def reader(index: int) -> None:
+        rng = random.Random(3 + index)
+        # O_DIRECT wants aligned offsets, lengths and memory: whole 4 KiB blocks into an
+        # anonymous (page-aligned) mapping.
+        buffer = mmap.mmap(-1, size + 2 * _BLOCK)
         while time.perf_counter() - t0 < seconds:
-            k = rng.randrange(record.frames)
-            if len(os.pread(fd, size, first + k * size)) != size:
+            start = first + rng.randrange(record.frames) * size
+            lo = start - start % _BLOCK if direct else start
+            span = -(-(start + size - lo) // _BLOCK) * _BLOCK if direct else size
+            if os.preadv(fd, [memoryview(buffer)[:span]], lo) < start + size - lo:
                 raise RuntimeError("short read")
-            count += 1
+            counts[index] += 1
+        buffer.close()
+
+    try:
+        pool = [threading.Thread(target=reader, args=(k,)) for k in range(threads)]
+        for t in pool:
+            t.start()
+        for t in pool:
+            t.join()
         wall = time.perf_counter() - t0
     finally:
         os.close(fd)
+    count = sum(counts)
     return {"per_second": round(count / wall, 1), "mb_per_s": round(count * size / wall / 1e6, 1)}
 
 
@@ -168,7 +193,13 @@ def run_pixels(
 ) -> dict[str, Any]:
     mf = corpus.group("mf")[0]
     ct = corpus.group("ct")
-    out: dict[str, Any] = {"raw_disk_frames": raw_disk_frames(mf, corpus, min(seconds, 5.0))}
+    raw = min(seconds, 5.0)
+    out: dict[str, Any] = {
+        "raw_disk_frames": raw_disk_frames(mf, corpus, raw),
+        "device_frames": {
+            f"{n}c": raw_disk_frames(mf, corpus, raw, direct=True, threads=n) for n in clients
+        },
+    }
     if work is not None:
         out["static"] = static_frames(mf, corpus, work, seconds, clients)
     for target in targets:
