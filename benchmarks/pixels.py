@@ -5,11 +5,13 @@ instance and the CT series of the corpus in each target, then measures for a fix
 time each: frames/s of random frames of the multiframe instance, of frame 1 of random
 CT slices (both ``application/octet-stream; transfer-syntax=*``), and rendered JPEG
 images/s of random CT slices. Every answer is checked (status, one part, frame size;
-JPEG magic). Three yardsticks of the octet-stream path: raw reads of the same frames
-(pread of each frame's bytes from the stored file, no HTTP) from the page cache, and
-from the device with O_DIRECT by as many readers as clients (the raw disk read speed);
-and nginx serving each frame, framed as the same one-part multipart body, as a static
-file to the same client (HTTP with no application at all).
+JPEG magic). The multiframe frames are also asked by wrk when it is installed (a C
+client, so the server's own rate shows; answers not checked). Three yardsticks of the
+octet-stream path: raw reads of the same frames (pread of each frame's bytes from the
+stored file, no HTTP) from the page cache, and from the device with O_DIRECT by as
+many readers as clients (the raw disk read speed); and nginx serving each frame,
+framed as the same one-part multipart body, as a static file to the same clients
+(HTTP with no application at all).
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from __future__ import annotations
 import mmap
 import os
 import random
+import re
 import shutil
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -110,6 +114,51 @@ def _run(
     }
 
 
+def wrk_frames(
+    base: BaseUrl, paths: list[str], clients: int, seconds: float, work: Path
+) -> dict[str, Any] | None:
+    """Random ``paths`` asked by wrk (C, one thread, ``clients`` connections): what the
+    server gives when the client costs next to nothing, as nginx's figure is read. The
+    answers are not checked here (the Python client's runs check every one); non-2xx
+    answers are counted. None when wrk is not installed."""
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        return None
+    listing = work / f"wrk-paths-{os.getpid()}.txt"
+    listing.write_text("".join(base.prefix + p + "\n" for p in paths))
+    script = work / f"wrk-{os.getpid()}.lua"
+    script.write_text(
+        "local paths = {}\n"
+        f'for line in io.lines("{listing}") do paths[#paths + 1] = line end\n'
+        "math.randomseed(7)\n"
+        "request = function()\n"
+        "  return wrk.format('GET', paths[math.random(#paths)], "
+        f"{{['Accept'] = '{ACCEPT_FRAMES}'}})\n"
+        "end\n"
+    )
+    url = f"http://{base.host}:{base.port}"
+    command = [wrk, "-t1", f"-c{clients}", f"-d{max(1, round(seconds))}s", "--latency"]
+    try:
+        run = subprocess.run(
+            [*command, "-s", str(script), url], capture_output=True, text=True,
+            timeout=seconds + 60, check=False,
+        )  # fmt: skip
+    finally:
+        listing.unlink(missing_ok=True)
+        script.unlink(missing_ok=True)
+    text = run.stdout
+    rate = re.search(r"Requests/sec:\s+([0-9.]+)", text)
+    p50 = re.search(r"^\s+50%\s+([0-9.]+)(us|ms|s)\s*$", text, re.M)
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+    return {
+        "clients": clients,
+        "per_second": float(rate.group(1)) if rate else None,
+        "p50_ms": float(p50.group(1)) * scale[p50.group(2)] if p50 else None,
+        "errors": [f"{bad.group(1)} non-2xx answers"] if bad else ([] if rate else [text[-300:]]),
+    }
+
+
 def raw_disk_frames(
     record: Record, corpus: Corpus, seconds: float, direct: bool = False, threads: int = 1
 ) -> dict[str, Any]:
@@ -177,6 +226,8 @@ def static_frames(
         base = BaseUrl.parse(target.base_url)
         paths = [f"/frames/{k}" for k in range(1, record.frames + 1)]
         for n in clients:
+            if fast := wrk_frames(base, paths, n, seconds, work):
+                out[f"mf_frames_wrk_{n}c"] = fast
             out[f"mf_frames_{n}c"] = _run(base, paths, size, n, seconds, "static")
     finally:
         target.stop()
@@ -215,6 +266,8 @@ def run_pixels(
             frame_size = mf.rows * mf.cols * mf.bits // 8
             ct_size = ct[0].rows * ct[0].cols * ct[0].bits // 8
             for n in clients:
+                if work is not None and (fast := wrk_frames(base, mf_frames, n, seconds, work)):
+                    result[f"mf_frames_wrk_{n}c"] = fast
                 result[f"mf_frames_{n}c"] = _run(base, mf_frames, frame_size, n, seconds, "frames")
                 result[f"ct_frames_{n}c"] = _run(
                     base, [p + "/frames/1" for p in ct_paths], ct_size, n, seconds, "frames"
