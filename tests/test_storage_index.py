@@ -506,3 +506,29 @@ def test_find_instances_describes_each_as_find_instance_does(index: SqlIndex) ->
     for rec in recs:
         assert found[rec.sop_instance_uid] == index.find_instance(rec.sop_instance_uid)
     assert found[recs[1].sop_instance_uid].number_of_frames == 3
+
+
+def test_the_duplicate_lookup_neither_waits_for_a_writer_nor_reads_stale_rows(
+    database_url: str,
+) -> None:
+    """On SQLite the lookup goes through a writer's connection (whose page cache its own
+    commits keep): it must take no write lock (another writer holds it here) and must
+    see what other connections (another process's index) committed since."""
+    index, other = SqlIndex(database_url), SqlIndex(database_url)
+    index.migrate()
+    try:
+        first, second = record(), record()
+        add(index, first)
+        assert set(index.find_instances([first.sop_instance_uid])) == {first.sop_instance_uid}
+        add(other, second)  # committed by another connection
+        uids = [first.sop_instance_uid, second.sop_instance_uid]
+        with other.write_engine.connect() as holder:
+            holder.exec_driver_sql("SELECT 1")  # a write transaction: BEGIN IMMEDIATE on SQLite
+            started = time.monotonic()
+            found = index.find_instances(uids)
+            assert time.monotonic() - started < 5
+            holder.rollback()
+        assert set(found) == set(uids)
+    finally:
+        index.close()
+        other.close()

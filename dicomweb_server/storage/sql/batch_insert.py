@@ -39,6 +39,10 @@ def driver_sql(sql: str, postgresql: bool) -> str:
     return re.sub(r"(?<![:\w]):(\w+)", r"%(\1)s", sql) if postgresql else sql
 
 
+def _numbered(values: list[str]) -> dict[str, str]:
+    return {f"u{i}": value for i, value in enumerate(values)}
+
+
 class NeedsGeneralPath(Exception):
     """This batch holds a case the fast path leaves to the general one."""
 
@@ -128,26 +132,32 @@ class BatchInsert:
                 + ")"
             ),
         )
-        params = {f"u{i}": uid for i, uid in enumerate(uids)}
-        return dict(conn.exec_driver_sql(sql, params).all())
+        return dict(conn.exec_driver_sql(sql, _numbered(uids)).all())
 
     def stored(self, conn: Connection, uids: list[str]) -> list[Any]:
         """The batch's duplicate lookup: ``_stored`` rows (study, series and SOP Instance
         UIDs, SOP class, transfer syntax, blob key, size, hash, frames) of the indexed
         ones among ``uids``."""
-        sql = self._text(
-            ("stored", len(uids)),
+        return list(conn.exec_driver_sql(self._stored_sql(len(uids)), _numbered(uids)))
+
+    def stored_raw(self, cursor: Any, uids: list[str]) -> list[Any]:
+        """``stored`` on a DBAPI cursor."""
+        cursor.execute(self._stored_sql(len(uids)), _numbered(uids))
+        return list(cursor.fetchall())
+
+    def _stored_sql(self, count: int) -> str:
+        return self._text(
+            ("stored", count),
             lambda: (
                 "SELECT study.study_uid, series.series_uid, instance.sop_uid,"
                 " instance.sop_class_uid, instance.transfer_syntax, instance.blob_key,"
                 " instance.blob_size, instance.content_hash, instance.number_of_frames"
                 " FROM instance JOIN series ON series.pk = instance.series_fk"
                 " JOIN study ON study.pk = series.study_fk WHERE instance.sop_uid IN ("
-                + ", ".join(f":u{i}" for i in range(len(uids)))
+                + ", ".join(f":u{i}" for i in range(count))
                 + ")"
             ),
         )
-        return list(conn.exec_driver_sql(sql, {f"u{i}": uid for i, uid in enumerate(uids)}))
 
     def _upsert(
         self, conn: Connection, table: str, key: str, values: dict[str, Any], returning: str
