@@ -65,7 +65,7 @@ class _Protocol(DicomWebHttpProtocol):
         super().connection_made(transport)
 
 
-def _serve(tmp_path: Path, **settings: Any) -> Iterator[Running]:
+def _serve(tmp_path: Path, keep_alive: int = 5, **settings: Any) -> Iterator[Running]:
     config = Settings(data_dir=tmp_path / "data", viewer_enabled=False, **settings)
     prepare(config)
     app = create_app(config)
@@ -90,6 +90,7 @@ def _serve(tmp_path: Path, **settings: Any) -> Iterator[Running]:
             log_level="warning",
             access_log=False,
             server_header=False,
+            timeout_keep_alive=keep_alive,
         )
     )
     thread = threading.Thread(target=server.run, daemon=True)
@@ -313,3 +314,77 @@ def test_page_cache_tells_cached_from_evicted(tmp_path: Path) -> None:
         assert not page_cache.all_cached(fd, 0, 64 * 4096)
     finally:
         os.close(fd)
+
+
+def test_a_request_pipelined_behind_a_frame_outlives_the_keep_alive_timer(
+    tmp_path: Path,
+) -> None:
+    """The answered frame arms the idle timer; the request right behind it (here a STOW
+    whose body comes after the timeout) must still get its answer."""
+    for run in _serve(tmp_path, keep_alive=1):
+        with httpx.Client(timeout=30) as client:
+            assert _get(client, run, 1).status_code == 200
+        body = b"--b\r\nContent-Type: application/dicom\r\n\r\nnot dicom\r\n--b--\r\n"
+        post = (
+            f"POST /dicom-web/studies HTTP/1.1\r\nHost: 127.0.0.1:{run.port}\r\n"
+            'Content-Type: multipart/related; type="application/dicom"; boundary=b\r\n'
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        frame = _request(run, run.frame_path(2), f"Accept: {OCTET_ANY}")
+        with socket.create_connection(("127.0.0.1", run.port), timeout=30) as sock:
+            sock.sendall(frame + post)
+            time.sleep(1.8)  # past the keep-alive timeout, the POST's body not yet sent
+            sock.sendall(body)
+            reader = sock.makefile("rb")
+            status, _, _ = _read_response(reader)
+            second, _, answer = _read_response(reader)
+        assert status == 200
+        assert run.calls[-1][0]  # the frame was answered by the shortcut
+        assert second == 400, answer  # the STOW's own answer: its one part failed
+
+
+def test_a_failure_after_the_head_closes_the_connection_and_nothing_else(
+    running: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with httpx.Client(timeout=30) as client:
+        assert _get(client, running, 1).status_code == 200
+    sendfile = os.sendfile
+
+    def broken(fd: int, length: int, offset: int) -> bytes:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "sendfile", lambda s, f, o, n: sendfile(s, f, o, min(n, 100)))
+    monkeypatch.setattr(os, "pread", broken)
+    with socket.create_connection(("127.0.0.1", running.port), timeout=30) as sock:
+        sock.sendall(_request(running, running.frame_path(2), f"Accept: {OCTET_ANY}"))
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    assert received.startswith(b"HTTP/1.1 200 OK")
+    assert b"Invalid HTTP request" not in received and b"HTTP/1.1 400" not in received
+    monkeypatch.undo()
+    with httpx.Client(timeout=30) as client:  # the server goes on serving
+        assert _split(_get(client, running, 2))[1] == running.frame(2)
+
+
+def test_other_requests_check_credentials_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The shortcut declines anything but a frame before looking at credentials, so a
+    key (scrypt-hashed ones are slow) is checked once per request, not twice."""
+    from dicomweb_server.services import credentials
+
+    checked: list[str] = []
+    verify = credentials.verify_secret
+
+    def counting(secret: str, stored: str) -> bool:
+        checked.append(secret)
+        return verify(secret, stored)
+
+    monkeypatch.setattr(credentials, "verify_secret", counting)
+    keys = (f"viewer:reader:{hash_secret(KEY, fast=True)}",)
+    for run in _serve(tmp_path, auth_api_keys=keys):
+        with httpx.Client(timeout=30) as client:
+            for key in (KEY, KEY + "x"):
+                client.get(f"{run.url}/health", headers={"X-API-Key": key})
+    assert checked == [KEY, KEY + "x"]

@@ -63,10 +63,8 @@ class FrameAnswers:
         # Content-Location's scheme and host part, per scheme, Host header and server.
         self._prefixes: dict[tuple[object, bytes | None, object], str] = {}
 
-    def answer(self, scope: Scope, services: Services, to_file: bool = False) -> Answer | None:
-        """The response; None (nothing done) leaves the request to the routes, which also
-        give every error its answer. ``to_file``: the frame's bytes may be left in their
-        file (in memory) for sendfile, when they are one span."""
+    def wants(self, scope: Scope) -> re.Match[str] | None:
+        """The path's parts when the request is a single-frame GET this class may answer."""
         if (
             scope["method"] != "GET"
             or scope["query_string"]
@@ -74,7 +72,13 @@ class FrameAnswers:
             or not scope["path"].startswith(self.prefix)
         ):
             return None
-        match = _FRAME.fullmatch(scope["path"], len(self.root))
+        return _FRAME.fullmatch(scope["path"], len(self.root))
+
+    def answer(self, scope: Scope, services: Services, to_file: bool = False) -> Answer | None:
+        """The response; None (nothing done) leaves the request to the routes, which also
+        give every error its answer. ``to_file``: the frame's bytes may be left in their
+        file (in memory) for sendfile, when they are one span."""
+        match = self.wants(scope)
         if match is None:
             return None
         accepts = [v for k, v in scope["headers"] if k == b"accept"]
@@ -181,6 +185,8 @@ class FrameShortcut:
             return None
         if self.cors and any(name == b"origin" for name, _ in scope["headers"]):
             return None  # the CORS middleware adds its headers
+        if self.answers.wants(scope) is None:
+            return None  # before the credentials: checking them twice could cost scrypt twice
         principal = self.gate.admit_now(scope)
         if principal is None:
             return None

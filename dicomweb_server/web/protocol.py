@@ -46,6 +46,10 @@ class DicomWebHttpProtocol(LimitedHttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         self._answered = False
+        # A request pipelined behind one answered here: the keep-alive timer that answer
+        # armed must not close the connection while this one is under way (uvicorn arms
+        # it only when no request is pending).
+        self._unset_keepalive_if_required()
         super().on_message_begin()
 
     def on_headers_complete(self) -> None:
@@ -74,6 +78,7 @@ class DicomWebHttpProtocol(LimitedHttpToolsProtocol):
             or (self.cycle is not None and not self.cycle.response_complete)
             or self.pipeline
             or self.flow.write_paused
+            or self.transport.is_closing()
         ):
             return False
         url = httptools.parse_url(self.url)
@@ -120,28 +125,37 @@ class DicomWebHttpProtocol(LimitedHttpToolsProtocol):
             return
         fd, offset, length = found.file
         try:
-            sent = 0
-            # Straight to the socket only while the transport holds nothing unsent, so
-            # the bytes keep their order.
-            if self._socket is not None and transport.get_write_buffer_size() == 0:
-                try:
-                    sent = os.sendfile(self._socket, fd, offset, length)
-                except (BlockingIOError, InterruptedError):
-                    sent = 0
-                except OSError:  # the client is gone
-                    transport.close()
-                    return
-            if sent < length:
-                # The socket took only part: the rest goes through the transport, which
-                # waits for the client. The pages were in memory a moment ago.
-                rest = os.pread(fd, length - sent, offset + sent)
-                if len(rest) != length - sent:  # stored files do not shrink; if one did
-                    transport.close()
-                    return
-                transport.write(rest)
-            transport.write(found.tail)
+            self._send_file(fd, offset, length, found.tail)
+        except Exception:
+            # The head is out: nothing else may be written on this connection (uvicorn
+            # would take the exception for a parse error and answer 400 mid-body).
+            log.exception("sending a frame failed; the connection is closed")
+            transport.abort()
         finally:
             os.close(fd)
+
+    def _send_file(self, fd: int, offset: int, length: int, tail: bytes) -> None:
+        transport = self.transport
+        sent = 0
+        # Straight to the socket only while the transport holds nothing unsent, so the
+        # bytes keep their order.
+        if self._socket is not None and transport.get_write_buffer_size() == 0:
+            try:
+                sent = os.sendfile(self._socket, fd, offset, length)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:  # the client is gone
+                transport.close()
+                return
+        if sent < length:
+            # The socket took only part: the rest goes through the transport, which
+            # waits for the client. The pages were in memory a moment ago.
+            rest = os.pread(fd, length - sent, offset + sent)
+            if len(rest) != length - sent:  # stored files do not shrink; if one did
+                transport.abort()
+                return
+            transport.write(rest)
+        transport.write(tail)
 
 
 def _shortcut_of(app: Any) -> Any:

@@ -25,6 +25,9 @@ def _sqlite_engine(url: str, begin: str) -> Engine:
         connect_args={"check_same_thread": False, "timeout": 60},
         pool_size=16,
         max_overflow=32,
+        # The connection used last comes back first: its page cache is the warmest (SQLite
+        # drops a connection's cache when another connection has committed).
+        pool_use_lifo=True,
     )
 
     @event.listens_for(engine, "connect")
