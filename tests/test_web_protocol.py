@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from unittest import mock
 from urllib.parse import quote
 
 import httpx
@@ -374,17 +375,12 @@ def test_other_requests_check_credentials_once(
     key (scrypt-hashed ones are slow) is checked once per request, not twice."""
     from dicomweb_server.services import credentials
 
-    checked: list[str] = []
-    verify = credentials.verify_secret
-
-    def counting(secret: str, stored: str) -> bool:
-        checked.append(secret)
-        return verify(secret, stored)
-
-    monkeypatch.setattr(credentials, "verify_secret", counting)
+    spy = mock.Mock(wraps=credentials.verify_secret)
+    monkeypatch.setattr(credentials, "verify_secret", spy)
     keys = (f"viewer:reader:{hash_secret(KEY, fast=True)}",)
     for run in _serve(tmp_path, auth_api_keys=keys):
         with httpx.Client(timeout=30) as client:
             for key in (KEY, KEY + "x"):
                 client.get(f"{run.url}/health", headers={"X-API-Key": key})
+    checked = [call.args[0] for call in spy.call_args_list]
     assert checked == [KEY, KEY + "x"]

@@ -74,13 +74,17 @@ class FrameAnswers:
             return None
         return _FRAME.fullmatch(scope["path"], len(self.root))
 
-    def answer(self, scope: Scope, services: Services, to_file: bool = False) -> Answer | None:
-        """The response; None (nothing done) leaves the request to the routes, which also
-        give every error its answer. ``to_file``: the frame's bytes may be left in their
-        file (in memory) for sendfile, when they are one span."""
+    def answer(self, scope: Scope, services: Services) -> Answer | None:
+        """The response, the frame read into the body; None (nothing done) leaves the
+        request to the routes, which also give every error its answer."""
         match = self.wants(scope)
-        if match is None:
-            return None
+        return None if match is None else self.answer_match(scope, services, match, False)
+
+    def answer_match(
+        self, scope: Scope, services: Services, match: re.Match[str], to_file: bool
+    ) -> Answer | None:
+        """``answer`` for a request ``wants`` matched. ``to_file``: the frame's bytes may
+        be left in their file (in memory) for sendfile, when they are one span."""
         accepts = [v for k, v in scope["headers"] if k == b"accept"]
         if len(accepts) > 1:
             return None
@@ -185,12 +189,13 @@ class FrameShortcut:
             return None
         if self.cors and any(name == b"origin" for name, _ in scope["headers"]):
             return None  # the CORS middleware adds its headers
-        if self.answers.wants(scope) is None:
+        match = self.answers.wants(scope)
+        if match is None:
             return None  # before the credentials: checking them twice could cost scrypt twice
         principal = self.gate.admit_now(scope)
         if principal is None:
             return None
-        found = self.answers.answer(scope, services, to_file)
+        found = self.answers.answer_match(scope, services, match, to_file)
         if found is None:
             return None
         try:

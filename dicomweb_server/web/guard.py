@@ -59,7 +59,7 @@ class Gate:
         waiting (and without a record of its own); None leaves the decision, with its 401,
         403 or 431 and their records, to the middleware."""
         raw_headers: list[tuple[bytes, bytes]] = scope["headers"]
-        if sum(len(k) + len(v) for k, v in raw_headers) > self.settings.max_header_bytes:
+        if self.oversized(raw_headers):
             return None
         if not self.auth.enabled:
             return OPEN
@@ -69,6 +69,10 @@ class Gate:
             return None
         required = policy.required_role(self.rules, scope["method"], scope["path"])
         return principal if policy.allows(principal.roles, required) else None
+
+    def oversized(self, raw_headers: list[tuple[bytes, bytes]]) -> bool:
+        """Whether the request's headers pass ``max_header_bytes`` (431)."""
+        return sum(len(k) + len(v) for k, v in raw_headers) > self.settings.max_header_bytes
 
     def record_now(
         self, scope: Scope, principal: Principal, status: int, services: Services
@@ -102,7 +106,7 @@ class SecurityMiddleware:
         send = self._with_headers(send)
         method, path = scope["method"], scope["path"]
         raw_headers: list[tuple[bytes, bytes]] = scope["headers"]
-        if sum(len(k) + len(v) for k, v in raw_headers) > self.settings.max_header_bytes:
+        if self.gate.oversized(raw_headers):
             await _reply(send, 431, "request header fields too large")
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in raw_headers}

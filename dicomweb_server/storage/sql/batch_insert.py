@@ -134,14 +134,10 @@ class BatchInsert:
         )
         return dict(conn.exec_driver_sql(sql, _numbered(uids)).all())
 
-    def stored(self, conn: Connection, uids: list[str]) -> list[Any]:
-        """The batch's duplicate lookup: ``_stored`` rows (study, series and SOP Instance
-        UIDs, SOP class, transfer syntax, blob key, size, hash, frames) of the indexed
-        ones among ``uids``."""
-        return list(conn.exec_driver_sql(self._stored_sql(len(uids)), _numbered(uids)))
-
-    def stored_raw(self, cursor: Any, uids: list[str]) -> list[Any]:
-        """``stored`` on a DBAPI cursor."""
+    def stored(self, cursor: Any, uids: list[str]) -> list[Any]:
+        """The batch's duplicate lookup, on a DBAPI cursor: ``_stored`` rows (study,
+        series and SOP Instance UIDs, SOP class, transfer syntax, blob key, size, hash,
+        frames) of the indexed ones among ``uids``."""
         cursor.execute(self._stored_sql(len(uids)), _numbered(uids))
         return list(cursor.fetchall())
 
